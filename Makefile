@@ -1,0 +1,42 @@
+# The two commands: `make run` (set up everything and run Niyra locally) and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint typecheck check bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: requirements.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $(VENV)/.installed $@
+
+## run: venv + install + dev secrets in .env + migrate + demo user, then web, worker, beat and sandbox
+run: $(VENV)/.installed
+	$(BIN)/python scripts/dev_env.py .env
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py demo_setup
+	@echo "Niyra: http://127.0.0.1:$${NIYRA_WEB_PORT:-8000}/  (API docs: /api/docs/, admin: /admin/)"
+	$(BIN)/honcho -f Procfile.dev start
+
+## test: the whole suite (PostgreSQL/Redis on 127.0.0.1 when they answer, else SQLite and skips)
+test: $(VENV)/.installed-dev
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.installed-dev
+	$(BIN)/mypy .
+
+check: lint typecheck test
+
+clean:
+	rm -rf var staticfiles .pytest_cache .mypy_cache .ruff_cache

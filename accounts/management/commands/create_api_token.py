@@ -1,0 +1,30 @@
+"""`manage.py create_api_token EMAIL --name NAME`: issue an API token and print it once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from accounts.models import User
+from accounts.services import api_token_create
+from niyra.errors import NiyraError
+
+
+class Command(BaseCommand):
+    help = "Create an API token for a user and print it (it is shown only this once)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("email")
+        parser.add_argument("--name", default="cli")
+
+    def handle(self, *args: Any, email: str, name: str, **options: Any) -> None:
+        user = User.objects.filter(email__iexact=email.strip()).first()
+        if user is None:
+            raise CommandError(f"no user with email {email!r}")
+        try:
+            issued = api_token_create(user=user, name=name)
+        except NiyraError as exc:
+            raise CommandError(exc.message) from exc
+        self.stderr.write(f"Token {issued.token.name!r} for {user.email} (store it now, it won't be shown again):")
+        self.stdout.write(issued.plaintext)

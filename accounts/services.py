@@ -1,0 +1,79 @@
+"""Every write to users, API tokens and the audit trail goes through here."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import ApiToken, AuditEvent, User
+from niyra import errors
+
+TOKEN_PREFIX_LENGTH = 8
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def audit_event_record(
+    *,
+    actor: User | None,
+    subject: User | None,
+    event: str,
+    target: str = "",
+    outcome: str = "ok",
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Append an audit row. Callers run it inside their own transaction, so the row and the
+    change it describes commit (or roll back) together."""
+    return AuditEvent.objects.create(
+        actor=actor, subject=subject, event=event, target=target, outcome=outcome, details=details or {}
+    )
+
+
+@transaction.atomic
+def user_create(*, email: str, password: str | None, is_staff: bool = False) -> User:
+    email = User.objects.normalize_email(email).strip().lower()
+    if User.objects.filter(email__iexact=email).exists():
+        raise errors.NiyraError(errors.INVALID_INPUT, detail={"email": ["A user with this email exists."]})
+    user = User.objects.create_user(email=email, password=password, is_staff=is_staff)
+    audit_event_record(actor=None, subject=user, event="user.created", target=email)
+    return user
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: ApiToken
+    plaintext: str  # shown to the user once, never stored
+
+
+@transaction.atomic
+def api_token_create(*, user: User, name: str, actor: User | None = None) -> IssuedToken:
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise errors.NiyraError(errors.INVALID_INPUT, detail={"name": ["Give the token a name (1–100 characters)."]})
+    prefix = secrets.token_hex(TOKEN_PREFIX_LENGTH // 2)
+    plaintext = f"niy_{prefix}_{secrets.token_urlsafe(32)}"
+    token = ApiToken.objects.create(user=user, name=name, prefix=prefix, token_hash=hash_token(plaintext))
+    audit_event_record(
+        actor=actor or user, subject=user, event="api_token.created", target=f"niy_{prefix}", details={"name": name}
+    )
+    return IssuedToken(token=token, plaintext=plaintext)
+
+
+@transaction.atomic
+def api_token_revoke(*, user: User, token_id: int, actor: User | None = None) -> ApiToken:
+    """Revoke one of `user`'s tokens. Someone else's token id is simply not found."""
+    token = ApiToken.objects.select_for_update().filter(user=user, pk=token_id).first()
+    if token is None:
+        raise errors.NiyraError(errors.NOT_FOUND)
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+        audit_event_record(actor=actor or user, subject=user, event="api_token.revoked", target=f"niy_{token.prefix}")
+    return token

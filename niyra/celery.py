@@ -1,0 +1,27 @@
+"""The Celery app. Configuration comes from Django settings (CELERY_ namespace).
+
+The beat schedule lives here, in one place. Exactly one `beat` process may run (fly.toml gives
+it its own single-machine process group); every entry carries `expires` so a tick that sat in
+the queue past the next one is dropped instead of piling up, and every task is idempotent.
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "niyra.settings")
+
+app = Celery("niyra")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+# name -> entry. Later features add their periodic tasks here and nowhere else.
+app.conf.beat_schedule = {
+    "worker-heartbeat": {
+        "task": "niyra.tasks.heartbeat",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
+}

@@ -1,0 +1,172 @@
+"""The error catalogue: one stable `code`, HTTP status and user-facing message per error.
+
+The API, the dashboard and the logs use the same words. Domain code raises `NiyraError(ERR)`;
+`niyra.exception_handler.api_exception_handler` turns it (and DRF's own exceptions) into `{"code", "message", "detail"}`.
+Messages for BYOK and routing are the product page's troubleshooting text, word for word.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+
+@dataclass(frozen=True, slots=True)
+class ErrorSpec:
+    code: str
+    status: int
+    message: str
+
+
+CATALOGUE: dict[str, ErrorSpec] = {}
+
+
+def _spec(code: str, status: int, message: str) -> ErrorSpec:
+    if code in CATALOGUE:
+        raise ValueError(f"duplicate error code {code!r}")
+    spec = ErrorSpec(code=code, status=status, message=message)
+    CATALOGUE[code] = spec
+    return spec
+
+
+# --- Generic request errors -----------------------------------------------------------------
+INVALID_INPUT = _spec("invalid_input", 400, "Some fields are missing or invalid.")
+MALFORMED_JSON = _spec("malformed_json", 400, "The request body is not valid JSON.")
+UNSUPPORTED_MEDIA_TYPE = _spec(
+    "unsupported_media_type", 415, "Send the request body as JSON (Content-Type: application/json)."
+)
+NOT_AUTHENTICATED = _spec(
+    "not_authenticated", 401, "Sign in, or send an API token as 'Authorization: Bearer <token>'."
+)
+AUTHENTICATION_FAILED = _spec(
+    "authentication_failed", 401, "That API token is not valid. It may have been revoked."
+)
+PERMISSION_DENIED = _spec("permission_denied", 403, "You don't have permission to do that.")
+NOT_FOUND = _spec("not_found", 404, "Nothing here. Check the URL.")
+METHOD_NOT_ALLOWED = _spec("method_not_allowed", 405, "This endpoint does not accept that method.")
+THROTTLED = _spec("throttled", 429, "Too many requests. Wait a moment and try again.")
+INTERNAL_ERROR = _spec(
+    "internal_error", 500, "Something went wrong on our side. Nothing was charged; please try again."
+)
+
+# --- BYOK (product page: Troubleshooting) -----------------------------------------------------
+KEY_INVALID = _spec(
+    "key_invalid",
+    400,
+    "Key invalid — Paste it without quotes. Anthropic keys start with sk-ant-, "
+    "OpenAI keys with sk-proj- or sk-.",
+)
+KEY_WRONG_PROVIDER = _spec(
+    "key_wrong_provider", 400, "That looks like a key for another provider."
+)
+KEY_RATE_LIMITED = _spec(
+    "rate_limited", 429, "Rate limited — Your vendor limit was hit. Wait or upgrade your tier with the provider."
+)
+KEY_QUOTA_EXHAUSTED = _spec(
+    "quota_exhausted", 402, "Quota exhausted — Top up your provider account."
+)
+KEY_NEEDS_REENTRY = _spec(
+    "key_needs_reentry", 409, "Your saved key can no longer be read. Paste it again to keep using it."
+)
+KEY_NOT_FOUND = _spec("key_not_found", 404, "No key is connected for this provider.")
+PLAN_NO_BYOK = _spec(
+    "plan_no_byok", 403, "BYOK is available on Pro and Alpha plans. Upgrade to bring your own key."
+)
+PROVIDER_UNAVAILABLE = _spec(
+    "provider_unavailable",
+    503,
+    "Couldn't reach the provider, try again. Nothing was charged.",
+)
+
+# --- Routing --------------------------------------------------------------------------------
+MODEL_NOT_SUPPORTED = _spec(
+    "model_not_supported", 400, "That model isn't supported. See the list of available models."
+)
+THIRD_PARTY_PROVIDER = _spec(
+    "third_party_provider",
+    400,
+    "No third-party providers via BYOK yet (no Together, Groq, etc.). "
+    "Use a Niyra-hosted tier instead.",
+)
+APEX_NOT_ENABLED = _spec(
+    "apex_not_enabled", 403, "Apex is alpha-gated. Email hi@niyra.ai for access."
+)
+APEX_NEEDS_KEY = _spec(
+    "apex_needs_key",
+    403,
+    "Apex (Fable 5) is BYOK-only. Add your Anthropic key in Settings → BYOK to use it.",
+)
+
+# --- Credits --------------------------------------------------------------------------------
+INSUFFICIENT_CREDITS = _spec(
+    "insufficient_credits", 402, "Not enough credits. Top up, or bring your own key on Pro and Alpha."
+)
+IDEMPOTENCY_CONFLICT = _spec(
+    "idempotency_conflict",
+    409,
+    "This idempotency key was already used with different parameters.",
+)
+
+
+class NiyraError(Exception):
+    """A domain error with a catalogue entry; services raise it, surfaces render it."""
+
+    def __init__(
+        self,
+        spec: ErrorSpec,
+        *,
+        detail: Any = None,
+        message: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.detail = detail
+        self.message = message or spec.message
+        self.headers = headers or {}
+        super().__init__(f"{spec.code}: {self.message}")
+
+    @property
+    def code(self) -> str:
+        return self.spec.code
+
+    @property
+    def status(self) -> int:
+        return self.spec.status
+
+    def as_dict(self) -> dict[str, Any]:
+        return error_body(self.spec, detail=self.detail, message=self.message)
+
+
+def error_body(spec: ErrorSpec, *, detail: Any = None, message: str | None = None) -> dict[str, Any]:
+    return {"code": spec.code, "message": message or spec.message, "detail": detail}
+
+
+# --- Django-level handlers (routes DRF never saw) -------------------------------------------
+_API_PREFIXES = ("/api/", "/v1/")
+
+
+def wants_json(request: HttpRequest) -> bool:
+    return request.path.startswith(_API_PREFIXES) or "application/json" in request.headers.get(
+        "Accept", ""
+    )
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if wants_json(request):
+        return JsonResponse(error_body(NOT_FOUND), status=404)
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception or Http404())
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    if wants_json(request):
+        return JsonResponse(error_body(INTERNAL_ERROR), status=500)
+    from django.views.defaults import server_error
+
+    return server_error(request)
+
+
+def api_not_found(request: HttpRequest) -> HttpResponse:
+    return JsonResponse(error_body(NOT_FOUND), status=404)

@@ -1,0 +1,76 @@
+"""Liveness (`/healthz`) and readiness (`/readyz`: database, broker, keyring)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from kombu import Connection
+
+from byok.crypto import KeyringError, get_keyring
+
+logger = logging.getLogger(__name__)
+
+BROKER_TIMEOUT_SECONDS = 2.0
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    """The process is up and serving requests. Touches nothing else, by design."""
+    return JsonResponse({"status": "ok"})
+
+
+def check_database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+
+
+def check_broker() -> None:
+    url: str = settings.CELERY_BROKER_URL
+    if url.startswith("filesystem://"):
+        folder = Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"])
+        if not folder.is_dir():
+            raise OSError(f"queue folder {folder} is missing")
+        return
+    with Connection(url, connect_timeout=BROKER_TIMEOUT_SECONDS) as conn:
+        conn.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT_SECONDS)
+
+
+def check_keyring() -> None:
+    get_keyring()
+
+
+CHECKS: dict[str, Callable[[], None]] = {
+    "database": check_database,
+    "broker": check_broker,
+    "keyring": check_keyring,
+}
+
+
+@never_cache
+@require_GET
+def readyz(request: HttpRequest) -> JsonResponse:
+    """200 when every dependency answers; 503 naming each one that doesn't."""
+    results: dict[str, str] = {}
+    for name, check in CHECKS.items():
+        try:
+            check()
+        except KeyringError:
+            results[name] = "down"
+            logger.error("readiness: keyring unusable")
+        except Exception as exc:  # any failure means "not ready"; say which, never why in detail
+            results[name] = "down"
+            logger.warning("readiness: %s is down (%s)", name, exc.__class__.__name__)
+        else:
+            results[name] = "ok"
+    down = [name for name, state in results.items() if state != "ok"]
+    status = 503 if down else 200
+    return JsonResponse({"status": "down" if down else "ok", "checks": results, "down": down}, status=status)

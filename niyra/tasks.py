@@ -1,0 +1,21 @@
+"""Project-level tasks: liveness of the worker/beat pair and a broker round-trip probe."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.core.cache import cache
+from django.utils import timezone
+
+HEARTBEAT_CACHE_KEY = "niyra:worker-heartbeat"
+
+
+@shared_task(name="niyra.tasks.heartbeat", ignore_result=True)
+def heartbeat() -> None:
+    """Beat enqueues this every minute; a worker records when it last ran one."""
+    cache.set(HEARTBEAT_CACHE_KEY, timezone.now().isoformat(), timeout=None)
+
+
+@shared_task(name="niyra.tasks.echo")
+def echo(value: str) -> str:
+    """Returns its argument: used to prove a real round trip through the broker."""
+    return value

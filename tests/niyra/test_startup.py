@@ -1,0 +1,83 @@
+"""Start-up configuration: missing secrets and bad settings get a one-line explanation."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD_KEY = "k1:" + base64.b64encode(os.urandom(32)).decode()
+
+
+def run_manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("NIYRA_", "DJANGO_", "DATABASE_", "REDIS_"))}
+    clean |= {"DJANGO_SETTINGS_MODULE": "niyra.settings", "NIYRA_READ_DOTENV": "0"} | env
+    for name in ("SECRET_KEY", "ANTHROPIC_API_KEY", "OPENAI_API_KEY", "ALLOWED_HOSTS", "DEBUG", "CELERY_BROKER_URL"):
+        if name not in env:
+            clean.pop(name, None)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_production_start_names_every_missing_secret_in_one_line() -> None:
+    result = run_manage("check", DEBUG="False", SECRET_KEY="x" * 50)
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    for name in ("NIYRA_ENCRYPTION_KEYS", "DATABASE_URL", "REDIS_URL or CELERY_BROKER_URL", "ANTHROPIC_API_KEY"):
+        assert name in lines[0]
+    assert "SECRET_KEY" not in lines[0]
+
+
+def test_malformed_database_url_is_one_line() -> None:
+    result = run_manage("check", DEBUG="True", NIYRA_ENCRYPTION_KEYS=GOOD_KEY, DATABASE_URL="nosuchdb://x")
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("niyra: configuration error:")
+
+
+def test_unreachable_database_is_one_line() -> None:
+    result = run_manage(
+        "migrate",
+        "--check",
+        DEBUG="True",
+        NIYRA_ENCRYPTION_KEYS=GOOD_KEY,
+        DATABASE_URL="postgres://nobody@127.0.0.1:1/none",
+    )
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "check DATABASE_URL" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("keys", "complaint"),
+    [
+        ("", "empty"),
+        ("k1:" + base64.b64encode(b"short").decode(), "exactly 32"),
+        ("no-colon-here", "kid:base64key"),
+        ("k1:%%%notbase64", "not valid base64"),
+        (f"{GOOD_KEY},{GOOD_KEY}", "appears twice"),
+    ],
+)
+def test_system_check_rejects_unusable_keyring(keys: str, complaint: str) -> None:
+    result = run_manage("check", DEBUG="True", NIYRA_ENCRYPTION_KEYS=keys)
+
+    assert result.returncode != 0
+    assert "byok.E001" in result.stderr
+    assert complaint in result.stderr
+
+
+def test_development_defaults_start_with_only_a_keyring() -> None:
+    result = run_manage("check", DEBUG="True", NIYRA_ENCRYPTION_KEYS=GOOD_KEY)
+
+    assert result.returncode == 0, result.stderr
