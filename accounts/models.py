@@ -40,6 +40,11 @@ class User(AbstractUser):
         return self.email
 
 
+class TokenKind(models.TextChoices):
+    USER = "user", "User token (acts as its owner)"
+    SERVICE = "service", "Service token (other Niyra subsystems: metering)"
+
+
 class ApiToken(models.Model):
     """A personal API token. Only a lookup prefix and a SHA-256 of the whole token are stored.
 
@@ -49,6 +54,7 @@ class ApiToken(models.Model):
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=16, choices=TokenKind.choices, default=TokenKind.USER)
     prefix = models.CharField(max_length=12, unique=True)
     token_hash = models.CharField(max_length=64)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -10,7 +10,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.models import ApiToken, AuditEvent, User
+from accounts.models import ApiToken, AuditEvent, TokenKind, User
 from niyra import errors
 
 TOKEN_PREFIX_LENGTH = 8
@@ -53,15 +53,23 @@ class IssuedToken:
 
 
 @transaction.atomic
-def api_token_create(*, user: User, name: str, actor: User | None = None) -> IssuedToken:
+def api_token_create(*, user: User, name: str, kind: str = TokenKind.USER, actor: User | None = None) -> IssuedToken:
     name = name.strip()
     if not name or len(name) > 100:
         raise errors.NiyraError(errors.INVALID_INPUT, detail={"name": ["Give the token a name (1–100 characters)."]})
+    if kind not in TokenKind.values:
+        raise errors.NiyraError(errors.INVALID_INPUT, detail={"kind": [f"One of: {', '.join(TokenKind.values)}."]})
+    if kind == TokenKind.SERVICE and not user.is_staff:
+        raise errors.NiyraError(errors.PERMISSION_DENIED, message="Service tokens belong to staff service accounts.")
     prefix = secrets.token_hex(TOKEN_PREFIX_LENGTH // 2)
     plaintext = f"niy_{prefix}_{secrets.token_urlsafe(32)}"
-    token = ApiToken.objects.create(user=user, name=name, prefix=prefix, token_hash=hash_token(plaintext))
+    token = ApiToken.objects.create(user=user, name=name, kind=kind, prefix=prefix, token_hash=hash_token(plaintext))
     audit_event_record(
-        actor=actor or user, subject=user, event="api_token.created", target=f"niy_{prefix}", details={"name": name}
+        actor=actor or user,
+        subject=user,
+        event="api_token.created",
+        target=f"niy_{prefix}",
+        details={"name": name, "kind": kind},
     )
     return IssuedToken(token=token, plaintext=plaintext)
 

@@ -18,7 +18,7 @@ def check_keyring(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
         return [
             Error(
                 f"NIYRA_ENCRYPTION_KEYS is unusable: {exc}",
-                hint="Generate one with: python -c \"import base64,os;"
+                hint='Generate one with: python -c "import base64,os;'
                 "print('k1:'+base64.b64encode(os.urandom(32)).decode())\"",
                 id="byok.E001",
             )

@@ -12,6 +12,7 @@ from typing import Any
 
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
+
 @dataclass(frozen=True, slots=True)
 class ErrorSpec:
     code: str
@@ -36,12 +37,8 @@ MALFORMED_JSON = _spec("malformed_json", 400, "The request body is not valid JSO
 UNSUPPORTED_MEDIA_TYPE = _spec(
     "unsupported_media_type", 415, "Send the request body as JSON (Content-Type: application/json)."
 )
-NOT_AUTHENTICATED = _spec(
-    "not_authenticated", 401, "Sign in, or send an API token as 'Authorization: Bearer <token>'."
-)
-AUTHENTICATION_FAILED = _spec(
-    "authentication_failed", 401, "That API token is not valid. It may have been revoked."
-)
+NOT_AUTHENTICATED = _spec("not_authenticated", 401, "Sign in, or send an API token as 'Authorization: Bearer <token>'.")
+AUTHENTICATION_FAILED = _spec("authentication_failed", 401, "That API token is not valid. It may have been revoked.")
 PERMISSION_DENIED = _spec("permission_denied", 403, "You don't have permission to do that.")
 NOT_FOUND = _spec("not_found", 404, "Nothing here. Check the URL.")
 METHOD_NOT_ALLOWED = _spec("method_not_allowed", 405, "This endpoint does not accept that method.")
@@ -54,25 +51,18 @@ INTERNAL_ERROR = _spec(
 KEY_INVALID = _spec(
     "key_invalid",
     400,
-    "Key invalid — Paste it without quotes. Anthropic keys start with sk-ant-, "
-    "OpenAI keys with sk-proj- or sk-.",
+    "Key invalid — Paste it without quotes. Anthropic keys start with sk-ant-, OpenAI keys with sk-proj- or sk-.",
 )
-KEY_WRONG_PROVIDER = _spec(
-    "key_wrong_provider", 400, "That looks like a key for another provider."
-)
+KEY_WRONG_PROVIDER = _spec("key_wrong_provider", 400, "That looks like a key for another provider.")
 KEY_RATE_LIMITED = _spec(
     "rate_limited", 429, "Rate limited — Your vendor limit was hit. Wait or upgrade your tier with the provider."
 )
-KEY_QUOTA_EXHAUSTED = _spec(
-    "quota_exhausted", 402, "Quota exhausted — Top up your provider account."
-)
+KEY_QUOTA_EXHAUSTED = _spec("quota_exhausted", 402, "Quota exhausted — Top up your provider account.")
 KEY_NEEDS_REENTRY = _spec(
     "key_needs_reentry", 409, "Your saved key can no longer be read. Paste it again to keep using it."
 )
 KEY_NOT_FOUND = _spec("key_not_found", 404, "No key is connected for this provider.")
-PLAN_NO_BYOK = _spec(
-    "plan_no_byok", 403, "BYOK is available on Pro and Alpha plans. Upgrade to bring your own key."
-)
+PLAN_NO_BYOK = _spec("plan_no_byok", 403, "BYOK is available on Pro and Alpha plans. Upgrade to bring your own key.")
 PROVIDER_UNAVAILABLE = _spec(
     "provider_unavailable",
     503,
@@ -80,18 +70,13 @@ PROVIDER_UNAVAILABLE = _spec(
 )
 
 # --- Routing --------------------------------------------------------------------------------
-MODEL_NOT_SUPPORTED = _spec(
-    "model_not_supported", 400, "That model isn't supported. See the list of available models."
-)
+MODEL_NOT_SUPPORTED = _spec("model_not_supported", 400, "That model isn't supported. See the list of available models.")
 THIRD_PARTY_PROVIDER = _spec(
     "third_party_provider",
     400,
-    "No third-party providers via BYOK yet (no Together, Groq, etc.). "
-    "Use a Niyra-hosted tier instead.",
+    "No third-party providers via BYOK yet (no Together, Groq, etc.). Use a Niyra-hosted tier instead.",
 )
-APEX_NOT_ENABLED = _spec(
-    "apex_not_enabled", 403, "Apex is alpha-gated. Email hi@niyra.ai for access."
-)
+APEX_NOT_ENABLED = _spec("apex_not_enabled", 403, "Apex is alpha-gated. Email hi@niyra.ai for access.")
 APEX_NEEDS_KEY = _spec(
     "apex_needs_key",
     403,
@@ -147,9 +132,7 @@ _API_PREFIXES = ("/api/", "/v1/")
 
 
 def wants_json(request: HttpRequest) -> bool:
-    return request.path.startswith(_API_PREFIXES) or "application/json" in request.headers.get(
-        "Accept", ""
-    )
+    return request.path.startswith(_API_PREFIXES) or "application/json" in request.headers.get("Accept", "")
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

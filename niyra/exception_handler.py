@@ -70,5 +70,3 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     view = context.get("view")
     logger.exception("unhandled API error in %s", type(view).__name__ if view else "view")
     return Response(error_body(INTERNAL_ERROR), status=INTERNAL_ERROR.status)
-
-

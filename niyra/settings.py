@@ -39,9 +39,7 @@ if not DEBUG:
         if not any(env.str(name, default="") for name in names.split("|"))
     ]
     if _missing:
-        raise ImproperlyConfigured(
-            "missing required environment variables (DEBUG is off): " + ", ".join(_missing)
-        )
+        raise ImproperlyConfigured("missing required environment variables (DEBUG is off): " + ", ".join(_missing))
 
 SECRET_KEY = env.str("SECRET_KEY", default="dev-insecure-not-for-production")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])

@@ -48,9 +48,7 @@ if "REDIS_URL" not in os.environ and "CELERY_BROKER_URL" not in os.environ:
 os.environ.setdefault("DEBUG", "False")
 os.environ.setdefault("SECRET_KEY", "test-" + base64.b64encode(os.urandom(24)).decode())
 # A fresh keyring per test run: nothing encrypted under it outlives the test database.
-os.environ.setdefault(
-    "NIYRA_ENCRYPTION_KEYS", "test1:" + base64.b64encode(os.urandom(32)).decode()
-)
+os.environ.setdefault("NIYRA_ENCRYPTION_KEYS", "test1:" + base64.b64encode(os.urandom(32)).decode())
 os.environ.setdefault("ALLOWED_HOSTS", "testserver,127.0.0.1,localhost")
 os.environ.setdefault("ANTHROPIC_API_KEY", "sk-ant-platform-test-key")
 os.environ.setdefault("OPENAI_API_KEY", "sk-proj-platform-test-key")

@@ -23,6 +23,9 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", include("accounts.urls")),
+    path("api/", include("byok.urls")),
+    path("api/", include("credits.urls")),
+    path("", include("routing.urls")),
     # Anything else under the API prefixes is a JSON 404, whatever DEBUG says.
     re_path(r"^(?:api|v1)/", errors.api_not_found),
 ]

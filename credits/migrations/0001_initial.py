@@ -6,7 +6,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -15,53 +14,98 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='BillingAccount',
+            name="BillingAccount",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('plan', models.CharField(choices=[('free', 'Free'), ('pro', 'Pro'), ('alpha', 'Alpha')], default='free', max_length=16)),
-                ('apex_enabled', models.BooleanField(default=False, help_text='Entitlement: Apex (Fable 5) access.')),
-                ('balance', models.BigIntegerField(default=0, help_text='Millicredits; equals the sum of ledger entries.')),
-                ('reserved', models.BigIntegerField(default=0, help_text='Millicredits held by open holds.')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('user', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='billing_account', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "plan",
+                    models.CharField(
+                        choices=[("free", "Free"), ("pro", "Pro"), ("alpha", "Alpha")], default="free", max_length=16
+                    ),
+                ),
+                ("apex_enabled", models.BooleanField(default=False, help_text="Entitlement: Apex (Fable 5) access.")),
+                (
+                    "balance",
+                    models.BigIntegerField(default=0, help_text="Millicredits; equals the sum of ledger entries."),
+                ),
+                ("reserved", models.BigIntegerField(default=0, help_text="Millicredits held by open holds.")),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "user",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="billing_account",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ('id',),
+                "ordering": ("id",),
             },
         ),
         migrations.CreateModel(
-            name='LedgerEntry',
+            name="LedgerEntry",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('amount', models.BigIntegerField(help_text='Signed millicredits: credits are positive, charges negative.')),
-                ('category', models.CharField(choices=[('llm', 'LLM'), ('embeddings', 'Embeddings'), ('tool_call', 'Tool calls'), ('voice_tts', 'Voice (TTS)'), ('voice_stt', 'Voice (STT)'), ('enrichment', 'Enrichment'), ('telephony', 'Telephony'), ('grant', 'Grant'), ('purchase', 'Purchase'), ('adjustment', 'Adjustment'), ('refund', 'Refund')], max_length=16)),
-                ('balance_after', models.BigIntegerField()),
-                ('idempotency_key', models.CharField(max_length=128)),
-                ('description', models.CharField(blank=True, max_length=255)),
-                ('details', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('account', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='entries', to='credits.billingaccount')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "amount",
+                    models.BigIntegerField(help_text="Signed millicredits: credits are positive, charges negative."),
+                ),
+                (
+                    "category",
+                    models.CharField(
+                        choices=[
+                            ("llm", "LLM"),
+                            ("embeddings", "Embeddings"),
+                            ("tool_call", "Tool calls"),
+                            ("voice_tts", "Voice (TTS)"),
+                            ("voice_stt", "Voice (STT)"),
+                            ("enrichment", "Enrichment"),
+                            ("telephony", "Telephony"),
+                            ("grant", "Grant"),
+                            ("purchase", "Purchase"),
+                            ("adjustment", "Adjustment"),
+                            ("refund", "Refund"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("balance_after", models.BigIntegerField()),
+                ("idempotency_key", models.CharField(max_length=128)),
+                ("description", models.CharField(blank=True, max_length=255)),
+                ("details", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                (
+                    "account",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="entries", to="credits.billingaccount"
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'ledger entries',
-                'ordering': ('-created_at', '-id'),
+                "verbose_name_plural": "ledger entries",
+                "ordering": ("-created_at", "-id"),
             },
         ),
         migrations.AddConstraint(
-            model_name='billingaccount',
-            constraint=models.CheckConstraint(condition=models.Q(('reserved__gte', 0)), name='billing_reserved_non_negative'),
+            model_name="billingaccount",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("reserved__gte", 0)), name="billing_reserved_non_negative"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='billingaccount',
-            constraint=models.CheckConstraint(condition=models.Q(('balance__gte', models.F('reserved'))), name='billing_available_non_negative'),
+            model_name="billingaccount",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("balance__gte", models.F("reserved"))), name="billing_available_non_negative"
+            ),
         ),
         migrations.AddIndex(
-            model_name='ledgerentry',
-            index=models.Index(fields=['account', '-created_at', '-id'], name='ledger_account_recent'),
+            model_name="ledgerentry",
+            index=models.Index(fields=["account", "-created_at", "-id"], name="ledger_account_recent"),
         ),
         migrations.AddConstraint(
-            model_name='ledgerentry',
-            constraint=models.UniqueConstraint(fields=('account', 'idempotency_key'), name='ledger_idempotency_unique'),
+            model_name="ledgerentry",
+            constraint=models.UniqueConstraint(fields=("account", "idempotency_key"), name="ledger_idempotency_unique"),
         ),
     ]

@@ -106,9 +106,7 @@ __all__ = [
 # Constants and deterministic helpers
 # --------------------------------------------------------------------------------------
 
-REPLY_TEXT: Final = (
-    "Hello from the Niyra provider sandbox, a deterministic stand-in for real models."
-)
+REPLY_TEXT: Final = "Hello from the Niyra provider sandbox, a deterministic stand-in for real models."
 REPLY_WORDS: Final[tuple[str, ...]] = tuple(REPLY_TEXT.split())
 MAX_OUTPUT: Final = len(REPLY_WORDS)  # 12
 assert MAX_OUTPUT == 12
@@ -438,16 +436,12 @@ class OAuthState:
     def issue_code(self, client_id: str, redirect_uri: str, challenge: str, scope: str) -> str:
         code = "sbx_code_" + secrets.token_urlsafe(24)
         with self._lock:
-            self._codes[code] = _Code(
-                client_id, redirect_uri, challenge, scope, time.monotonic() + self.code_ttl
-            )
+            self._codes[code] = _Code(client_id, redirect_uri, challenge, scope, time.monotonic() + self.code_ttl)
         return code
 
     # -- token -------------------------------------------------------------------------
 
-    def _issue(
-        self, grant_id: str, behaviour: Behaviour, *, with_refresh: bool, scope: str
-    ) -> dict[str, Any]:
+    def _issue(self, grant_id: str, behaviour: Behaviour, *, with_refresh: bool, scope: str) -> dict[str, Any]:
         ttl = behaviour.ttl if behaviour.ttl is not None else self.access_token_ttl
         access = "sbx_at_" + secrets.token_urlsafe(32)
         self._access[access] = _AccessToken(grant_id, time.monotonic() + ttl)
@@ -507,9 +501,7 @@ class OAuthState:
             if entry.rotated:
                 # Reuse of a rotated refresh token: assume theft, revoke the whole grant.
                 grant.revoked = True
-                raise OAuthError(
-                    400, "invalid_grant", "Refresh token reuse detected; the grant is revoked."
-                )
+                raise OAuthError(400, "invalid_grant", "Refresh token reuse detected; the grant is revoked.")
             if behaviour.norotate:
                 return self._issue(entry.grant_id, behaviour, with_refresh=False, scope=grant.scope)
             entry.rotated = True
@@ -569,9 +561,7 @@ _ANTHROPIC_BLOCK_START: Final = _sse(
     {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
 )
 _ANTHROPIC_PING: Final = _sse("ping", {"type": "ping"})
-_ANTHROPIC_BLOCK_STOP: Final = _sse(
-    "content_block_stop", {"type": "content_block_stop", "index": 0}
-)
+_ANTHROPIC_BLOCK_STOP: Final = _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
 _ANTHROPIC_MESSAGE_STOP: Final = _sse("message_stop", {"type": "message_stop"})
 _TEXT_JSON: Final = tuple(_dumps(" ".join(REPLY_WORDS[:n])) for n in range(MAX_OUTPUT + 1))
 _OPENAI_DELTA_JSON: Final = tuple(_dumps(t) for t in _DELTA_TEXT)
@@ -642,10 +632,7 @@ _ANTHROPIC_MODELS_BODY: Final = _dumps(
 _OPENAI_MODELS_BODY: Final = _dumps(
     {
         "object": "list",
-        "data": [
-            {"id": m, "object": "model", "created": 1735689600, "owned_by": "openai"}
-            for m in OPENAI_MODELS
-        ],
+        "data": [{"id": m, "object": "model", "created": 1735689600, "owned_by": "openai"} for m in OPENAI_MODELS],
     }
 ).encode()
 
@@ -655,9 +642,7 @@ CREDIT_BALANCE_MESSAGE: Final = (
     "Your credit balance is too low to access the Anthropic API. "
     "Please go to Plans & Billing to upgrade or purchase credits."
 )
-OPENAI_QUOTA_MESSAGE: Final = (
-    "You exceeded your current quota, please check your plan and billing details."
-)
+OPENAI_QUOTA_MESSAGE: Final = "You exceeded your current quota, please check your plan and billing details."
 _OPENAI_NO_KEY_MESSAGE: Final = (
     "You didn't provide an API key. You need to provide your API key in an Authorization "
     "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field "
@@ -670,12 +655,8 @@ def _anthropic_error_body(etype: str, message: str) -> bytes:
     return _dumps({"type": "error", "error": {"type": etype, "message": message}}).encode()
 
 
-def _openai_error_body(
-    message: str, etype: str, code: str | None, param: str | None = None
-) -> bytes:
-    return _dumps(
-        {"error": {"message": message, "type": etype, "param": param, "code": code}}
-    ).encode()
+def _openai_error_body(message: str, etype: str, code: str | None, param: str | None = None) -> bytes:
+    return _dumps({"error": {"message": message, "type": etype, "param": param, "code": code}}).encode()
 
 
 _RATE_HEADERS: Final = {"retry-after": str(RETRY_AFTER_SECONDS)}
@@ -700,9 +681,7 @@ _O_RATELIMIT: Final = _openai_error_body(
     "requests",
     "rate_limit_exceeded",
 )
-_O_NOQUOTA: Final = _openai_error_body(
-    OPENAI_QUOTA_MESSAGE, "insufficient_quota", "insufficient_quota"
-)
+_O_NOQUOTA: Final = _openai_error_body(OPENAI_QUOTA_MESSAGE, "insufficient_quota", "insufficient_quota")
 _O_OVERLOADED: Final = _openai_error_body(
     "The engine is currently overloaded, please try again later.", "server_error", None
 )
@@ -714,9 +693,7 @@ _O_ERROR: Final = _openai_error_body(
 _O_NO_KEY: Final = _openai_error_body(_OPENAI_NO_KEY_MESSAGE, "invalid_request_error", None)
 
 
-def _json(
-    body: bytes, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
+def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     hdrs = {"Content-Type": _JSON_CT}
     if headers:
         hdrs.update(headers)
@@ -812,8 +789,7 @@ def _openai_positive_int(body: dict[str, Any], name: str) -> int | None:
         )
     if value < 1:
         raise _Invalid(
-            f"Invalid '{name}': integer below minimum value. Expected a value >= 1, but got "
-            f"{value} instead.",
+            f"Invalid '{name}': integer below minimum value. Expected a value >= 1, but got {value} instead.",
             name,
             "integer_below_min_value",
         )
@@ -829,24 +805,19 @@ def _openai_chat_validate(body: Any) -> tuple[int, int | None, bool, bool]:
         raise _Invalid("you must provide a model parameter")
     messages = body.get("messages")
     if messages is None:
-        raise _Invalid(
-            "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
-        )
+        raise _Invalid("Missing required parameter: 'messages'.", "messages", "missing_required_parameter")
     if not isinstance(messages, list):
         raise _Invalid("Invalid type for 'messages': expected an array.", "messages", "invalid_type")
     if not messages:
         raise _Invalid(
-            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got "
-            "an empty array instead.",
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.",
             "messages",
             "empty_array",
         )
     words = 0
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict) or msg.get("role") not in _OPENAI_ROLES:
-            raise _Invalid(
-                f"Invalid value for 'messages[{i}].role'.", f"messages.[{i}].role", "invalid_value"
-            )
+            raise _Invalid(f"Invalid value for 'messages[{i}].role'.", f"messages.[{i}].role", "invalid_value")
         content = msg.get("content")
         if content is None or isinstance(content, str):
             words += len(content.split()) if content else 0
@@ -1019,8 +990,7 @@ class SandboxApp:
             if b.malformed:
                 return self._finish(record, _json(_MALFORMED_JSON))
             payload = (
-                _ANTHROPIC_MESSAGE_TMPL
-                % (msg_id, model_json, _TEXT_JSON[out], stop_reason, fresh, out, cached)
+                _ANTHROPIC_MESSAGE_TMPL % (msg_id, model_json, _TEXT_JSON[out], stop_reason, fresh, out, cached)
             ).encode()
             if b.cut:
                 return self._finish(record, await self._cut_body(request, payload, headers))
@@ -1085,9 +1055,7 @@ class SandboxApp:
     async def anthropic_not_found(self, request: web.Request) -> web.StreamResponse:
         return _json(_A_NOT_FOUND, 404)
 
-    async def _cut_body(
-        self, request: web.Request, payload: bytes, headers: dict[str, str]
-    ) -> web.StreamResponse:
+    async def _cut_body(self, request: web.Request, payload: bytes, headers: dict[str, str]) -> web.StreamResponse:
         """Announce the full Content-Length, send half of the body, drop the connection."""
         resp = web.StreamResponse(headers=headers)
         resp.content_length = len(payload)
@@ -1154,9 +1122,7 @@ class SandboxApp:
 
     @staticmethod
     def _openai_invalid(exc: _Invalid) -> web.Response:
-        return _json(
-            _openai_error_body(exc.message, "invalid_request_error", exc.code, exc.param), 400
-        )
+        return _json(_openai_error_body(exc.message, "invalid_request_error", exc.code, exc.param), 400)
 
     async def openai_chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._read_json(request)
@@ -1232,8 +1198,7 @@ class SandboxApp:
             await _cut_connection(request)
             return resp
         tail += (
-            f'{prefix}[{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"{finish}"}}]'
-            f"{usage_null}}}\n\n"
+            f'{prefix}[{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"{finish}"}}]{usage_null}}}\n\n'
         ).encode()
         if include_usage:
             usage = _OPENAI_USAGE_TMPL % (words, out, words + out, cached)
@@ -1281,9 +1246,7 @@ class SandboxApp:
 
     async def openai_not_found(self, request: web.Request) -> web.StreamResponse:
         return _json(
-            _openai_error_body(
-                f"Invalid URL ({request.method} {request.path})", "invalid_request_error", None
-            ),
+            _openai_error_body(f"Invalid URL ({request.method} {request.path})", "invalid_request_error", None),
             404,
         )
 
@@ -1297,9 +1260,7 @@ class SandboxApp:
     async def oauth_authorize(self, request: web.Request) -> web.StreamResponse:
         q = request.query
         client_id = q.get("client_id") or None
-        record = self.log.add(
-            LogRecord("oauth", request.path, request.method, client_id=client_id)
-        )
+        record = self.log.add(LogRecord("oauth", request.path, request.method, client_id=client_id))
         try:
             if not client_id:
                 raise OAuthError(400, "invalid_request", "Missing client_id.")
@@ -1313,18 +1274,12 @@ class SandboxApp:
             if response_type is None:
                 raise OAuthError(400, "invalid_request", "Missing response_type.")
             if response_type != "code":
-                raise OAuthError(
-                    400, "unsupported_response_type", "Only response_type=code is supported."
-                )
+                raise OAuthError(400, "unsupported_response_type", "Only response_type=code is supported.")
             challenge = q.get("code_challenge", "")
             if not _PKCE_RE.fullmatch(challenge):
-                raise OAuthError(
-                    400, "invalid_request", "Missing or invalid code_challenge (PKCE required)."
-                )
+                raise OAuthError(400, "invalid_request", "Missing or invalid code_challenge (PKCE required).")
             if q.get("code_challenge_method") != "S256":
-                raise OAuthError(
-                    400, "invalid_request", "code_challenge_method must be S256."
-                )
+                raise OAuthError(400, "invalid_request", "code_challenge_method must be S256.")
         except OAuthError as exc:
             return self._finish(record, self._oauth_error(exc))
         code = self.oauth.issue_code(client_id, redirect_uri, challenge, q.get("scope", ""))
@@ -1333,14 +1288,10 @@ class SandboxApp:
             params.append(("state", q["state"]))
         query = urlencode(parse_qsl(parts.query, keep_blank_values=True) + params)
         location = urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
-        return self._finish(
-            record, web.Response(status=302, headers={"Location": location})
-        )
+        return self._finish(record, web.Response(status=302, headers={"Location": location}))
 
     @staticmethod
-    def _client_credentials(
-        request: web.Request, form: Any
-    ) -> tuple[str | None, str | None, bool]:
+    def _client_credentials(request: web.Request, form: Any) -> tuple[str | None, str | None, bool]:
         """(client_id, client_secret, used_basic)."""
         auth = request.headers.get("Authorization", "")
         if auth[:6].lower() == "basic ":
@@ -1366,11 +1317,7 @@ class SandboxApp:
                 request.method,
                 grant_type=grant_type,
                 client_id=client_id,
-                refresh_token_id=(
-                    key_id(refresh_token)
-                    if refresh_token and grant_type == "refresh_token"
-                    else None
-                ),
+                refresh_token_id=(key_id(refresh_token) if refresh_token and grant_type == "refresh_token" else None),
             )
         )
         b = parse_behaviour(client_id)
@@ -1407,9 +1354,7 @@ class SandboxApp:
                 redirect_uri = _str_or_none(form.get("redirect_uri"))
                 verifier = _str_or_none(form.get("code_verifier"))
                 if not code or not redirect_uri or not verifier:
-                    raise OAuthError(
-                        400, "invalid_request", "code, redirect_uri and code_verifier are required."
-                    )
+                    raise OAuthError(400, "invalid_request", "code, redirect_uri and code_verifier are required.")
                 tokens = self.oauth.exchange_code(client_id, code, redirect_uri, verifier, b)
             elif grant_type == "refresh_token":
                 if not refresh_token:
@@ -1427,9 +1372,7 @@ class SandboxApp:
     async def oauth_revoke(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
         client_id, _secret, _basic = self._client_credentials(request, form)
-        record = self.log.add(
-            LogRecord("oauth", request.path, request.method, client_id=client_id)
-        )
+        record = self.log.add(LogRecord("oauth", request.path, request.method, client_id=client_id))
         token = _str_or_none(form.get("token"))
         if token:
             self.oauth.revoke(token)
@@ -1437,9 +1380,7 @@ class SandboxApp:
 
     async def oauth_userinfo(self, request: web.Request) -> web.StreamResponse:
         token = _bearer(request)
-        record = self.log.add(
-            LogRecord("oauth", request.path, request.method, key_id(token) if token else None)
-        )
+        record = self.log.add(LogRecord("oauth", request.path, request.method, key_id(token) if token else None))
         grant = self.oauth.introspect(token) if token else None
         if grant is None:
             resp = _json(

@@ -17,13 +17,16 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("email")
         parser.add_argument("--name", default="cli")
+        parser.add_argument(
+            "--service", action="store_true", help="a service token (metering API); the user must be staff"
+        )
 
-    def handle(self, *args: Any, email: str, name: str, **options: Any) -> None:
+    def handle(self, *args: Any, email: str, name: str, service: bool, **options: Any) -> None:
         user = User.objects.filter(email__iexact=email.strip()).first()
         if user is None:
             raise CommandError(f"no user with email {email!r}")
         try:
-            issued = api_token_create(user=user, name=name)
+            issued = api_token_create(user=user, name=name, kind="service" if service else "user")
         except NiyraError as exc:
             raise CommandError(exc.message) from exc
         self.stderr.write(f"Token {issued.token.name!r} for {user.email} (store it now, it won't be shown again):")
