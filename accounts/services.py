@@ -56,7 +56,7 @@ class IssuedToken:
 def api_token_create(*, user: User, name: str, kind: str = TokenKind.USER, actor: User | None = None) -> IssuedToken:
     name = name.strip()
     if not name or len(name) > 100:
-        raise errors.NiyraError(errors.INVALID_INPUT, detail={"name": ["Give the token a name (1–100 characters)."]})
+        raise errors.NiyraError(errors.INVALID_INPUT, detail={"name": ["Give the token a name (1 to 100 characters)."]})
     if kind not in TokenKind.values:
         raise errors.NiyraError(errors.INVALID_INPUT, detail={"kind": [f"One of: {', '.join(TokenKind.values)}."]})
     if kind == TokenKind.SERVICE and not user.is_staff:

@@ -40,7 +40,7 @@ def credit_grant(
     if not reason.strip():
         raise errors.NiyraError(errors.INVALID_INPUT, detail={"reason": ["A reason is required."]})
     if not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
-        raise errors.NiyraError(errors.INVALID_INPUT, detail={"idempotency_key": ["1–128 characters."]})
+        raise errors.NiyraError(errors.INVALID_INPUT, detail={"idempotency_key": ["1 to 128 characters."]})
     account = _locked_account(user)
     replayed = _replay(account, idempotency_key, {"amount": amount, "category": Category.GRANT})
     if replayed is not None:

@@ -44,7 +44,7 @@ def make_user(db: None) -> Callable[..., Any]:
 
     counter = iter(range(1, 10_000))
 
-    def make(email: str | None = None, password: str = "correct-horse-battery", **extra: Any) -> Any:
+    def make(email: str | None = None, password: str = "correct-horse-battery",  # noqa: S107, **extra: Any) -> Any:
         return user_create(email=email or f"user{next(counter)}@example.com", password=password, **extra)
 
     return make

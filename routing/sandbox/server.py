@@ -605,9 +605,10 @@ _MALFORMED_SSE_ANTHROPIC: Final = b'event: message_start\ndata: {"type": "messag
 _MALFORMED_SSE_OPENAI: Final = b'data: {"id": "chatcmpl-sandbox", "obj\n\n'
 
 ANTHROPIC_MODELS: Final = (
-    ("claude-opus-4-1", "Claude Opus 4.1"),
-    ("claude-sonnet-4-5", "Claude Sonnet 4.5"),
+    ("claude-opus-4-8", "Claude Opus 4.8"),
+    ("claude-sonnet-4-6", "Claude Sonnet 4.6"),
     ("claude-haiku-4-5", "Claude Haiku 4.5"),
+    ("claude-fable-5", "Claude Fable 5"),
 )
 OPENAI_MODELS: Final = (
     "gpt-4.1",
