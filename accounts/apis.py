@@ -11,6 +11,7 @@ from rest_framework.views import APIView
 from accounts.selectors import api_token_list
 from accounts.services import api_token_create, api_token_revoke
 from credits.selectors import billing_account_for
+from niyra.auth import request_user
 
 
 class MeApi(APIView):
@@ -22,10 +23,11 @@ class MeApi(APIView):
 
     @extend_schema(responses=OutputSerializer)
     def get(self, request: Request) -> Response:
-        account = billing_account_for(user=request.user)
+        user = request_user(request)
+        account = billing_account_for(user=user)
         data = {
-            "id": request.user.pk,
-            "email": request.user.email,
+            "id": user.pk,
+            "email": user.email,
             "plan": account.plan,
             "apex_enabled": account.apex_enabled,
         }
@@ -47,7 +49,7 @@ class TokenOutputSerializer(serializers.Serializer):
 class TokenListApi(APIView):
     @extend_schema(responses=TokenOutputSerializer(many=True))
     def get(self, request: Request) -> Response:
-        return Response(TokenOutputSerializer(api_token_list(user=request.user), many=True).data)
+        return Response(TokenOutputSerializer(api_token_list(user=request_user(request)), many=True).data)
 
 
 class TokenCreateApi(APIView):
@@ -61,7 +63,7 @@ class TokenCreateApi(APIView):
     def post(self, request: Request) -> Response:
         payload = self.InputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        issued = api_token_create(user=request.user, name=payload.validated_data["name"])
+        issued = api_token_create(user=request_user(request), name=payload.validated_data["name"])
         data = TokenOutputSerializer(issued.token).data | {"token": issued.plaintext}
         return Response(data, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})
 
@@ -69,5 +71,5 @@ class TokenCreateApi(APIView):
 class TokenRevokeApi(APIView):
     @extend_schema(responses={204: None})
     def delete(self, request: Request, token_id: int) -> Response:
-        api_token_revoke(user=request.user, token_id=token_id)
+        api_token_revoke(user=request_user(request), token_id=token_id)
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -60,8 +60,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         if spec is None:
             spec = ErrorSpec(code=str(exc.default_code), status=exc.status_code, message=str(exc.detail))
         detail: Any = response.data if isinstance(exc, drf_exceptions.ValidationError) else None
-        if isinstance(exc, drf_exceptions.Throttled) and exc.wait is not None:
-            detail = {"retry_after_seconds": int(exc.wait) + 1}
+        wait = getattr(exc, "wait", None)
+        if isinstance(exc, drf_exceptions.Throttled) and wait is not None:
+            detail = {"retry_after_seconds": int(wait) + 1}
         response.data = error_body(spec, detail=detail)
         return response
 

@@ -17,7 +17,7 @@ from byok.crypto import KeyringError, get_keyring
 
 logger = logging.getLogger(__name__)
 
-BROKER_TIMEOUT_SECONDS = 2.0
+BROKER_TIMEOUT_SECONDS = 2
 
 
 @never_cache
@@ -36,7 +36,7 @@ def check_database() -> None:
 def check_broker() -> None:
     url: str = settings.CELERY_BROKER_URL
     if url.startswith("filesystem://"):
-        folder = Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"])
+        folder = Path(str(settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"]))
         if not folder.is_dir():
             raise OSError(f"queue folder {folder} is missing")
         return

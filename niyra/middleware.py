@@ -29,7 +29,7 @@ class HealthCheckMiddleware:
             return self.__acall__(request)
         if request.path == "/healthz" and request.method == "GET":
             return _alive()
-        return self.get_response(request)  # type: ignore[return-value]
+        return self.get_response(request)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponse:
         if request.path == "/healthz" and request.method == "GET":

@@ -15,6 +15,7 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 REQUIRE_SERVICES = os.environ.get("NIYRA_REQUIRE_SERVICES") == "1"
+DEFAULT_PASSWORD = "correct-horse-battery"  # noqa: S105 - test users only
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -44,7 +45,7 @@ def make_user(db: None) -> Callable[..., Any]:
 
     counter = iter(range(1, 10_000))
 
-    def make(email: str | None = None, password: str = "correct-horse-battery",  # noqa: S107, **extra: Any) -> Any:
+    def make(email: str | None = None, password: str = DEFAULT_PASSWORD, **extra: Any) -> Any:
         return user_create(email=email or f"user{next(counter)}@example.com", password=password, **extra)
 
     return make

@@ -1,0 +1,76 @@
+"""fly.toml, the Procfiles and the Dockerfile name modules that really exist."""
+
+from __future__ import annotations
+
+import importlib
+import shlex
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FLY = tomllib.loads((ROOT / "fly.toml").read_text())
+
+
+def module_of(command: str) -> str:
+    argv = shlex.split(command)
+    program = Path(argv[0]).name
+    if program == "gunicorn":
+        return argv[1].split(":")[0]
+    if program == "celery":
+        return argv[argv.index("-A") + 1]
+    if program == "uvicorn":
+        return argv[1].split(":")[0]
+    raise AssertionError(f"unexpected program {program}")
+
+
+def test_fly_has_web_worker_and_a_single_beat() -> None:
+    processes = FLY["processes"]
+
+    assert set(processes) == {"web", "worker", "beat"}
+    assert "uvicorn" in (ROOT / "gunicorn.conf.py").read_text()
+    assert "worker" in shlex.split(processes["worker"])
+    assert "beat" in shlex.split(processes["beat"])
+    assert FLY["http_service"]["processes"] == ["web"]
+    assert any(check["path"] == "/healthz" for check in FLY["http_service"]["checks"])
+    assert "migrate" in FLY["deploy"]["release_command"]
+
+
+@pytest.mark.parametrize("process", ["web", "worker", "beat"])
+def test_fly_process_commands_name_real_modules(process: str) -> None:
+    module = importlib.import_module(module_of(FLY["processes"][process]))
+
+    if process == "web":
+        assert callable(module.application)
+    else:
+        from celery import Celery
+
+        assert isinstance(module.celery_app, Celery)
+
+
+def test_gunicorn_worker_class_is_importable() -> None:
+    namespace: dict[str, object] = {}
+    exec((ROOT / "gunicorn.conf.py").read_text(), namespace)  # noqa: S102 - our own config file
+    module, _, cls = str(namespace["worker_class"]).rpartition(".")
+
+    assert hasattr(importlib.import_module(module), cls)
+
+
+def test_fly_env_holds_no_secrets() -> None:
+    env = FLY["env"]
+
+    for secret in ("SECRET_KEY", "NIYRA_ENCRYPTION_KEYS", "DATABASE_URL", "ANTHROPIC_API_KEY", "OPENAI_API_KEY"):
+        assert secret not in env
+    assert env["DEBUG"] == "False"
+
+
+@pytest.mark.parametrize("procfile", ["Procfile", "Procfile.dev"])
+def test_procfile_commands_name_real_modules(procfile: str) -> None:
+    for line in (ROOT / procfile).read_text().splitlines():
+        name, _, command = line.partition(":")
+        if "manage.py" in command:
+            continue
+        if name == "release":
+            continue
+        importlib.import_module(module_of(command.strip()))
