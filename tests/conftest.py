@@ -15,7 +15,7 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 REQUIRE_SERVICES = os.environ.get("NIYRA_REQUIRE_SERVICES") == "1"
-DEFAULT_PASSWORD = "correct-horse-battery"  # noqa: S105 - test users only
+DEFAULT_PASSWORD = "correct-horse-battery"
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
