@@ -152,10 +152,12 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     # Zero-setup default for `make run`: queue messages are files in an ignored folder.
     (CELERY_FILESYSTEM_DIR / "queue").mkdir(parents=True, exist_ok=True)
     (CELERY_FILESYSTEM_DIR / "processed").mkdir(parents=True, exist_ok=True)
+    (CELERY_FILESYSTEM_DIR / "control").mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(CELERY_FILESYSTEM_DIR / "queue"),
         "data_folder_out": str(CELERY_FILESYSTEM_DIR / "queue"),
         "processed_folder": str(CELERY_FILESYSTEM_DIR / "processed"),
+        "control_folder": str(CELERY_FILESYSTEM_DIR / "control"),
         "store_processed": False,
     }
 else:
