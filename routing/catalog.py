@@ -41,8 +41,8 @@ class CatalogModel:
         return self.display_name or self.id
 
 
-def _anthropic(id: str, family: str, price_key: str, display: str, vendor: str | None = None) -> CatalogModel:
-    return CatalogModel(id, Provider.ANTHROPIC, vendor or id, family, price_key, display_name=display)
+def _anthropic(id: str, family: str, price_key: str, display: str) -> CatalogModel:
+    return CatalogModel(id, Provider.ANTHROPIC, id, family, price_key, display_name=display)
 
 
 def _openai(id: str, family: str, price_key: str, display: str, kind: Kind = Kind.CHAT) -> CatalogModel:
@@ -50,17 +50,17 @@ def _openai(id: str, family: str, price_key: str, display: str, kind: Kind = Kin
 
 
 MODELS: tuple[CatalogModel, ...] = (
-    # Anthropic, 4.x generations.
-    _anthropic("claude-sonnet-4-5", "sonnet", "claude-sonnet-4", "Claude Sonnet 4.5"),
-    _anthropic("claude-sonnet-4", "sonnet", "claude-sonnet-4", "Claude Sonnet 4", vendor="claude-sonnet-4-20250514"),
-    _anthropic("claude-opus-4-1", "opus", "claude-opus-4", "Claude Opus 4.1"),
-    _anthropic("claude-opus-4", "opus", "claude-opus-4", "Claude Opus 4", vendor="claude-opus-4-20250514"),
+    # Anthropic, 4.x generations (Sonnet 4.5 reached end-of-life on 2026-11-30; not offered).
+    _anthropic("claude-sonnet-4-6", "sonnet", "claude-sonnet-4", "Claude Sonnet 4.6"),
+    _anthropic("claude-opus-4-8", "opus", "claude-opus-4", "Claude Opus 4.8"),
+    _anthropic("claude-opus-4-7", "opus", "claude-opus-4", "Claude Opus 4.7"),
+    _anthropic("claude-opus-4-6", "opus", "claude-opus-4", "Claude Opus 4.6"),
     _anthropic("claude-haiku-4-5", "haiku", "claude-haiku-4", "Claude Haiku 4.5"),
     # Apex mode (Fable 5): Opus 4 tier, on the user's own Anthropic key only.
     CatalogModel(
         "apex",
         Provider.ANTHROPIC,
-        "claude-opus-4-1",
+        "claude-fable-5",
         "apex",
         "apex",
         byok_only=True,

@@ -64,6 +64,7 @@ class SandboxServer:
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._foreground_stop: asyncio.Event | None = None
 
     # -- addresses -------------------------------------------------------------------------
 
@@ -171,6 +172,11 @@ class SandboxServer:
         return self
 
     def stop(self) -> None:
+        """Stop serving (also ends a ``serve_forever()`` running on another thread)."""
+        if self._foreground_stop is not None and self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._foreground_stop.set)
+            return
         thread, loop = self._thread, self._loop
         if thread is None or loop is None:
             return
@@ -192,21 +198,24 @@ class SandboxServer:
 
     def serve_forever(self, on_ready: Callable[[SandboxServer], None] | None = None) -> None:
         """Serve on the current thread until SIGINT / SIGTERM (or KeyboardInterrupt)."""
-        if self._thread is not None:
-            raise RuntimeError("SandboxServer already started in the background")
+        if self._thread is not None or self._loop is not None:
+            raise RuntimeError("SandboxServer already started")
 
         async def main() -> None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
+                # Only possible on the main thread; elsewhere stop() ends the server.
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.add_signal_handler(sig, stop.set)
             await self._setup()
+            self._loop, self._foreground_stop = loop, stop
             try:
                 if on_ready is not None:
                     on_ready(self)
                 await stop.wait()
             finally:
+                self._loop = self._foreground_stop = None
                 await self._teardown()
 
         with contextlib.suppress(KeyboardInterrupt):

@@ -28,9 +28,10 @@ A word anywhere in the key / client_id, delimited by ``-`` or ``_``
   (Anthropic 400 "credit balance is too low" / OpenAI 429 ``insufficient_quota``),
   ``overloaded`` (Anthropic 529 / OpenAI 503), ``error`` (500), ``slow<ms>`` (delay before the
   response), ``slowchunk<ms>`` (delay before each streamed token), ``hang`` (never answers),
-  ``malformed`` (200 with a non-JSON body), ``cut`` (body stops after half the tokens and the
-  connection is closed: no final usage, no ``message_stop`` / ``[DONE]``), ``cached`` (half of
-  the prompt is reported as read from cache).
+  ``malformed`` (200 with a non-JSON body / SSE data), ``cut`` (a stream stops after half the
+  output tokens and the connection is closed: no final usage, no ``message_stop`` / ``[DONE]``;
+  a non-streaming body stops after half its announced Content-Length), ``cached`` (half of the
+  prompt is reported as read from cache). Behaviour errors are checked before body validation.
 * OAuth client ids: ``revoked`` (refresh -> 400 ``invalid_grant`` and the grant is revoked),
   ``norotate`` (refresh returns no new refresh token; the old one stays valid), ``noexpiry``
   (no ``expires_in`` in token responses; the server still enforces the TTL), ``ratelimit``
@@ -111,7 +112,7 @@ REPLY_WORDS: Final[tuple[str, ...]] = tuple(REPLY_TEXT.split())
 MAX_OUTPUT: Final = len(REPLY_WORDS)  # 12
 assert MAX_OUTPUT == 12
 
-CLIENT_SECRET_PREFIX: Final = "secret-"
+CLIENT_SECRET_PREFIX: Final = "secret-"  # noqa: S105 - the sandbox's documented fake secret rule
 DEFAULT_ACCESS_TOKEN_TTL: Final = 3600
 DEFAULT_CODE_TTL: Final = 60.0
 RETRY_AFTER_SECONDS: Final = 7
@@ -564,6 +565,7 @@ _ANTHROPIC_PING: Final = _sse("ping", {"type": "ping"})
 _ANTHROPIC_BLOCK_STOP: Final = _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
 _ANTHROPIC_MESSAGE_STOP: Final = _sse("message_stop", {"type": "message_stop"})
 _TEXT_JSON: Final = tuple(_dumps(" ".join(REPLY_WORDS[:n])) for n in range(MAX_OUTPUT + 1))
+_ROLE: Final = '"role":"assistant",'
 _OPENAI_DELTA_JSON: Final = tuple(_dumps(t) for t in _DELTA_TEXT)
 
 _ANTHROPIC_MESSAGE_TMPL: Final = (
@@ -1180,10 +1182,10 @@ class SandboxApp:
         )
         chunks = [
             (
-                f'{prefix}[{{"index":0,"delta":{{{role}"content":{_OPENAI_DELTA_JSON[i]}}},'
+                f'{prefix}[{{"index":0,"delta":{{{_ROLE if i == 0 else ""}"content":{_OPENAI_DELTA_JSON[i]}}},'
                 f'"logprobs":null,"finish_reason":null}}]{usage_null}}}\n\n'
             ).encode()
-            for i, role in zip(range(out), itertools.chain(['"role":"assistant",'], itertools.repeat("")))
+            for i in range(out)
         ]
         sent = out // 2 if b.cut else out
         if b.slowchunk_ms:
@@ -1362,7 +1364,7 @@ class SandboxApp:
                     raise OAuthError(400, "invalid_request", "Missing refresh_token.")
                 tokens = self.oauth.refresh(client_id, refresh_token, b)
             else:
-                raise OAuthError(400, "unsupported_grant_type", f"Unsupported grant_type.")
+                raise OAuthError(400, "unsupported_grant_type", "Unsupported grant_type.")
         except OAuthError as exc:
             return self._finish(record, self._oauth_error(exc))
         return self._finish(
