@@ -15,7 +15,9 @@ GOOD_KEY = "k1:" + base64.b64encode(os.urandom(32)).decode()
 
 
 def run_manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("NIYRA_", "DJANGO_", "DATABASE_", "REDIS_"))}
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("NIYRA_", "DJANGO_", "DATABASE_", "REDIS_", "SECURE_"))
+    }
     clean |= {"DJANGO_SETTINGS_MODULE": "niyra.settings", "NIYRA_READ_DOTENV": "0"} | env
     for name in ("SECRET_KEY", "ANTHROPIC_API_KEY", "OPENAI_API_KEY", "ALLOWED_HOSTS", "DEBUG", "CELERY_BROKER_URL"):
         if name not in env:
@@ -81,3 +83,31 @@ def test_development_defaults_start_with_only_a_keyring() -> None:
     result = run_manage("check", DEBUG="True", NIYRA_ENCRYPTION_KEYS=GOOD_KEY)
 
     assert result.returncode == 0, result.stderr
+
+
+PRODUCTION_ENV = {
+    "DEBUG": "False",
+    "SECRET_KEY": base64.b64encode(os.urandom(48)).decode(),
+    "NIYRA_ENCRYPTION_KEYS": GOOD_KEY,
+    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/niyra",
+    "REDIS_URL": "redis://127.0.0.1:6379/15",
+    "ALLOWED_HOSTS": "niyra.fly.dev",
+    "ANTHROPIC_API_KEY": "sk-ant-prod-placeholder",
+    "OPENAI_API_KEY": "sk-proj-prod-placeholder",
+}
+
+
+def test_deploy_checks_are_clean_with_production_settings() -> None:
+    result = run_manage("check", "--deploy", "--fail-level", "WARNING", **PRODUCTION_ENV)
+
+    assert result.returncode == 0, result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_openapi_schema_is_valid_and_warning_free(tmp_path: Path) -> None:
+    out = tmp_path / "schema.yaml"
+
+    result = run_manage("spectacular", "--validate", "--fail-on-warn", "--file", str(out), **PRODUCTION_ENV)
+
+    assert result.returncode == 0, result.stderr
+    assert "bearerAuth" in out.read_text()
