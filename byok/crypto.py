@@ -21,6 +21,7 @@ from functools import lru_cache
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
+from django.views.decorators.debug import sensitive_variables
 
 ENVELOPE_VERSION = 1
 NONCE_BYTES = 12
@@ -41,7 +42,11 @@ class Keyring:
     keys: dict[str, AESGCM]
     primary_kid: str
 
+    def __repr__(self) -> str:
+        return f"<Keyring primary={self.primary_kid!r} kids={list(self.keys)!r}>"
+
     @classmethod
+    @sensitive_variables()
     def parse(cls, spec: str) -> Keyring:
         entries = [part.strip() for part in spec.split(",") if part.strip()]
         if not entries:
@@ -66,6 +71,7 @@ class Keyring:
             keys[kid] = AESGCM(material)
         return cls(keys=keys, primary_kid=next(iter(keys)))
 
+    @sensitive_variables("plaintext")
     def encrypt(self, plaintext: str, *, purpose: str) -> bytes:
         kid = self.primary_kid
         header = bytes([ENVELOPE_VERSION, len(kid)]) + kid.encode("ascii")
@@ -73,7 +79,8 @@ class Keyring:
         sealed = self.keys[kid].encrypt(nonce, plaintext.encode("utf-8"), header + purpose.encode("utf-8"))
         return header + nonce + sealed
 
-    def decrypt(self, envelope: bytes, *, purpose: str) -> str:
+    @sensitive_variables()
+    def decrypt(self, envelope: bytes | memoryview, *, purpose: str) -> str:
         try:
             envelope = bytes(envelope)
             if envelope[0] != ENVELOPE_VERSION:
@@ -92,8 +99,21 @@ class Keyring:
         except (IndexError, UnicodeDecodeError, InvalidTag, ValueError, TypeError):
             raise DecryptionError("ciphertext does not open with this keyring and purpose") from None
 
+    @sensitive_variables()
+    def reencrypt(self, envelope: bytes | memoryview, *, purpose: str) -> bytes:
+        """The same secret sealed under the primary key (raises DecryptionError like `decrypt`)."""
+        return self.encrypt(self.decrypt(envelope, purpose=purpose), purpose=purpose)
+
+    def is_primary(self, envelope: bytes | memoryview) -> bool:
+        """True if the envelope is sealed with the primary key (nothing to re-encrypt)."""
+        return self.key_id_of(envelope) == self.primary_kid
+
+    def can_open_kid(self, kid: str | None) -> bool:
+        """True if the keyring holds key id `kid` (cheap; does not prove the envelope is intact)."""
+        return kid is not None and kid in self.keys
+
     @staticmethod
-    def key_id_of(envelope: bytes) -> str | None:
+    def key_id_of(envelope: bytes | memoryview) -> str | None:
         """The key id an envelope was sealed with (None if it is not a valid envelope)."""
         try:
             envelope = bytes(envelope)

@@ -93,6 +93,17 @@ IDEMPOTENCY_CONFLICT = _spec(
     409,
     "This idempotency key was already used with different parameters.",
 )
+UNKNOWN_CATEGORY = _spec(
+    "unknown_category",
+    400,
+    "Unknown usage category. Use embeddings, tool_call, voice_tts, voice_stt, enrichment or telephony.",
+)
+HOLD_NOT_FOUND = _spec("hold_not_found", 404, "That credit hold doesn't exist.")
+HOLD_ALREADY_RESOLVED = _spec(
+    "hold_already_resolved",
+    409,
+    "This credit hold was already settled or voided. A hold resolves exactly once.",
+)
 
 
 class NiyraError(Exception):

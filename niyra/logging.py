@@ -1,7 +1,11 @@
 """Defence in depth: redact anything shaped like a provider key or bearer token from log records.
 
 The plan is that secrets never reach a log call at all; this filter only limits the damage
-if one does.
+if one does. It is attached to every handler in settings.LOGGING (a filter on a handler sees the
+records of every logger that propagates to it); a new handler must list it too.
+
+It redacts the formatted message, the traceback (formatted here, so the handler's formatter uses
+the redacted text), the stack info and any string passed in `extra`.
 """
 
 from __future__ import annotations
@@ -11,17 +15,34 @@ import re
 
 REDACTED = "[redacted]"
 
+_KEY_CHARS = r"A-Za-z0-9_\-"
 SECRET_PATTERNS = re.compile(
-    r"""
-    sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{8,}      # Anthropic / OpenAI API keys
-    | niy_[A-Za-z0-9]{6,}_[A-Za-z0-9_\-]{10,} # Niyra API tokens
-    | (?<=Bearer\ )[A-Za-z0-9._~+/\-]{8,}=*   # any bearer credential
+    rf"""
+    (?<![A-Za-z0-9])sk-(?:ant-|proj-|svcacct-|admin-)?[{_KEY_CHARS}]{{8,}}   # Anthropic / OpenAI keys
+    | (?<![A-Za-z0-9])niy_[A-Za-z0-9]{{6,}}_[{_KEY_CHARS}]{{10,}}             # Niyra API tokens
     """,
     re.VERBOSE,
 )
+# A credential after a label: "Bearer <token>", "x-api-key: <key>", "api_key='<key>'", ...
+LABELLED_SECRET = re.compile(
+    r"""
+    (?P<label>
+        \bbearer\s+
+      | \b(?:x-api-key|api[_-]?key|authorization|access[_-]?token|refresh[_-]?token|client[_-]?secret|password)
+        ["']?\s*[:=]\s*["']?
+    )
+    (?P<secret>[A-Za-z0-9._~+/\-]{8,}=*)
+    """,
+    re.VERBOSE | re.IGNORECASE,
+)
+
+# Attributes every LogRecord has; anything else came in through `extra=`.
+_STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_formatter = logging.Formatter()
 
 
 def redact(text: str) -> str:
+    text = LABELLED_SECRET.sub(lambda m: m.group("label") + REDACTED, text)
     return SECRET_PATTERNS.sub(REDACTED, text)
 
 
@@ -34,6 +55,14 @@ class RedactSecretsFilter(logging.Filter):
         redacted = redact(message)
         if redacted != message:
             record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            # Format the traceback now so the handler's formatter reuses the redacted text.
+            record.exc_text = _formatter.formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for name, value in list(vars(record).items()):
+            if name not in _STANDARD_ATTRIBUTES and isinstance(value, str):
+                setattr(record, name, redact(value))
         return True

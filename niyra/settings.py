@@ -211,6 +211,8 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "niyra.exception_handler.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "niyra.schema.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # Key save/test are throttled per user: a key-checking oracle is abuse.
+    "DEFAULT_THROTTLE_RATES": {"byok_save": "10/hour", "byok_test": "30/hour"},
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Niyra API",

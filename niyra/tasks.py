@@ -15,7 +15,7 @@ def heartbeat() -> None:
     cache.set(HEARTBEAT_CACHE_KEY, timezone.now().isoformat(), timeout=None)
 
 
-@shared_task(name="niyra.tasks.echo")
-def echo(value: str) -> str:
-    """Returns its argument: used to prove a real round trip through the broker."""
-    return value
+@shared_task(name="niyra.tasks.echo", ignore_result=True)
+def echo(*, value: str, cache_key: str) -> None:
+    """Writes `value` to the shared cache: proves a real round trip through broker and worker."""
+    cache.set(cache_key, value, timeout=300)

@@ -1,0 +1,37 @@
+"""The routed-call log: one row per LLM call Niyra dispatched, whoever paid for it."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class KeySource(models.TextChoices):
+    BYOK = "byok", "Your key"
+    PLATFORM = "platform", "Niyra credits"
+
+
+class RoutedCall(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="routed_calls")
+    model = models.CharField(max_length=64)
+    provider = models.CharField(max_length=16)
+    kind = models.CharField(max_length=16, default="chat")
+    key_source = models.CharField(max_length=16, choices=KeySource.choices)
+    stream = models.BooleanField(default=False)
+    tokens_in = models.PositiveIntegerField(default=0)
+    tokens_out = models.PositiveIntegerField(default=0)
+    tokens_cached = models.PositiveIntegerField(default=0)
+    credits_charged = models.BigIntegerField(default=0, help_text="Millicredits posted for this call.")
+    latency_ms = models.PositiveIntegerField(default=0)
+    outcome = models.CharField(max_length=48, default="ok", help_text="'ok' or an error catalogue code.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        indexes = [models.Index(fields=["user", "-created_at"], name="routedcall_user_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.model} via {self.key_source} ({self.outcome})"

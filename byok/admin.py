@@ -1,0 +1,80 @@
+"""Admin for support staff: key status at a glance, never key material; disconnect via the service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from byok.models import ProviderKey
+from byok.selectors import provider_key_effective_status
+from byok.services import provider_key_disconnect
+from niyra.auth import request_user
+from niyra.errors import NiyraError
+
+
+@admin.register(ProviderKey)
+class ProviderKeyAdmin(admin.ModelAdmin):
+    list_display = (
+        "user_email",
+        "provider",
+        "effective_status",
+        "hint",
+        "last_tested_at",
+        "last_error_code",
+        "updated_at",
+    )
+    list_filter = ("provider", "status")
+    search_fields = ("user__email", "hint", "fingerprint")
+    list_select_related = ("user",)
+    ordering = ("user__email", "provider")
+    # An explicit list: the ciphertext (and anything added later) is never on a page.
+    fields = (
+        "user",
+        "provider",
+        "effective_status",
+        "hint",
+        "fingerprint",
+        "last_tested_at",
+        "last_error_code",
+        "encryption_key_id",
+        "created_at",
+        "updated_at",
+    )
+    readonly_fields = fields
+    actions = ("disconnect",)
+
+    @admin.display(description="User", ordering="user__email")
+    def user_email(self, obj: ProviderKey) -> str:
+        return obj.user.email
+
+    @admin.display(description="Status", ordering="status")
+    def effective_status(self, obj: ProviderKey) -> str:
+        return provider_key_effective_status(obj).replace("_", " ")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # keys are pasted by their owners, through the API or the dashboard
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a raw delete would skip the audit row: use the Disconnect action
+
+    def has_disconnect_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("byok.delete_providerkey")
+
+    @admin.action(description="Disconnect selected keys (the users go back to credits)", permissions=["disconnect"])
+    def disconnect(self, request: HttpRequest, queryset: QuerySet[ProviderKey]) -> None:
+        done = 0
+        for provider_key in queryset.select_related("user"):
+            try:
+                provider_key_disconnect(
+                    user=provider_key.user, provider=provider_key.provider, actor=request_user(request)
+                )
+            except NiyraError:
+                continue  # disconnected meanwhile
+            done += 1
+        self.message_user(request, f"Disconnected {done} key(s).", messages.SUCCESS)

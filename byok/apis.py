@@ -1,0 +1,109 @@
+"""REST for provider keys: list, add/rotate (PUT), test, disconnect (DELETE).
+
+No response has a key field: output serializers only know the hint and fingerprint. Save and
+test are throttled per user, since a key-checking endpoint is an oracle worth abusing.
+"""
+
+from __future__ import annotations
+
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.settings import api_settings
+from rest_framework.throttling import BaseThrottle, ScopedRateThrottle
+from rest_framework.views import APIView
+
+from byok.keytext import MAX_KEY_LENGTH
+from byok.models import KeyStatus, ProviderKey
+from byok.selectors import provider_key_effective_status, provider_key_list
+from byok.services import provider_key_disconnect, provider_key_save, provider_key_test
+from niyra.auth import request_user
+from niyra.errors import CATALOGUE, KEY_NEEDS_REENTRY
+
+
+class ByokRateThrottle(ScopedRateThrottle):
+    """Per-user scoped throttle whose rate is read at request time.
+
+    DRF's SimpleRateThrottle binds DEFAULT_THROTTLE_RATES when it is imported, so settings
+    overrides would not reach it; and a scope missing from settings must neither crash the
+    endpoint nor leave it unthrottled, hence the defaults.
+    """
+
+    DEFAULT_RATES = {"byok_save": "10/hour", "byok_test": "30/hour"}
+
+    def get_rate(self) -> str | None:
+        assert self.scope is not None
+        rates = api_settings.DEFAULT_THROTTLE_RATES or {}
+        rate = rates.get(self.scope)
+        return str(rate) if rate else self.DEFAULT_RATES[self.scope]
+
+
+class ProviderKeyOutputSerializer(serializers.Serializer):
+    provider = serializers.CharField()
+    status = serializers.SerializerMethodField(help_text="valid, invalid, rate_limited, quota_exhausted, ...")
+    hint = serializers.CharField(help_text="Prefix and last four characters, e.g. sk-ant-…AbCd.")
+    fingerprint = serializers.CharField()
+    last_tested_at = serializers.DateTimeField(allow_null=True)
+    last_error = serializers.SerializerMethodField(help_text="{code, message} of the last problem, or null.")
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+    def get_status(self, provider_key: ProviderKey) -> str:
+        return provider_key_effective_status(provider_key)
+
+    def get_last_error(self, provider_key: ProviderKey) -> dict[str, str] | None:
+        if provider_key_effective_status(provider_key) == KeyStatus.NEEDS_REENTRY:
+            spec = KEY_NEEDS_REENTRY
+        elif provider_key.last_error_code in CATALOGUE:
+            spec = CATALOGUE[provider_key.last_error_code]
+        else:
+            return None
+        return {"code": spec.code, "message": spec.message}
+
+
+class ProviderKeyListApi(APIView):
+    @extend_schema(responses=ProviderKeyOutputSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        keys = provider_key_list(user=request_user(request))
+        return Response(ProviderKeyOutputSerializer(keys, many=True).data)
+
+
+@method_decorator(sensitive_post_parameters("key"), name="dispatch")
+class ProviderKeyApi(APIView):
+    """PUT adds or rotates the key for a provider; DELETE disconnects it."""
+
+    throttle_scope = "byok_save"
+
+    class InputSerializer(serializers.Serializer):
+        key = serializers.CharField(max_length=MAX_KEY_LENGTH * 2, trim_whitespace=False, write_only=True)
+
+    def get_throttles(self) -> list[BaseThrottle]:
+        return [ByokRateThrottle()] if self.request.method == "PUT" else []
+
+    @extend_schema(request=InputSerializer, responses=ProviderKeyOutputSerializer)
+    @sensitive_variables()
+    def put(self, request: Request, provider: str) -> Response:
+        payload = self.InputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        provider_key = provider_key_save(
+            user=request_user(request), provider=provider, key=payload.validated_data["key"]
+        )
+        return Response(ProviderKeyOutputSerializer(provider_key).data, headers={"Cache-Control": "no-store"})
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, provider: str) -> Response:
+        provider_key_disconnect(user=request_user(request), provider=provider)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ProviderKeyTestApi(APIView):
+    throttle_scope = "byok_test"
+    throttle_classes = [ByokRateThrottle]
+
+    @extend_schema(request=None, responses=ProviderKeyOutputSerializer)
+    def post(self, request: Request, provider: str) -> Response:
+        provider_key = provider_key_test(user=request_user(request), provider=provider)
+        return Response(ProviderKeyOutputSerializer(provider_key).data)

@@ -1,0 +1,52 @@
+"""Reads for provider keys. Opening a key (`provider_key_plaintext`) is for the call that uses it."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+from django.views.decorators.debug import sensitive_variables
+
+from accounts.models import User
+from byok.crypto import DecryptionError, get_keyring
+from byok.models import KeyStatus, ProviderKey
+from niyra.errors import KEY_NEEDS_REENTRY, NiyraError
+
+# Statuses the dispatcher may route through. Rate-limited and out-of-quota keys are genuine: the
+# provider will answer (or refuse) the call itself, and the user sees its error.
+USABLE_STATUSES = frozenset({KeyStatus.VALID, KeyStatus.RATE_LIMITED, KeyStatus.QUOTA_EXHAUSTED, KeyStatus.UNVERIFIED})
+
+
+def provider_key_list(*, user: User) -> QuerySet[ProviderKey]:
+    return ProviderKey.objects.filter(user=user).order_by("provider")
+
+
+def provider_key_get(*, user: User, provider: str) -> ProviderKey | None:
+    return ProviderKey.objects.filter(user=user, provider=provider).first()
+
+
+def provider_key_effective_status(provider_key: ProviderKey) -> str:
+    """The status to show: "needs_reentry" when the keyring no longer holds the key id the
+    ciphertext was sealed with (a cheap check: nothing is decrypted to list keys)."""
+    if not get_keyring().can_open_kid(provider_key.encryption_key_id):
+        return KeyStatus.NEEDS_REENTRY
+    return provider_key.status
+
+
+def provider_key_usable(*, user: User, provider: str) -> ProviderKey | None:
+    """The user's key for `provider` if routing may use it (plan checks are the caller's)."""
+    key = provider_key_get(user=user, provider=provider)
+    if key is None or provider_key_effective_status(key) not in USABLE_STATUSES:
+        return None
+    return key
+
+
+@sensitive_variables()
+def provider_key_plaintext(provider_key: ProviderKey) -> str:
+    """Decrypt the key for the call about to use it. The caller drops it when the call ends.
+
+    A ciphertext that does not open (unknown key id, tampered, copied from another row) raises
+    `KEY_NEEDS_REENTRY`; the caller records that with `provider_key_mark_needs_reentry`.
+    """
+    try:
+        return get_keyring().decrypt(provider_key.ciphertext, purpose=provider_key.purpose)
+    except DecryptionError:
+        raise NiyraError(KEY_NEEDS_REENTRY, detail={"provider": provider_key.provider}) from None

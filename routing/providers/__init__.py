@@ -1,0 +1,45 @@
+"""Provider adapters: the only code that talks to the Anthropic and OpenAI SDKs.
+
+BYOK uses :meth:`ProviderAdapter.probe` to validate a key with one tiny real request; the
+routing dispatcher will add generation, streaming and embeddings to the same adapters. Every SDK
+exception becomes a catalogue error through :func:`map_provider_error`, and nothing here ever
+keeps, logs or returns an API key.
+"""
+
+from __future__ import annotations
+
+from routing.providers.anthropic_adapter import AnthropicAdapter
+from routing.providers.base import (
+    PROBE_MODELS,
+    PROVIDERS,
+    ProbeResult,
+    ProviderAdapter,
+)
+from routing.providers.errors import map_provider_error
+from routing.providers.openai_adapter import OpenAIAdapter
+
+_ADAPTERS: dict[str, type[ProviderAdapter]] = {
+    AnthropicAdapter.provider: AnthropicAdapter,
+    OpenAIAdapter.provider: OpenAIAdapter,
+}
+
+
+def get_adapter(provider: str) -> ProviderAdapter:
+    """The adapter for `provider` ("anthropic" or "openai"), configured from settings.
+
+    Raises KeyError for anything else: callers check the provider first (third-party providers
+    get the catalogue's own error, not a crash).
+    """
+    return _ADAPTERS[provider]()
+
+
+__all__ = [
+    "PROBE_MODELS",
+    "PROVIDERS",
+    "AnthropicAdapter",
+    "OpenAIAdapter",
+    "ProbeResult",
+    "ProviderAdapter",
+    "get_adapter",
+    "map_provider_error",
+]
