@@ -25,4 +25,10 @@ app.conf.beat_schedule = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
+    # Release credit holds whose call never settled (a crashed web process, a lost client).
+    "credits-expire-holds": {
+        "task": "credits.tasks.expire_holds",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
 }
