@@ -83,6 +83,18 @@ APEX_NEEDS_KEY = _spec(
     403,
     "Apex (Fable 5) is BYOK-only. Add your Anthropic key in Settings → BYOK to use it.",
 )
+KEY_REJECTED = _spec(
+    "key_rejected",
+    400,
+    "Key invalid — your provider rejected this key. Update it or disconnect it in Settings → BYOK.",
+)
+PLAN_KEY_UNUSABLE = _spec(
+    "plan_key_unusable",
+    403,
+    "BYOK is available on Pro and Alpha plans, so your saved key can't be used. "
+    "Upgrade, or disconnect the key to pay in credits.",
+)
+REQUEST_TOO_LARGE = _spec("request_too_large", 413, "The request body is too large.")
 
 # --- Credits --------------------------------------------------------------------------------
 INSUFFICIENT_CREDITS = _spec(
@@ -165,3 +177,51 @@ def handler500(request: HttpRequest) -> HttpResponse:
 
 def api_not_found(request: HttpRequest) -> HttpResponse:
     return JsonResponse(error_body(NOT_FOUND), status=404)
+
+
+# --- OAuth connections (byok) ---------------------------------------------------------------
+OAUTH_INTEGRATION_UNKNOWN = _spec("oauth_integration_unknown", 404, "No such integration. See the list of integrations.")
+OAUTH_CONNECTION_NOT_FOUND = _spec("oauth_connection_not_found", 404, "This integration is not connected.")
+OAUTH_STATE_INVALID = _spec(
+    "oauth_state_invalid",
+    400,
+    "This connect link is unknown, expired or was already used. Start connecting again.",
+)
+OAUTH_CODE_MISSING = _spec(
+    "oauth_code_missing", 400, "The provider sent no authorization code. Start connecting again."
+)
+OAUTH_ACCESS_DENIED = _spec(
+    "oauth_access_denied", 400, "The provider did not grant access (it was declined or failed). Nothing was changed."
+)
+OAUTH_CODE_REJECTED = _spec(
+    "oauth_code_rejected",
+    400,
+    "The provider refused the authorization code (expired, used or failed verification). Start connecting again.",
+)
+OAUTH_NEEDS_REAUTH = _spec(
+    "oauth_needs_reauth", 409, "Access to this integration was revoked or has expired. Reconnect it to keep using it."
+)
+OAUTH_CONNECTION_ERROR = _spec(
+    "oauth_connection_error",
+    409,
+    "This connection stopped refreshing after repeated failures. Reconnect it, or try again later.",
+)
+OAUTH_NO_REFRESH_TOKEN = _spec(
+    "oauth_no_refresh_token", 409, "The provider gave no way to renew this connection's access. Reconnect it."
+)
+OAUTH_TOKEN_UNREADABLE = _spec(
+    "oauth_token_unreadable", 409, "This connection's saved tokens can no longer be read. Reconnect it."
+)
+OAUTH_PROVIDER_UNAVAILABLE = _spec(
+    "oauth_provider_unavailable", 503, "Couldn't reach the integration's provider, try again."
+)
+OAUTH_PROVIDER_REJECTED = _spec(
+    "oauth_provider_rejected",
+    502,
+    "The integration's provider refused the request. Niyra's client settings may be wrong; we are on it.",
+)
+OAUTH_TOKEN_RESPONSE_MALFORMED = _spec(
+    "oauth_token_response_malformed",
+    502,
+    "The integration's provider sent an unusable token response. Your existing connection was not changed.",
+)

@@ -79,6 +79,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "routing.middleware.RoutingMiddleware",
 ]
 
 ROOT_URLCONF = "niyra.urls"
@@ -198,6 +199,54 @@ PROVIDER_VALIDATION_TIMEOUT_SECONDS = env.float("PROVIDER_VALIDATION_TIMEOUT_SEC
 # --- OAuth refresh daemon ------------------------------------------------------------------
 OAUTH_REFRESH_INTERVAL_SECONDS = env.int("OAUTH_REFRESH_INTERVAL_SECONDS", default=300)
 OAUTH_REFRESH_MARGIN_SECONDS = max(60, env.int("OAUTH_REFRESH_MARGIN_SECONDS", default=120))
+
+
+# OAuth integrations (byok.oauth): OAUTH_INTEGRATION_NAMES=gmail,slack, then per name (upper-case,
+# "-" -> "_") OAUTH_<NAME>_CLIENT_ID, _CLIENT_SECRET, _AUTHORIZE_URL, _TOKEN_URL (required) and
+# _REVOKE_URL, _SCOPES (space/comma separated), _LABEL, _REDIRECT_URI, _DEFAULT_EXPIRES_IN,
+# _TIMEOUT_SECONDS, _TOKEN_AUTH_METHOD (client_secret_basic | client_secret_post) (optional).
+# A configured name with a required value missing stops start-up. In DEBUG with no names, the
+# local provider sandbox is the one integration ("sandbox"; its documented fake client secret).
+def _oauth_integrations() -> dict[str, dict[str, object]]:
+    import re
+
+    names = env.list("OAUTH_INTEGRATION_NAMES", default=[])
+    if not names and DEBUG:
+        sandbox = f"http://127.0.0.1:{env.int('NIYRA_SANDBOX_PORT', default=8765)}/oauth"
+        return {
+            "sandbox": {
+                "label": "Provider sandbox",
+                "client_id": "sandbox-app",
+                "client_secret": "secret-sandbox-app",  # noqa: S106 - the sandbox's documented fake rule
+                "authorize_url": f"{sandbox}/authorize",
+                "token_url": f"{sandbox}/token",
+                "revoke_url": f"{sandbox}/revoke",
+                "scopes": ["profile", "email"],
+            }
+        }
+    integrations: dict[str, dict[str, object]] = {}
+    missing: list[str] = []
+    for name in names:
+        if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", name):
+            raise ImproperlyConfigured(f"OAUTH_INTEGRATION_NAMES: {name!r} is not a lower-case slug (max 32)")
+        prefix = "OAUTH_" + name.upper().replace("-", "_") + "_"
+        entry: dict[str, object] = {}
+        for field in ("client_id", "client_secret", "authorize_url", "token_url"):
+            entry[field] = env.str(prefix + field.upper(), default="")
+            if not entry[field]:
+                missing.append(prefix + field.upper())
+        for field in ("revoke_url", "label", "redirect_uri", "token_auth_method"):
+            entry[field] = env.str(prefix + field.upper(), default="")
+        entry["scopes"] = env.str(prefix + "SCOPES", default="").replace(",", " ").split()
+        entry["default_expires_in"] = env.int(prefix + "DEFAULT_EXPIRES_IN", default=3600)
+        entry["timeout_seconds"] = env.float(prefix + "TIMEOUT_SECONDS", default=10.0)
+        integrations[name] = entry
+    if missing:
+        raise ImproperlyConfigured("missing OAuth integration settings: " + ", ".join(missing))
+    return integrations
+
+
+OAUTH_INTEGRATIONS = _oauth_integrations()
 
 # --- REST API -------------------------------------------------------------------------------
 REST_FRAMEWORK = {

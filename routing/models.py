@@ -35,3 +35,20 @@ class RoutedCall(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} via {self.key_source} ({self.outcome})"
+
+
+class RoutingPreference(models.Model):
+    """Per-user routing choices. Absent row = defaults (no fallback)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="routing_preference")
+    fallback_to_credits = models.BooleanField(
+        default=False,
+        help_text="When the user's own key is rate-limited or out of quota, retry the call on credits.",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("id",)
+
+    def __str__(self) -> str:
+        return f"routing preferences of {self.user}"

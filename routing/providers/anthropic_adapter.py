@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 import anthropic
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
 from routing.providers.base import PROBE_MAX_TOKENS, PROBE_MODELS, PROBE_PROMPT, ProviderAdapter
+from routing.providers.http import shared_http_client
+from routing.providers.types import ChatRequest, ChatResult, StreamEnd, StreamEvent, TextDelta, Usage, UsageUpdate
 
 
 class AnthropicAdapter(ProviderAdapter):
@@ -31,3 +36,89 @@ class AnthropicAdapter(ProviderAdapter):
                 max_tokens=PROBE_MAX_TOKENS,
                 messages=[{"role": "user", "content": PROBE_PROMPT}],
             )
+
+    # --- Routed calls -----------------------------------------------------------------------
+
+    @sensitive_variables("api_key")
+    def routed_client(self, api_key: str) -> anthropic.AsyncAnthropic:
+        # Shares the pooled HTTP client: never close this SDK client (it would close the pool).
+        return anthropic.AsyncAnthropic(
+            api_key=api_key,
+            base_url=self.base_url,
+            timeout=self.routed_timeout(),
+            max_retries=self.ROUTED_MAX_RETRIES,
+            http_client=shared_http_client(),
+        )
+
+    @staticmethod
+    def _params(request: ChatRequest) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "model": request.vendor_model,
+            "max_tokens": request.max_tokens,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        }
+        if request.system:
+            params["system"] = request.system
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        if request.stop:
+            params["stop_sequences"] = list(request.stop)
+        return params
+
+    @staticmethod
+    def _usage(usage: Any) -> Usage:
+        """Anthropic reports cache reads and writes apart from `input_tokens`; we count all
+        prompt tokens as input and the cache reads as cached (see credits.pricing)."""
+        cache_read = getattr(usage, "cache_read_input_tokens", None) or 0
+        cache_write = getattr(usage, "cache_creation_input_tokens", None) or 0
+        return Usage(
+            input_tokens=(getattr(usage, "input_tokens", None) or 0) + cache_read + cache_write,
+            output_tokens=getattr(usage, "output_tokens", None) or 0,
+            cached_tokens=cache_read,
+        )
+
+    @sensitive_variables("api_key")
+    async def _generate(self, api_key: str, request: ChatRequest) -> ChatResult:
+        message = await self.routed_client(api_key).messages.create(**self._params(request))
+        text = "".join(block.text for block in message.content if getattr(block, "type", "") == "text")
+        return ChatResult(
+            text=text,
+            stop_reason=_STOP_REASONS.get(message.stop_reason or "", "other"),
+            usage=self._usage(message.usage),
+            provider_request_id=getattr(message, "_request_id", None),
+        )
+
+    @sensitive_variables("api_key")
+    async def _stream(self, api_key: str, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        stream = await self.routed_client(api_key).messages.create(**self._params(request), stream=True)
+        usage = Usage()
+        stop_reason = "other"
+        try:
+            async for event in stream:
+                kind = event.type
+                if kind == "content_block_delta":
+                    delta = event.delta
+                    if getattr(delta, "type", "") == "text_delta" and delta.text:
+                        yield TextDelta(delta.text)
+                elif kind == "message_start":
+                    usage = self._usage(event.message.usage)
+                    yield UsageUpdate(usage)
+                elif kind == "message_delta":
+                    # message_delta carries the final output count (and, newer, input fields).
+                    reported = event.usage
+                    usage = Usage(
+                        input_tokens=usage.input_tokens,
+                        output_tokens=getattr(reported, "output_tokens", None) or usage.output_tokens,
+                        cached_tokens=usage.cached_tokens,
+                    )
+                    stop_reason = _STOP_REASONS.get(event.delta.stop_reason or "", "other")
+                    yield UsageUpdate(usage)
+                elif kind == "message_stop":
+                    yield StreamEnd(stop_reason)
+                    return
+        finally:
+            await stream.close()
+        raise ConnectionError("stream ended before message_stop")
+
+
+_STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar, Final
@@ -16,6 +16,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from niyra.errors import KEY_QUOTA_EXHAUSTED, KEY_RATE_LIMITED, NiyraError
 from routing.providers.errors import map_provider_error
+from routing.providers.types import ChatRequest, ChatResult, EmbeddingResult, StreamEvent
 
 logger = logging.getLogger(__name__)
 
@@ -108,3 +109,47 @@ class ProviderAdapter(ABC):
         )
         logger.info("key probe provider=%s outcome=%s elapsed_ms=%d", self.provider, result.code, elapsed_ms)
         return result
+
+    # --- Routed calls -----------------------------------------------------------------------
+    # No SDK retries (max_retries=0), on purpose: a 429 would make the SDK sleep up to a minute
+    # on the caller's request, a retried 5xx doubles the latency of a failure, and on BYOK a
+    # retry spends the user's own rate limit. Errors come back at once, precisely; clients retry.
+    ROUTED_MAX_RETRIES: ClassVar[int] = 0
+
+    @staticmethod
+    def routed_timeout() -> float:
+        return float(settings.PROVIDER_TIMEOUT_SECONDS)
+
+    @abstractmethod
+    async def _generate(self, api_key: str, request: ChatRequest) -> ChatResult: ...
+
+    @abstractmethod
+    def _stream(self, api_key: str, request: ChatRequest) -> AsyncIterator[StreamEvent]: ...
+
+    async def _embed(self, api_key: str, *, vendor_model: str, inputs: list[str]) -> EmbeddingResult:
+        raise NotImplementedError(f"{self.provider} has no embeddings model in the catalog")
+
+    @sensitive_variables("api_key")
+    async def generate(self, api_key: str, request: ChatRequest) -> ChatResult:
+        """One non-streaming completion. Raises a catalogue `NiyraError` for any failure."""
+        try:
+            return await self._generate(api_key, request)
+        except Exception as exc:
+            raise map_provider_error(exc, provider=self.provider) from None
+
+    @sensitive_variables("api_key")
+    async def stream(self, api_key: str, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """Text deltas as they arrive, usage updates, then `StreamEnd`. A stream that breaks
+        raises a catalogue `NiyraError` after whatever it had already yielded."""
+        try:
+            async for event in self._stream(api_key, request):
+                yield event
+        except Exception as exc:
+            raise map_provider_error(exc, provider=self.provider) from None
+
+    @sensitive_variables("api_key")
+    async def embed(self, api_key: str, *, vendor_model: str, inputs: list[str]) -> EmbeddingResult:
+        try:
+            return await self._embed(api_key, vendor_model=vendor_model, inputs=inputs)
+        except Exception as exc:
+            raise map_provider_error(exc, provider=self.provider) from None

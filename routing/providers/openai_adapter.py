@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 import openai
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
 from routing.providers.base import PROBE_MAX_TOKENS, PROBE_MODELS, PROBE_PROMPT, ProviderAdapter
+from routing.providers.http import shared_http_client
+from routing.providers.types import (
+    ChatRequest,
+    ChatResult,
+    EmbeddingResult,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    Usage,
+    UsageUpdate,
+)
 
 
 class OpenAIAdapter(ProviderAdapter):
@@ -29,3 +43,87 @@ class OpenAIAdapter(ProviderAdapter):
                 max_completion_tokens=PROBE_MAX_TOKENS,
                 messages=[{"role": "user", "content": PROBE_PROMPT}],
             )
+
+    # --- Routed calls -----------------------------------------------------------------------
+
+    @sensitive_variables("api_key")
+    def routed_client(self, api_key: str) -> openai.AsyncOpenAI:
+        # Shares the pooled HTTP client: never close this SDK client (it would close the pool).
+        return openai.AsyncOpenAI(
+            api_key=api_key,
+            base_url=self.base_url,
+            timeout=self.routed_timeout(),
+            max_retries=self.ROUTED_MAX_RETRIES,
+            http_client=shared_http_client(),
+        )
+
+    @staticmethod
+    def _params(request: ChatRequest) -> dict[str, Any]:
+        messages: list[dict[str, str]] = []
+        if request.system:
+            messages.append({"role": "system", "content": request.system})
+        messages.extend({"role": m.role, "content": m.content} for m in request.messages)
+        params: dict[str, Any] = {
+            "model": request.vendor_model,
+            "messages": messages,
+            "max_completion_tokens": request.max_tokens,
+        }
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        if request.stop:
+            params["stop"] = list(request.stop)
+        return params
+
+    @staticmethod
+    def _usage(usage: Any) -> Usage:
+        if usage is None:
+            return Usage()
+        details = getattr(usage, "prompt_tokens_details", None)
+        return Usage(
+            input_tokens=usage.prompt_tokens or 0,
+            output_tokens=usage.completion_tokens or 0,
+            cached_tokens=(getattr(details, "cached_tokens", None) or 0) if details else 0,
+        )
+
+    @sensitive_variables("api_key")
+    async def _generate(self, api_key: str, request: ChatRequest) -> ChatResult:
+        completion = await self.routed_client(api_key).chat.completions.create(**self._params(request))
+        choice = completion.choices[0]
+        return ChatResult(
+            text=choice.message.content or "",
+            stop_reason=_FINISH_REASONS.get(choice.finish_reason or "", "other"),
+            usage=self._usage(completion.usage),
+            provider_request_id=getattr(completion, "_request_id", None),
+        )
+
+    @sensitive_variables("api_key")
+    async def _stream(self, api_key: str, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        stream = await self.routed_client(api_key).chat.completions.create(
+            **self._params(request), stream=True, stream_options={"include_usage": True}
+        )
+        stop_reason: str | None = None
+        usage_seen = False
+        try:
+            async for chunk in stream:
+                for choice in chunk.choices:
+                    if choice.delta.content:
+                        yield TextDelta(choice.delta.content)
+                    if choice.finish_reason:
+                        stop_reason = _FINISH_REASONS.get(choice.finish_reason, "other")
+                if chunk.usage is not None:
+                    usage_seen = True
+                    yield UsageUpdate(self._usage(chunk.usage))
+        finally:
+            await stream.close()
+        if stop_reason is None or not usage_seen:
+            raise ConnectionError("stream ended before its final usage chunk")
+        yield StreamEnd(stop_reason)
+
+    @sensitive_variables("api_key")
+    async def _embed(self, api_key: str, *, vendor_model: str, inputs: list[str]) -> EmbeddingResult:
+        response = await self.routed_client(api_key).embeddings.create(model=vendor_model, input=inputs)
+        vectors = [list(item.embedding) for item in sorted(response.data, key=lambda item: item.index)]
+        return EmbeddingResult(vectors=vectors, input_tokens=response.usage.prompt_tokens)
+
+
+_FINISH_REASONS = {"stop": "stop", "length": "length", "content_filter": "other", "tool_calls": "other"}

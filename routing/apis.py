@@ -1,0 +1,494 @@
+"""Routing endpoints: async views on the hot path, DRF views for the rest.
+
+* `POST /api/llm/messages` — Niyra's native format; JSON or SSE (`"stream": true`).
+* `POST /v1/chat/completions` — OpenAI-compatible (JSON and SSE), so any OpenAI client works
+  with a Niyra API token as its key, for Anthropic models too.
+* `POST /v1/embeddings` — OpenAI-compatible embeddings (always paid in credits).
+* `GET /api/llm/models`, `GET /v1/models` — what this user can call now, and why not.
+* `GET|PUT /api/llm/preferences` — the opt-in fallback to credits.
+
+The async views parse and validate by hand (DRF views are sync), with the same error catalogue
+and `{code, message, detail}` bodies; `/v1/` errors also carry OpenAI's `error` object.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from functools import wraps
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from django.middleware.csrf import CsrfViewMiddleware
+from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from niyra import errors
+from niyra.auth import bearer_token, request_user
+from niyra.errors import NiyraError
+from routing.catalog import Kind
+from routing.dispatcher import LLMDispatcher, RoutedStream
+from routing.models import RoutingPreference
+from routing.providers.types import ChatMessage
+from routing.selectors import model_availability_list
+from routing.services import routing_preference_set
+
+MAX_BODY_BYTES = 1_000_000
+MAX_TOKENS_LIMIT = 32_768
+DEFAULT_MAX_TOKENS = 1024
+MAX_MESSAGES = 1000
+MAX_EMBEDDING_INPUTS = 2048
+
+AsyncView = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
+
+
+# --- Plumbing shared by the async views --------------------------------------------------------
+
+
+def _error_response(exc: NiyraError, *, openai_style: bool) -> JsonResponse:
+    body = exc.as_dict()
+    if openai_style:
+        body["error"] = {"message": exc.message, "type": exc.code, "code": exc.code, "param": None}
+    response = JsonResponse(body, status=exc.status)
+    for name, value in exc.headers.items():
+        response[name] = value
+    return response
+
+
+def _csrf_failure(request: HttpRequest) -> bool:
+    """Session-authenticated writes need a CSRF token, as DRF's SessionAuthentication demands."""
+    check = CsrfViewMiddleware(lambda _request: HttpResponse())
+    check.process_request(request)
+    return check.process_view(request, lambda _request: HttpResponse(), (), {}) is not None
+
+
+def llm_endpoint(*, openai_style: bool) -> Callable[[AsyncView], AsyncView]:
+    """Method, auth (Bearer token or session + CSRF), JSON body parsing, and catalogue errors."""
+
+    def decorate(view: AsyncView) -> AsyncView:
+        @csrf_exempt
+        @wraps(view)
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+            try:
+                if request.method != "POST":
+                    raise NiyraError(errors.METHOD_NOT_ALLOWED)
+                dispatcher: LLMDispatcher = request.llm  # type: ignore[attr-defined]
+                await dispatcher.user()
+                if bearer_token(request) is None and _csrf_failure(request):
+                    raise NiyraError(errors.PERMISSION_DENIED, message="CSRF token missing or incorrect.")
+                payload = _json_body(request)
+                return await view(request, payload, *args, **kwargs)
+            except NiyraError as exc:
+                return _error_response(exc, openai_style=openai_style)
+
+        return wrapper
+
+    return decorate
+
+
+def _json_body(request: HttpRequest) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise NiyraError(errors.UNSUPPORTED_MEDIA_TYPE)
+    length = request.headers.get("Content-Length")
+    if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise NiyraError(errors.REQUEST_TOO_LARGE, detail={"max_bytes": MAX_BODY_BYTES})
+    body = request.body
+    if len(body) > MAX_BODY_BYTES:
+        raise NiyraError(errors.REQUEST_TOO_LARGE, detail={"max_bytes": MAX_BODY_BYTES})
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise NiyraError(errors.MALFORMED_JSON) from None
+    if not isinstance(payload, dict):
+        raise NiyraError(errors.INVALID_INPUT, detail={"non_field_errors": ["Send a JSON object."]})
+    return payload
+
+
+def _validated(serializer_class: type[serializers.Serializer], payload: dict[str, Any]) -> dict[str, Any]:
+    serializer = serializer_class(data=payload)
+    if not serializer.is_valid():
+        raise NiyraError(errors.INVALID_INPUT, detail=serializer.errors)
+    return dict(serializer.validated_data)
+
+
+def _sse(event: str | None, data: dict[str, Any] | str) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return (f"event: {event}\ndata: {payload}\n\n" if event else f"data: {payload}\n\n").encode()
+
+
+def _streaming_response(body: AsyncIterator[bytes], stream: RoutedStream) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(body, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    response["X-Niyra-Key-Source"] = stream.key_source
+    return response
+
+
+def _routing(model_id: str, provider: str, key_source: str, credits_charged: int) -> dict[str, Any]:
+    return {
+        "key_source": key_source,
+        "provider": provider,
+        "model": model_id,
+        "credits_charged_mc": credits_charged,
+        "credits_charged": f"{credits_charged / 1000:.3f}",
+    }
+
+
+# --- Strict fields: "stream": "yes" or "max_tokens": "12" are errors, not coercions ------------
+
+
+class StrictBooleanField(serializers.BooleanField):
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
+class StrictIntegerField(serializers.IntegerField):
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictFloatField(serializers.FloatField):
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictCharField(serializers.CharField):
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+def _text_content(value: Any) -> str:
+    """Message content: a string, or a list of `{"type": "text", "text": ...}` blocks."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(
+        isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str) for part in value
+    ):
+        return "".join(part["text"] for part in value)
+    raise serializers.ValidationError("A string, or a list of {type: text, text} blocks.")
+
+
+class ContentField(serializers.Field):
+    def to_internal_value(self, data: Any) -> str:
+        return _text_content(data)
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+# --- Native: POST /api/llm/messages ------------------------------------------------------------
+
+
+class NativeMessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["user", "assistant"])
+    content = ContentField()
+
+
+class NativeRequestSerializer(serializers.Serializer):
+    model = StrictCharField(max_length=100)
+    messages = NativeMessageSerializer(many=True, allow_empty=False, max_length=MAX_MESSAGES)  # type: ignore[call-arg]
+    system = StrictCharField(required=False, allow_blank=True)
+    max_tokens = StrictIntegerField(min_value=1, max_value=MAX_TOKENS_LIMIT, default=DEFAULT_MAX_TOKENS)
+    temperature = StrictFloatField(required=False, min_value=0.0, max_value=2.0)
+    stream = StrictBooleanField(default=False)
+
+
+@llm_endpoint(openai_style=False)
+async def messages_create(request: HttpRequest, payload: dict[str, Any]) -> HttpResponseBase:
+    data = _validated(NativeRequestSerializer, payload)
+    dispatcher: LLMDispatcher = request.llm  # type: ignore[attr-defined]
+    call = {
+        "model": data["model"],
+        "messages": [ChatMessage(m["role"], m["content"]) for m in data["messages"]],
+        "max_tokens": data["max_tokens"],
+        "system": data.get("system") or None,
+        "temperature": data.get("temperature"),
+    }
+    if data["stream"]:
+        stream = await dispatcher.stream(**call)
+        return _streaming_response(_native_events(stream), stream)
+    result = await dispatcher.message(**call)
+    response = JsonResponse(
+        {
+            "id": str(result.call_id),
+            "model": result.model.id,
+            "content": result.text,
+            "stop_reason": result.stop_reason,
+            "usage": {
+                "input_tokens": result.usage.input_tokens,
+                "output_tokens": result.usage.output_tokens,
+                "cached_tokens": result.usage.cached_tokens,
+            },
+            "routing": _routing(result.model.id, result.model.provider, result.key_source, result.credits_charged),
+        }
+    )
+    response["X-Niyra-Key-Source"] = result.key_source
+    return response
+
+
+async def _native_events(stream: RoutedStream) -> AsyncIterator[bytes]:
+    model = stream.route.model
+    yield _sse("routing", {"id": str(stream.route.call_id), "key_source": stream.key_source, "model": model.id})
+    try:
+        async for delta in stream.events():
+            yield _sse("delta", {"text": delta.text})
+    except NiyraError as exc:
+        yield _sse("error", exc.as_dict())
+        return
+    usage = stream.usage
+    yield _sse(
+        "done",
+        {
+            "stop_reason": stream.stop_reason,
+            "usage": {
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cached_tokens": usage.cached_tokens,
+            },
+            "routing": _routing(model.id, model.provider, stream.key_source, stream.credits_charged),
+        },
+    )
+
+
+# --- OpenAI-compatible: POST /v1/chat/completions ----------------------------------------------
+
+
+class OpenAIMessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant"])
+    content = ContentField()
+
+
+class StreamOptionsSerializer(serializers.Serializer):
+    include_usage = StrictBooleanField(default=False)
+
+
+class ChatCompletionRequestSerializer(serializers.Serializer):
+    model = StrictCharField(max_length=100)
+    messages = OpenAIMessageSerializer(many=True, allow_empty=False, max_length=MAX_MESSAGES)  # type: ignore[call-arg]
+    max_tokens = StrictIntegerField(required=False, min_value=1, max_value=MAX_TOKENS_LIMIT)
+    max_completion_tokens = StrictIntegerField(required=False, min_value=1, max_value=MAX_TOKENS_LIMIT)
+    temperature = StrictFloatField(required=False, min_value=0.0, max_value=2.0)
+    stop = serializers.JSONField(required=False)
+    stream = StrictBooleanField(default=False)
+    stream_options = StreamOptionsSerializer(required=False)
+    n = StrictIntegerField(required=False, min_value=1, max_value=1)
+
+    def validate_stop(self, value: Any) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, list) and len(value) <= 4 and all(isinstance(item, str) for item in value):
+            return tuple(value)
+        raise serializers.ValidationError("A string or up to 4 strings.")
+
+
+def _openai_call(data: dict[str, Any]) -> dict[str, Any]:
+    system_parts = [m["content"] for m in data["messages"] if m["role"] in ("system", "developer")]
+    chat = [ChatMessage(m["role"], m["content"]) for m in data["messages"] if m["role"] in ("user", "assistant")]
+    if not chat:
+        raise NiyraError(errors.INVALID_INPUT, detail={"messages": ["At least one user message."]})
+    return {
+        "model": data["model"],
+        "messages": chat,
+        "max_tokens": data.get("max_completion_tokens") or data.get("max_tokens") or DEFAULT_MAX_TOKENS,
+        "system": "\n\n".join(system_parts) or None,
+        "temperature": data.get("temperature"),
+        "stop": data.get("stop") or (),
+    }
+
+
+@llm_endpoint(openai_style=True)
+async def chat_completions(request: HttpRequest, payload: dict[str, Any]) -> HttpResponseBase:
+    data = _validated(ChatCompletionRequestSerializer, payload)
+    dispatcher: LLMDispatcher = request.llm  # type: ignore[attr-defined]
+    call = _openai_call(data)
+    if data["stream"]:
+        stream = await dispatcher.stream(**call)
+        include_usage = bool(data.get("stream_options", {}).get("include_usage"))
+        return _streaming_response(_openai_chunks(stream, include_usage=include_usage), stream)
+    result = await dispatcher.message(**call)
+    usage = result.usage
+    response = JsonResponse(
+        {
+            "id": f"chatcmpl-{result.call_id.hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": result.model.id,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result.text},
+                    "finish_reason": result.stop_reason if result.stop_reason != "other" else "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": usage.input_tokens,
+                "completion_tokens": usage.output_tokens,
+                "total_tokens": usage.input_tokens + usage.output_tokens,
+                "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+            },
+            "niyra_routing": _routing(
+                result.model.id, result.model.provider, result.key_source, result.credits_charged
+            ),
+        }
+    )
+    response["X-Niyra-Key-Source"] = result.key_source
+    return response
+
+
+async def _openai_chunks(stream: RoutedStream, *, include_usage: bool) -> AsyncIterator[bytes]:
+    model = stream.route.model
+    base = {"id": f"chatcmpl-{stream.route.call_id.hex}", "object": "chat.completion.chunk", "model": model.id}
+    created = int(time.time())
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        return _sse(None, base | {"created": created, "choices": [choice]})
+
+    yield chunk({"role": "assistant", "content": ""})
+    try:
+        async for delta in stream.events():
+            yield chunk({"content": delta.text})
+    except NiyraError as exc:
+        body = exc.as_dict() | {"error": {"message": exc.message, "type": exc.code, "code": exc.code}}
+        yield _sse(None, body)
+        return
+    yield chunk({}, stream.stop_reason if stream.stop_reason != "other" else "stop")
+    if include_usage:
+        usage = stream.usage
+        yield _sse(
+            None,
+            base
+            | {
+                "created": created,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": usage.input_tokens,
+                    "completion_tokens": usage.output_tokens,
+                    "total_tokens": usage.input_tokens + usage.output_tokens,
+                    "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+                },
+                "niyra_routing": _routing(model.id, model.provider, stream.key_source, stream.credits_charged),
+            },
+        )
+    yield _sse(None, "[DONE]")
+
+
+# --- POST /v1/embeddings -----------------------------------------------------------------------
+
+
+class EmbeddingsRequestSerializer(serializers.Serializer):
+    model = StrictCharField(max_length=100)
+    input = serializers.JSONField()
+    encoding_format = serializers.ChoiceField(choices=["float"], required=False)
+
+    def validate_input(self, value: Any) -> list[str]:
+        inputs = [value] if isinstance(value, str) else value
+        if (
+            not isinstance(inputs, list)
+            or not 1 <= len(inputs) <= MAX_EMBEDDING_INPUTS
+            or not all(isinstance(item, str) and item for item in inputs)
+        ):
+            raise serializers.ValidationError(f"A non-empty string or a list of 1 to {MAX_EMBEDDING_INPUTS} strings.")
+        return inputs
+
+
+@llm_endpoint(openai_style=True)
+async def embeddings_create(request: HttpRequest, payload: dict[str, Any]) -> HttpResponseBase:
+    data = _validated(EmbeddingsRequestSerializer, payload)
+    dispatcher: LLMDispatcher = request.llm  # type: ignore[attr-defined]
+    result = await dispatcher.embeddings(model=data["model"], inputs=data["input"])
+    return JsonResponse(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": index, "embedding": vector}
+                for index, vector in enumerate(result.vectors)
+            ],
+            "model": result.model.id,
+            "usage": {"prompt_tokens": result.input_tokens, "total_tokens": result.input_tokens},
+            "niyra_routing": _routing(result.model.id, result.model.provider, "platform", result.credits_charged),
+        }
+    )
+
+
+# --- Models and preferences (DRF) --------------------------------------------------------------
+
+
+class ModelListApi(APIView):
+    class OutputSerializer(serializers.Serializer):
+        id = serializers.CharField()
+        name = serializers.CharField()
+        provider = serializers.CharField()
+        family = serializers.CharField()
+        kind = serializers.CharField()
+        byok_only = serializers.BooleanField()
+        available = serializers.BooleanField()
+        key_source = serializers.CharField(allow_null=True)
+        reason_code = serializers.CharField(allow_null=True)
+        reason = serializers.CharField(allow_null=True)
+
+    @extend_schema(responses=OutputSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        rows = [
+            {
+                "id": item.model.id,
+                "name": item.model.label,
+                "provider": item.model.provider,
+                "family": item.model.family,
+                "kind": item.model.kind,
+                "byok_only": item.model.byok_only,
+                "available": item.available,
+                "key_source": item.key_source,
+                "reason_code": item.reason_code,
+                "reason": item.reason,
+            }
+            for item in model_availability_list(user=request_user(request))
+        ]
+        return Response(self.OutputSerializer(rows, many=True).data)
+
+
+class OpenAIModelListApi(APIView):
+    """OpenAI's `GET /v1/models`: the chat and embeddings models this user can call now."""
+
+    @extend_schema(responses=serializers.DictField())
+    def get(self, request: Request) -> Response:
+        data = [
+            {"id": item.model.id, "object": "model", "created": 0, "owned_by": item.model.provider}
+            for item in model_availability_list(user=request_user(request))
+            if item.available and item.model.kind in (Kind.CHAT, Kind.EMBEDDINGS)
+        ]
+        return Response({"object": "list", "data": data})
+
+
+class PreferencesApi(APIView):
+    class PreferencesSerializer(serializers.Serializer):
+        fallback_to_credits = StrictBooleanField()
+
+    @extend_schema(responses=PreferencesSerializer)
+    def get(self, request: Request) -> Response:
+        preference = RoutingPreference.objects.filter(user=request_user(request)).first()
+        return Response({"fallback_to_credits": bool(preference and preference.fallback_to_credits)})
+
+    @extend_schema(request=PreferencesSerializer, responses=PreferencesSerializer)
+    def put(self, request: Request) -> Response:
+        payload = self.PreferencesSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        preference = routing_preference_set(
+            user=request_user(request), fallback_to_credits=payload.validated_data["fallback_to_credits"]
+        )
+        return Response({"fallback_to_credits": preference.fallback_to_credits})

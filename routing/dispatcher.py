@@ -1,0 +1,460 @@
+"""The dispatcher: model -> provider -> credential, the provider call, and the bill.
+
+One `LLMDispatcher` per request (`request.llm`, from `RoutingMiddleware`). It resolves the user
+only when a call is made. Per call:
+
+1. `_route_open` (one thread hop, short transactions): the credential is chosen —
+   * a Pro/Alpha user with a usable key for the model's provider -> their key (`byok`): no
+     `llm` charge, usage recorded at zero cost;
+   * otherwise the platform key (`platform`) with a credits hold for the worst case first:
+     too few credits -> `insufficient_credits` before any provider call;
+   * never a silent switch: a BYOK-only model without a key, a key marked invalid or unreadable,
+     or a saved key on a plan without BYOK are errors the user sees.
+   The user's key is decrypted here and lives only in the caller's local variable for the call.
+2. The provider call, with no database transaction open.
+3. `_route_close` (one thread hop): settle the hold from the provider's usage (void it if the
+   call failed and nothing was generated), record BYOK usage, log the routed call; a 401 on the
+   user's key marks it invalid (audited).
+
+Opt-in fallback (`RoutingPreference.fallback_to_credits`): a BYOK call refused as rate-limited
+or out of quota is retried once on credits. Every result says which `key_source` served it.
+
+Streams that break, or whose client goes away, still settle what was used: the provider's own
+counts when it sent them; otherwise input = ceil(prompt characters / 4) and output = the
+number of text deltas received (each carries at least one token), capped at max_tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.views.decorators.debug import sensitive_variables
+
+from accounts.models import User
+from byok.models import KeyStatus
+from byok.selectors import provider_key_effective_status, provider_key_get, provider_key_plaintext
+from byok.services import provider_key_mark_invalid, provider_key_mark_needs_reentry
+from credits.pricing import LlmUsage
+from credits.selectors import billing_account_for
+from credits.services import credit_hold, credit_settle, credit_usage_record, credit_void
+from niyra import errors
+from niyra.errors import NiyraError
+from routing import catalog
+from routing.catalog import CatalogModel, Kind
+from routing.models import KeySource
+from routing.providers import get_adapter
+from routing.providers.types import (
+    ChatMessage,
+    ChatRequest,
+    ChatResult,
+    EmbeddingResult,
+    StreamEnd,
+    TextDelta,
+    Usage,
+    UsageUpdate,
+)
+from routing.selectors import routing_fallback_enabled
+from routing.services import routed_call_record
+
+logger = logging.getLogger(__name__)
+
+FALLBACK_CODES = frozenset({errors.KEY_RATE_LIMITED.code, errors.KEY_QUOTA_EXHAUSTED.code})
+CHARS_PER_TOKEN_WORST_CASE = 2  # holds over-reserve; the settle charges what was used
+CHARS_PER_TOKEN_TYPICAL = 4  # only when a provider never reported usage (a cut stream)
+MESSAGE_OVERHEAD_TOKENS = 8
+
+
+def _platform_key(provider: str) -> str:
+    return str(settings.ANTHROPIC_API_KEY if provider == catalog.Provider.ANTHROPIC else settings.OPENAI_API_KEY)
+
+
+def resolve_model(model_id: object) -> CatalogModel:
+    if not isinstance(model_id, str) or not model_id.strip():
+        raise NiyraError(errors.INVALID_INPUT, detail={"model": ["Name a model."]})
+    model = catalog.lookup(model_id)
+    if model is not None:
+        return model
+    if catalog.is_third_party(model_id):
+        raise NiyraError(errors.THIRD_PARTY_PROVIDER, detail={"model": model_id[:100]})
+    raise NiyraError(errors.MODEL_NOT_SUPPORTED, detail={"model": model_id[:100]})
+
+
+def prompt_characters(request: ChatRequest) -> int:
+    return len(request.system or "") + sum(len(m.content) for m in request.messages)
+
+
+@dataclass(slots=True)
+class Route:
+    """An open routed call. Holds no secret: the key is a separate local of the caller."""
+
+    call_id: uuid.UUID
+    user: User
+    model: CatalogModel
+    key_source: str
+    started: float
+    hold_id: int | None = None
+    key_fingerprint: str | None = None
+    fallback_allowed: bool = False
+    credits_charged: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RoutedMessage:
+    call_id: uuid.UUID
+    model: CatalogModel
+    key_source: str
+    text: str
+    stop_reason: str
+    usage: Usage
+    credits_charged: int
+
+
+@dataclass(frozen=True, slots=True)
+class RoutedEmbeddings:
+    call_id: uuid.UUID
+    model: CatalogModel
+    vectors: list[list[float]]
+    input_tokens: int
+    credits_charged: int
+
+
+@dataclass(slots=True)
+class RoutedStream:
+    """A stream being served. Iterate `events()`; `route` says who pays, `usage` and
+    `credits_charged` are final once the iteration has ended (however it ended)."""
+
+    dispatcher: LLMDispatcher
+    request: ChatRequest
+    route: Route
+    api_key: str = field(repr=False)
+    usage: Usage = field(default_factory=Usage)
+    stop_reason: str = "other"
+    error: NiyraError | None = None
+    finished: bool = False
+    closed: bool = False
+
+    @property
+    def key_source(self) -> str:
+        return self.route.key_source
+
+    @property
+    def credits_charged(self) -> int:
+        return self.route.credits_charged
+
+    async def events(self) -> AsyncIterator[TextDelta]:
+        adapter = get_adapter(self.route.model.provider)
+        deltas = 0
+        reported = False
+        api_key, self.api_key = self.api_key, ""  # the stream object must not keep the key
+        try:
+            async for event in adapter.stream(api_key, self.request):
+                if isinstance(event, TextDelta):
+                    deltas += 1
+                    yield event
+                elif isinstance(event, UsageUpdate):
+                    self.usage = event.usage
+                    reported = reported or event.usage.output_tokens > 0
+                elif isinstance(event, StreamEnd):
+                    self.stop_reason = event.stop_reason
+                    self.finished = True
+        except NiyraError as exc:
+            self.error = exc
+        finally:
+            del api_key
+            if deltas == 0 and not reported and self.usage.output_tokens == 0:
+                self.usage = Usage()  # nothing was generated: nothing to pay (the hold is voided)
+            elif not reported or self.error is not None:
+                self.usage = self._estimated_usage(deltas)
+            # Settle even if the client went away (cancellation): shielded, so it completes.
+            await asyncio.shield(self._close())
+        if self.error is not None:
+            raise self.error
+
+    def _estimated_usage(self, deltas: int) -> Usage:
+        usage = self.usage
+        input_tokens = usage.input_tokens or math.ceil(prompt_characters(self.request) / CHARS_PER_TOKEN_TYPICAL)
+        output_tokens = min(max(usage.output_tokens, deltas), self.request.max_tokens)
+        return Usage(input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=usage.cached_tokens)
+
+    async def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        outcome = self.error.code if self.error else ("ok" if self.finished else "client_disconnected")
+        self.error = await self.dispatcher._close(
+            self.route, usage=self.usage, outcome=outcome, stream=True, error=self.error
+        )
+
+
+class LLMDispatcher:
+    """Routes LLM calls for one request's user. Cheap to create: nothing happens until a call."""
+
+    def __init__(self, user_resolver: Callable[[], Awaitable[User | None]]) -> None:
+        self._user_resolver = user_resolver
+        self._user: User | None = None
+
+    async def user(self) -> User:
+        if self._user is None:
+            user = await self._user_resolver()
+            if user is None:
+                raise NiyraError(errors.NOT_AUTHENTICATED)
+            self._user = user
+        return self._user
+
+    # --- Public calls ---------------------------------------------------------------------
+
+    @sensitive_variables("api_key")
+    async def message(
+        self,
+        *,
+        model: str,
+        messages: list[ChatMessage],
+        max_tokens: int,
+        system: str | None = None,
+        temperature: float | None = None,
+        stop: tuple[str, ...] = (),
+    ) -> RoutedMessage:
+        catalog_model = resolve_model(model)
+        self._require_chat(catalog_model)
+        request = self._chat_request(catalog_model, messages, max_tokens, system, temperature, stop)
+        user = await self.user()
+        route, api_key = await self._open(user, catalog_model, request)
+        result = await self._generate(route, api_key, request)
+        if isinstance(result, NiyraError) and self._may_fall_back(route, result):
+            route, api_key = await self._open(user, catalog_model, request, platform_only=True)
+            result = await self._generate(route, api_key, request)
+        del api_key
+        if isinstance(result, NiyraError):
+            raise result
+        return RoutedMessage(
+            call_id=route.call_id,
+            model=catalog_model,
+            key_source=route.key_source,
+            text=result.text,
+            stop_reason=result.stop_reason,
+            usage=result.usage,
+            credits_charged=route.credits_charged,
+        )
+
+    @sensitive_variables("api_key")
+    async def stream(
+        self,
+        *,
+        model: str,
+        messages: list[ChatMessage],
+        max_tokens: int,
+        system: str | None = None,
+        temperature: float | None = None,
+        stop: tuple[str, ...] = (),
+    ) -> RoutedStream:
+        """Opens the route (credential chosen, credits held) before the response starts, so
+        routing errors are plain HTTP errors; provider errors come during iteration."""
+        catalog_model = resolve_model(model)
+        self._require_chat(catalog_model)
+        request = self._chat_request(catalog_model, messages, max_tokens, system, temperature, stop)
+        user = await self.user()
+        route, api_key = await self._open(user, catalog_model, request)
+        return RoutedStream(dispatcher=self, request=request, route=route, api_key=api_key)
+
+    @sensitive_variables("api_key")
+    async def embeddings(self, *, model: str, inputs: list[str]) -> RoutedEmbeddings:
+        """Embeddings are always paid in credits (BYOK covers LLM calls only)."""
+        catalog_model = resolve_model(model)
+        if catalog_model.kind != Kind.EMBEDDINGS:
+            raise NiyraError(
+                errors.INVALID_INPUT, detail={"model": [f"{catalog_model.id} is not an embeddings model."]}
+            )
+        user = await self.user()
+        characters = sum(len(text) for text in inputs)
+        estimate = math.ceil(characters / CHARS_PER_TOKEN_WORST_CASE) + len(inputs)
+        route, api_key = await sync_to_async(self._route_open)(
+            user, catalog_model, input_estimate=estimate, max_tokens=0, platform_only=True
+        )
+        adapter = get_adapter(catalog_model.provider)
+        try:
+            result: EmbeddingResult = await adapter.embed(
+                api_key, vendor_model=catalog_model.vendor_model, inputs=inputs
+            )
+        except NiyraError as exc:
+            del api_key
+            raise await self._close(route, usage=Usage(), outcome=exc.code, stream=False, error=exc) or exc from None
+        del api_key
+        await self._close(route, usage=Usage(input_tokens=result.input_tokens), outcome="ok", stream=False)
+        return RoutedEmbeddings(
+            call_id=route.call_id,
+            model=catalog_model,
+            vectors=result.vectors,
+            input_tokens=result.input_tokens,
+            credits_charged=route.credits_charged,
+        )
+
+    # --- Internals ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _require_chat(model: CatalogModel) -> None:
+        if model.kind != Kind.CHAT:
+            raise NiyraError(errors.INVALID_INPUT, detail={"model": [f"{model.id} is not a chat model."]})
+
+    @staticmethod
+    def _chat_request(
+        model: CatalogModel,
+        messages: list[ChatMessage],
+        max_tokens: int,
+        system: str | None,
+        temperature: float | None,
+        stop: tuple[str, ...],
+    ) -> ChatRequest:
+        return ChatRequest(
+            vendor_model=model.vendor_model,
+            messages=tuple(messages),
+            max_tokens=max_tokens,
+            system=system,
+            temperature=temperature,
+            stop=stop,
+        )
+
+    @staticmethod
+    def _may_fall_back(route: Route, error: NiyraError) -> bool:
+        return route.key_source == KeySource.BYOK and route.fallback_allowed and error.code in FALLBACK_CODES
+
+    async def _open(
+        self, user: User, model: CatalogModel, request: ChatRequest, *, platform_only: bool = False
+    ) -> tuple[Route, str]:
+        estimate = math.ceil(prompt_characters(request) / CHARS_PER_TOKEN_WORST_CASE) + MESSAGE_OVERHEAD_TOKENS * (
+            len(request.messages) + 1
+        )
+        return await sync_to_async(self._route_open)(
+            user, model, input_estimate=estimate, max_tokens=request.max_tokens, platform_only=platform_only
+        )
+
+    @sensitive_variables("api_key")
+    async def _generate(self, route: Route, api_key: str, request: ChatRequest) -> ChatResult | NiyraError:
+        try:
+            result = await get_adapter(route.model.provider).generate(api_key, request)
+        except NiyraError as exc:
+            return await self._close(route, usage=Usage(), outcome=exc.code, stream=False, error=exc) or exc
+        await self._close(route, usage=result.usage, outcome="ok", stream=False)
+        return result
+
+    async def _close(
+        self, route: Route, *, usage: Usage, outcome: str, stream: bool, error: NiyraError | None = None
+    ) -> NiyraError | None:
+        """Settle or void, record, log. Returns the error the user should see (if any)."""
+        await sync_to_async(self._route_close)(route, usage=usage, outcome=outcome, stream=stream, error=error)
+        if route.key_source == KeySource.BYOK and error is not None and error.spec is errors.KEY_INVALID:
+            # The key was marked invalid: tell the user to update or disconnect it.
+            return NiyraError(errors.KEY_REJECTED, detail={"provider": route.model.provider})
+        return error
+
+    # Sync parts: each runs in one thread hop, with its own short transactions.
+
+    @sensitive_variables("api_key")
+    def _route_open(
+        self, user: User, model: CatalogModel, *, input_estimate: int, max_tokens: int, platform_only: bool
+    ) -> tuple[Route, str]:
+        account = billing_account_for(user=user)
+        if model.requires_apex and not account.apex_enabled:
+            raise NiyraError(errors.APEX_NOT_ENABLED)
+        route = Route(
+            call_id=uuid.uuid4(), user=user, model=model, key_source=KeySource.PLATFORM, started=time.monotonic()
+        )
+        if model.kind == Kind.CHAT and not platform_only:
+            provider_key = provider_key_get(user=user, provider=model.provider)
+            if provider_key is not None:
+                if not account.allows_byok:
+                    raise NiyraError(errors.PLAN_KEY_UNUSABLE, detail={"provider": model.provider})
+                status = provider_key_effective_status(provider_key)
+                if status == KeyStatus.INVALID:
+                    raise NiyraError(errors.KEY_REJECTED, detail={"provider": model.provider})
+                if status == KeyStatus.NEEDS_REENTRY:
+                    raise NiyraError(errors.KEY_NEEDS_REENTRY, detail={"provider": model.provider})
+                try:
+                    api_key = provider_key_plaintext(provider_key)
+                except NiyraError:
+                    provider_key_mark_needs_reentry(
+                        user=user, provider=model.provider, fingerprint=provider_key.fingerprint
+                    )
+                    raise
+                route.key_source = KeySource.BYOK
+                route.key_fingerprint = provider_key.fingerprint
+                route.fallback_allowed = not model.byok_only and routing_fallback_enabled(user=user)
+                return route, api_key
+            if model.byok_only:
+                spec = errors.APEX_NEEDS_KEY if account.allows_byok else errors.PLAN_NO_BYOK
+                raise NiyraError(spec)
+        elif model.byok_only:
+            raise NiyraError(errors.APEX_NEEDS_KEY)
+        hold = credit_hold(
+            user=user,
+            idempotency_key=f"routed:{route.call_id}",
+            model=model.price_key,
+            input_tokens_estimate=input_estimate,
+            max_tokens=max_tokens,
+            details={"routed_call": str(route.call_id), "model": model.id},
+            # Longer than any call can take, so the sweeper never races a call in flight.
+            expires_in=timedelta(seconds=max(300, 3 * int(settings.PROVIDER_TIMEOUT_SECONDS))),
+        )
+        route.hold_id = hold.pk
+        return route, _platform_key(model.provider)
+
+    def _route_close(self, route: Route, *, usage: Usage, outcome: str, stream: bool, error: NiyraError | None) -> None:
+        model = route.model
+        used = usage.input_tokens > 0 or usage.output_tokens > 0
+        details = {"routed_call": str(route.call_id), "model": model.id}
+        if route.key_source == KeySource.PLATFORM:
+            assert route.hold_id is not None
+            if used and (error is None or stream):
+                entry = credit_settle(
+                    hold_id=route.hold_id,
+                    usage=LlmUsage(usage.input_tokens, usage.output_tokens, usage.cached_tokens),
+                    idempotency_key=f"routed:{route.call_id}:settle",
+                    details=details,
+                )
+                route.credits_charged = -entry.amount
+            else:
+                credit_void(hold_id=route.hold_id)  # a failed call costs nothing
+        else:
+            if used:
+                credit_usage_record(
+                    user=route.user,
+                    model=model.price_key,
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    cached_tokens=usage.cached_tokens,
+                    idempotency_key=f"routed:{route.call_id}",
+                    details=details,
+                )
+            if error is not None and error.spec is errors.KEY_INVALID:
+                provider_key_mark_invalid(user=route.user, provider=model.provider, fingerprint=route.key_fingerprint)
+        routed_call_record(
+            call_id=route.call_id,
+            user=route.user,
+            model=model.id,
+            provider=model.provider,
+            kind=model.kind,
+            key_source=route.key_source,
+            stream=stream,
+            tokens_in=usage.input_tokens,
+            tokens_out=usage.output_tokens,
+            tokens_cached=usage.cached_tokens,
+            credits_charged=route.credits_charged,
+            latency_ms=int((time.monotonic() - route.started) * 1000),
+            outcome=outcome,
+        )
+        logger.info(
+            "routed call %s model=%s key_source=%s outcome=%s credits_mc=%d",
+            route.call_id,
+            model.id,
+            route.key_source,
+            outcome,
+            route.credits_charged,
+        )
