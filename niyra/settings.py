@@ -108,6 +108,15 @@ if DATABASES["default"].get("ENGINE") not in ("django.db.backends.postgresql", "
     raise ImproperlyConfigured("DATABASE_URL must start with postgres:// (production) or sqlite:/// (development)")
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env.bool("DB_POOL", default=True):
+    # Under ASGI every request runs its ORM work in a fresh thread, so without a pool each
+    # request would open a new PostgreSQL connection (~3 ms). psycopg's pool hands one over warm.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
+        "max_size": env.int("DB_POOL_MAX_SIZE", default=20),
+        "timeout": env.float("DB_POOL_TIMEOUT_SECONDS", default=10.0),
+    }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL + a busy timeout let the web process, worker and beat share the dev database.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
@@ -204,7 +213,7 @@ OAUTH_REFRESH_MARGIN_SECONDS = max(60, env.int("OAUTH_REFRESH_MARGIN_SECONDS", d
 # OAuth integrations (byok.oauth): OAUTH_INTEGRATION_NAMES=gmail,slack, then per name (upper-case,
 # "-" -> "_") OAUTH_<NAME>_CLIENT_ID, _CLIENT_SECRET, _AUTHORIZE_URL, _TOKEN_URL (required) and
 # _REVOKE_URL, _SCOPES (space/comma separated), _LABEL, _REDIRECT_URI, _DEFAULT_EXPIRES_IN,
-# _TIMEOUT_SECONDS, _TOKEN_AUTH_METHOD (client_secret_basic | client_secret_post) (optional).
+# _TIMEOUT_SECONDS, _CLIENT_AUTH_METHOD (client_secret_basic | client_secret_post) (optional).
 # A configured name with a required value missing stops start-up. In DEBUG with no names, the
 # local provider sandbox is the one integration ("sandbox"; its documented fake client secret).
 def _oauth_integrations() -> dict[str, dict[str, object]]:
@@ -217,7 +226,7 @@ def _oauth_integrations() -> dict[str, dict[str, object]]:
             "sandbox": {
                 "label": "Provider sandbox",
                 "client_id": "sandbox-app",
-                "client_secret": "secret-sandbox-app",  # noqa: S106 - the sandbox's documented fake rule
+                "client_secret": "secret-sandbox-app",  # the sandbox's documented fake rule, not a secret
                 "authorize_url": f"{sandbox}/authorize",
                 "token_url": f"{sandbox}/token",
                 "revoke_url": f"{sandbox}/revoke",
@@ -235,7 +244,7 @@ def _oauth_integrations() -> dict[str, dict[str, object]]:
             entry[field] = env.str(prefix + field.upper(), default="")
             if not entry[field]:
                 missing.append(prefix + field.upper())
-        for field in ("revoke_url", "label", "redirect_uri", "token_auth_method"):
+        for field in ("revoke_url", "label", "redirect_uri", "client_auth_method"):
             entry[field] = env.str(prefix + field.upper(), default="")
         entry["scopes"] = env.str(prefix + "SCOPES", default="").replace(",", " ").split()
         entry["default_expires_in"] = env.int(prefix + "DEFAULT_EXPIRES_IN", default=3600)

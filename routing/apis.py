@@ -462,10 +462,21 @@ class ModelListApi(APIView):
         return Response(self.OutputSerializer(rows, many=True).data)
 
 
+class OpenAIModelSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField()
+    created = serializers.IntegerField()
+    owned_by = serializers.CharField()
+
+
 class OpenAIModelListApi(APIView):
     """OpenAI's `GET /v1/models`: the chat and embeddings models this user can call now."""
 
-    @extend_schema(responses=serializers.DictField())
+    class OutputSerializer(serializers.Serializer):
+        object = serializers.CharField()
+        data = OpenAIModelSerializer(many=True)
+
+    @extend_schema(responses=OutputSerializer)
     def get(self, request: Request) -> Response:
         data = [
             {"id": item.model.id, "object": "model", "created": 0, "owned_by": item.model.provider}

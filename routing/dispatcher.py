@@ -153,7 +153,6 @@ class RoutedStream:
     async def events(self) -> AsyncIterator[TextDelta]:
         adapter = get_adapter(self.route.model.provider)
         deltas = 0
-        reported = False
         api_key, self.api_key = self.api_key, ""  # the stream object must not keep the key
         try:
             async for event in adapter.stream(api_key, self.request):
@@ -162,7 +161,6 @@ class RoutedStream:
                     yield event
                 elif isinstance(event, UsageUpdate):
                     self.usage = event.usage
-                    reported = reported or event.usage.output_tokens > 0
                 elif isinstance(event, StreamEnd):
                     self.stop_reason = event.stop_reason
                     self.finished = True
@@ -170,10 +168,9 @@ class RoutedStream:
             self.error = exc
         finally:
             del api_key
-            if deltas == 0 and not reported and self.usage.output_tokens == 0:
-                self.usage = Usage()  # nothing was generated: nothing to pay (the hold is voided)
-            elif not reported or self.error is not None:
-                self.usage = self._estimated_usage(deltas)
+            if not self.finished:
+                # Cut short (provider error or the client left): pay for what was generated.
+                self.usage = self._estimated_usage(deltas) if deltas else Usage()
             # Settle even if the client went away (cancellation): shielded, so it completes.
             await asyncio.shield(self._close())
         if self.error is not None:
