@@ -474,7 +474,7 @@ class OpenAIModelListApi(APIView):
 
     class OutputSerializer(serializers.Serializer):
         object = serializers.CharField()
-        data = OpenAIModelSerializer(many=True)
+        data = OpenAIModelSerializer(many=True)  # type: ignore[assignment]  # a field, not .data
 
     @extend_schema(responses=OutputSerializer)
     def get(self, request: Request) -> Response:
