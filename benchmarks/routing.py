@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import openai
@@ -84,6 +84,7 @@ class Stats:
     latencies: list[float]
     errors: int
     wall: float
+    error_kinds: dict[str, int] = field(default_factory=dict)
 
     def pct(self, p: float) -> float:
         ordered = sorted(self.latencies)
@@ -101,6 +102,7 @@ async def run_load(
 ) -> Stats:
     latencies: list[float] = []
     errors = 0
+    kinds: dict[str, int] = {}
     remaining = requests
     deadline = time.monotonic() + max_seconds
 
@@ -111,14 +113,16 @@ async def run_load(
             started = time.perf_counter()
             try:
                 await call()
-            except Exception:
+            except Exception as exc:
                 errors += 1
+                kind = f"{type(exc).__name__}:{getattr(exc, 'status_code', '')}"
+                kinds[kind] = kinds.get(kind, 0) + 1
                 continue
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return Stats(latencies, errors, time.perf_counter() - started)
+    return Stats(latencies, errors, time.perf_counter() - started, kinds)
 
 
 def chat_call(client: openai.AsyncOpenAI, *, stream: bool) -> Callable[[], Awaitable[None]]:
@@ -188,6 +192,17 @@ async def measure(args: argparse.Namespace, sandbox: str, niyra: str, tokens: di
     for client in (direct, *via.values()):  # warm up connections, caches, pools
         await run_load(chat_call(client, stream=False), concurrency=8, requests=80, max_seconds=20)
 
+    if "latency" in args.phases:
+        await latency_phase(args, direct, via, n1, n8)
+    if "throughput" in args.phases:
+        await throughput_phase(args, via)
+    if "slow" in args.phases:
+        await slow_phase(sandbox, niyra, tokens, web_pid)
+
+
+async def latency_phase(
+    args: argparse.Namespace, direct: openai.AsyncOpenAI, via: dict[str, openai.AsyncOpenAI], n1: int, n8: int
+) -> None:
     print("\n## Added latency (openai SDK, same call direct vs through Niyra), ms")
     print(
         "| path | stream | conc. | direct p50 | direct p99 | Niyra p50 | Niyra p99 | added p50 | added p99 | errors |"
@@ -211,6 +226,8 @@ async def measure(args: argparse.Namespace, sandbox: str, niyra: str, tokens: di
                     f"| {got.pct(99) - base.pct(99):.2f} | {got.errors} |"
                 )
 
+
+async def throughput_phase(args: argparse.Namespace, via: dict[str, openai.AsyncOpenAI]) -> None:
     print("\n## Throughput (credits path, non-streaming: hold + provider call + settle + log)")
     print("| concurrency | requests | req/s | p50 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|")
@@ -227,12 +244,40 @@ async def measure(args: argparse.Namespace, sandbox: str, niyra: str, tokens: di
             f"| {got.pct(99):.1f} | {got.errors} |"
         )
 
-    print("\n## 500 concurrent calls, each 2 s at the provider (BYOK key with `slow2000`)")
-    slow = openai.AsyncOpenAI(api_key=tokens["slow"], base_url=f"{niyra}/v1", max_retries=0, timeout=60)
-    got = await run_load(chat_call(slow, stream=False), concurrency=500, requests=500, max_seconds=60)
+
+async def slow_phase(sandbox: str, niyra: str, tokens: dict[str, str], web_pid: int) -> None:
+    """A raw aiohttp client here: at 500 concurrent calls the openai SDK's own CPU cost (~4 ms a
+    call) would be the bottleneck and hide the server's."""
+    import aiohttp
+
+    body = {"model": MODEL, "messages": PROMPT, "max_tokens": 16}
+    print("\n## 500 concurrent calls, each 2 s at the provider (BYOK key with `slow2000`, aiohttp client)")
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+        def call(url: str, token: str) -> Callable[[], Awaitable[None]]:
+            async def post() -> None:
+                async with session.post(url, json=body, headers={"Authorization": f"Bearer {token}"}) as response:
+                    await response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"HTTP {response.status}")
+
+            return post
+
+        direct = await run_load(
+            call(f"{sandbox}/openai/v1/chat/completions", "sk-proj-slow2000-direct"),
+            concurrency=500,
+            requests=500,
+            max_seconds=60,
+        )
+        got = await run_load(
+            call(f"{niyra}/v1/chat/completions", tokens["slow"]), concurrency=500, requests=500, max_seconds=60
+        )
+    print(f"direct to the sandbox: wall {direct.wall:.2f} s, errors {direct.errors}")
     print(
-        f"completed {len(got.latencies)}/500, errors {got.errors}, wall {got.wall:.2f} s, "
+        f"through Niyra: completed {len(got.latencies)}/500, errors {got.errors}, wall {got.wall:.2f} s, "
         f"p50 {got.pct(50):.0f} ms, p99 {got.pct(99):.0f} ms, web peak RSS {peak_rss_mb(web_pid):.0f} MB"
+        + (f", errors by kind {got.error_kinds}" if got.errors else "")
     )
 
 
@@ -241,7 +286,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers (WEB_CONCURRENCY)")
     parser.add_argument("--max-seconds", type=float, default=30.0, help="cap per measurement")
+    parser.add_argument(
+        "--phases", default="latency,throughput,slow", help="comma-separated: latency, throughput, slow"
+    )
     args = parser.parse_args()
+    args.phases = set(args.phases.split(","))
 
     sandbox_port, web_port = free_port(), free_port()
     sandbox_url, niyra_url = f"http://127.0.0.1:{sandbox_port}", f"http://127.0.0.1:{web_port}"

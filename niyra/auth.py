@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.http import HttpRequest
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
@@ -12,6 +11,7 @@ from rest_framework.request import Request
 
 from accounts.models import ApiToken, User
 from accounts.selectors import api_token_authenticate
+from niyra.db import db_sync_to_async
 
 
 def bearer_token(request: HttpRequest | Request) -> str | None:
@@ -52,7 +52,7 @@ async def aauthenticate_bearer(request: HttpRequest) -> User | None:
     plaintext = bearer_token(request)
     if plaintext is None:
         return None
-    token = await sync_to_async(api_token_authenticate)(plaintext=plaintext)
+    token = await db_sync_to_async(api_token_authenticate)(plaintext=plaintext)
     return token.user if token else None
 
 

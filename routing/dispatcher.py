@@ -35,7 +35,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
@@ -47,6 +46,7 @@ from credits.pricing import LlmUsage
 from credits.selectors import billing_account_for
 from credits.services import credit_hold, credit_settle, credit_usage_record, credit_void
 from niyra import errors
+from niyra.db import db_sync_to_async
 from niyra.errors import NiyraError
 from routing import catalog
 from routing.catalog import CatalogModel, Kind
@@ -273,7 +273,7 @@ class LLMDispatcher:
         user = await self.user()
         characters = sum(len(text) for text in inputs)
         estimate = math.ceil(characters / CHARS_PER_TOKEN_WORST_CASE) + len(inputs)
-        route, api_key = await sync_to_async(self._route_open)(
+        route, api_key = await db_sync_to_async(self._route_open)(
             user, catalog_model, input_estimate=estimate, max_tokens=0, platform_only=True
         )
         adapter = get_adapter(catalog_model.provider)
@@ -329,7 +329,7 @@ class LLMDispatcher:
         estimate = math.ceil(prompt_characters(request) / CHARS_PER_TOKEN_WORST_CASE) + MESSAGE_OVERHEAD_TOKENS * (
             len(request.messages) + 1
         )
-        return await sync_to_async(self._route_open)(
+        return await db_sync_to_async(self._route_open)(
             user, model, input_estimate=estimate, max_tokens=request.max_tokens, platform_only=platform_only
         )
 
@@ -346,7 +346,7 @@ class LLMDispatcher:
         self, route: Route, *, usage: Usage, outcome: str, stream: bool, error: NiyraError | None = None
     ) -> NiyraError | None:
         """Settle or void, record, log. Returns the error the user should see (if any)."""
-        await sync_to_async(self._route_close)(route, usage=usage, outcome=outcome, stream=stream, error=error)
+        await db_sync_to_async(self._route_close)(route, usage=usage, outcome=outcome, stream=stream, error=error)
         if route.key_source == KeySource.BYOK and error is not None and error.spec is errors.KEY_INVALID:
             # The key was marked invalid: tell the user to update or disconnect it.
             return NiyraError(errors.KEY_REJECTED, detail={"provider": route.model.provider})
