@@ -1,9 +1,16 @@
-"""Billing accounts and the append-only credit ledger.
+"""Billing accounts, the append-only credit ledger and two-phase credit holds.
 
-Money is integers in millicredits (1 credit = 1,000 mc). No floats anywhere.
+Money is integers in millicredits (1 credit = 1,000 mc). No floats anywhere. Invariants, kept by
+`credits.services` under a row lock on the account and checked by `manage.py reconcile_ledger`:
+
+* ``balance == sum(entries.amount)``
+* ``reserved == sum(open holds.amount)``
+* ``balance - reserved >= 0`` (also a CHECK constraint: the database refuses anything else)
 """
 
 from __future__ import annotations
+
+from typing import Any, NoReturn
 
 from django.conf import settings
 from django.db import models
@@ -35,6 +42,11 @@ class BillingAccount(models.Model):
                 condition=models.Q(balance__gte=models.F("reserved")), name="billing_available_non_negative"
             ),
         ]
+        permissions = [
+            ("grant_credits", "Can grant and adjust credits (with a reason)"),
+            ("change_plan", "Can change a billing plan"),
+            ("manage_apex", "Can grant or revoke Apex access"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.user} ({self.plan})"
@@ -62,25 +74,143 @@ class Category(models.TextChoices):
     REFUND = "refund", "Refund"
 
 
-class LedgerEntry(models.Model):
-    """One movement of credits. Append-only: never updated, never deleted."""
+# What usage costs (debits), as opposed to what adds credits.
+USAGE_CATEGORIES = frozenset(
+    {
+        Category.LLM,
+        Category.EMBEDDINGS,
+        Category.TOOL_CALL,
+        Category.VOICE_TTS,
+        Category.VOICE_STT,
+        Category.ENRICHMENT,
+        Category.TELEPHONY,
+    }
+)
 
-    account = models.ForeignKey(BillingAccount, on_delete=models.PROTECT, related_name="entries")
-    amount = models.BigIntegerField(help_text="Signed millicredits: credits are positive, charges negative.")
+
+class KeySource(models.TextChoices):
+    PLATFORM = "platform", "Platform key (credits)"
+    BYOK = "byok", "User's own key (no credits)"
+
+
+class HoldStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    SETTLED = "settled", "Settled"
+    VOIDED = "voided", "Voided"
+    EXPIRED = "expired", "Expired"
+
+
+class CreditHold(models.Model):
+    """A reservation of a worst-case amount before a hosted call (two-phase charging).
+
+    Open holds count towards the account's ``reserved``. A hold resolves exactly once: settled
+    (one ledger entry posts the actual cost), voided (nothing posted), or expired by the sweeper.
+    An expired hold may still be settled once, late (the call did finish): see `credit_settle`.
+    """
+
+    # No index of its own: the unique (account, idempotency_key) index leads with it.
+    account = models.ForeignKey(BillingAccount, on_delete=models.PROTECT, related_name="holds", db_index=False)
     category = models.CharField(max_length=16, choices=Category.choices)
-    balance_after = models.BigIntegerField()
+    amount = models.BigIntegerField(help_text="Millicredits reserved (the worst case).")
+    status = models.CharField(max_length=8, choices=HoldStatus.choices, default=HoldStatus.OPEN)
     idempotency_key = models.CharField(max_length=128)
-    description = models.CharField(max_length=255, blank=True)
+    fingerprint = models.CharField(max_length=64, help_text="Hash of the parameters, to tell a replay from a reuse.")
+    model = models.CharField(max_length=64, blank=True)
+    input_tokens_estimate = models.BigIntegerField(null=True, blank=True)
+    max_tokens = models.BigIntegerField(null=True, blank=True)
     details = models.JSONField(default=dict, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    requested_amount = models.BigIntegerField(
+        null=True, blank=True, help_text="Millicredits the settlement asked for (may exceed the hold: see overrun)."
+    )
+    overrun = models.BooleanField(default=False, help_text="Settled for more than was held (an estimate was wrong).")
+    resolution_key = models.CharField(max_length=128, blank=True)
+    resolution_fingerprint = models.CharField(max_length=64, blank=True)
 
     class Meta:
         ordering = ("-created_at", "-id")
         constraints = [
-            models.UniqueConstraint(fields=["account", "idempotency_key"], name="ledger_idempotency_unique"),
+            models.UniqueConstraint(fields=["account", "idempotency_key"], name="credit_hold_idempotency_unique"),
+            models.CheckConstraint(condition=models.Q(amount__gt=0), name="credit_hold_amount_positive"),
+        ]
+        indexes = [
+            models.Index(
+                fields=["expires_at"], condition=models.Q(status=HoldStatus.OPEN), name="credit_hold_open_expiry"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"hold #{self.pk} {self.amount} mc ({self.status})"
+
+    @property
+    def is_open(self) -> bool:
+        return self.status == HoldStatus.OPEN
+
+
+class LedgerEntryQuerySet(models.QuerySet["LedgerEntry"]):
+    """The ledger is append-only: the bulk write paths are closed too."""
+
+    def update(self, **kwargs: Any) -> NoReturn:
+        raise TypeError("The ledger is append-only: post a reversing entry instead of updating.")
+
+    def delete(self) -> NoReturn:
+        raise TypeError("The ledger is append-only: post a reversing entry instead of deleting.")
+
+
+class LedgerEntry(models.Model):
+    """One movement of credits. Append-only: never updated, never deleted (also enforced by a
+    database trigger). Corrections are new reversing entries (`credit_adjust`).
+
+    ``idempotency_key`` is unique per account among direct entries (charges, grants,
+    adjustments, usage records). A settlement entry carries its hold's key and is unique per
+    hold instead, so the two namespaces can't collide.
+    """
+
+    # No index of its own: `ledger_account_recent` leads with it (every index costs each insert).
+    account = models.ForeignKey(BillingAccount, on_delete=models.PROTECT, related_name="entries", db_index=False)
+    amount = models.BigIntegerField(help_text="Signed millicredits: credits are positive, charges negative.")
+    category = models.CharField(max_length=16, choices=Category.choices)
+    balance_after = models.BigIntegerField()
+    idempotency_key = models.CharField(max_length=128)
+    fingerprint = models.CharField(max_length=64, help_text="Hash of the parameters, to tell a replay from a reuse.")
+    hold = models.OneToOneField(
+        CreditHold, null=True, blank=True, on_delete=models.PROTECT, related_name="entry", help_text="Settled hold."
+    )
+    description = models.CharField(max_length=255, blank=True)
+    model = models.CharField(max_length=64, blank=True)
+    units = models.BigIntegerField(null=True, blank=True)
+    input_tokens = models.BigIntegerField(null=True, blank=True)
+    output_tokens = models.BigIntegerField(null=True, blank=True)
+    cached_tokens = models.BigIntegerField(null=True, blank=True)
+    key_source = models.CharField(max_length=8, choices=KeySource.choices, blank=True)
+    details = models.JSONField(default=dict, blank=True, help_text="What the caller said it was for.")
+    pricing = models.JSONField(default=dict, blank=True, help_text="How the amount was computed; who acted.")
+    flagged = models.BooleanField(default=False, help_text="Charged less than asked (overrun or late settlement).")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    objects = LedgerEntryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "idempotency_key"],
+                condition=models.Q(hold__isnull=True),
+                name="ledger_idempotency_unique",
+            ),
         ]
         indexes = [models.Index(fields=["account", "-created_at", "-id"], name="ledger_account_recent")]
         verbose_name_plural = "ledger entries"
 
     def __str__(self) -> str:
         return f"{self.category} {self.amount:+d} mc"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise TypeError("The ledger is append-only: post a reversing entry instead of updating.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("The ledger is append-only: post a reversing entry instead of deleting.")

@@ -1,3 +1,10 @@
-from django.urls import URLPattern, URLResolver
+from django.urls import URLPattern, URLResolver, path
 
-urlpatterns: list[URLPattern | URLResolver] = []
+from credits import apis
+
+urlpatterns: list[URLPattern | URLResolver] = [
+    path("credits/balance", apis.BalanceApi.as_view(), name="api-credits-balance"),
+    path("credits/ledger", apis.LedgerListApi.as_view(), name="api-credits-ledger"),
+    path("credits/usage", apis.UsageBreakdownApi.as_view(), name="api-credits-usage"),
+    path("usage-events", apis.UsageEventCreateApi.as_view(), name="api-usage-events"),
+]

@@ -1,0 +1,199 @@
+"""REST: balance, ledger, usage breakdown (users) and the metering endpoint (service tokens).
+
+Amounts are integers in millicredits (1 credit = 1,000 mc). Serializers check shape only; the
+rules (positive units, known categories, key length, enough credits) live in the services.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import permissions, serializers, status
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import ApiToken, TokenKind, User
+from credits.models import Category
+from credits.selectors import credit_balance, ledger_entries_for, usage_breakdown
+from credits.services import credit_charge
+from niyra import errors
+
+DEFAULT_USAGE_PERIOD = timedelta(days=30)
+MAX_USAGE_PERIOD = timedelta(days=366)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer, nothing else: no 1.0, no "1", no true. Money and units are exact."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class IsServiceToken(permissions.BasePermission):
+    """Only a Niyra subsystem's service token; a user's own token gets 403."""
+
+    message = "Usage events need a service token."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        token = request.auth
+        return isinstance(token, ApiToken) and token.kind == TokenKind.SERVICE
+
+
+class LedgerEntryOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    category = serializers.CharField()
+    amount = serializers.IntegerField(help_text="Signed millicredits.")
+    balance_after = serializers.IntegerField(help_text="Millicredits.")
+    description = serializers.CharField()
+    idempotency_key = serializers.CharField()
+    model = serializers.CharField()
+    units = serializers.IntegerField(allow_null=True)
+    input_tokens = serializers.IntegerField(allow_null=True)
+    output_tokens = serializers.IntegerField(allow_null=True)
+    cached_tokens = serializers.IntegerField(allow_null=True)
+    key_source = serializers.CharField()
+    hold_id = serializers.IntegerField(allow_null=True)
+    flagged = serializers.BooleanField()
+    details = serializers.JSONField()
+
+
+class BalanceApi(APIView):
+    class OutputSerializer(serializers.Serializer):
+        plan = serializers.CharField()
+        apex_enabled = serializers.BooleanField()
+        available = serializers.IntegerField(help_text="Millicredits you can spend now: balance - reserved.")
+        reserved = serializers.IntegerField(help_text="Millicredits held for calls in progress.")
+        balance = serializers.IntegerField(help_text="Millicredits.")
+        unit = serializers.CharField()
+
+    @extend_schema(responses=OutputSerializer)
+    def get(self, request: Request) -> Response:
+        balance = credit_balance(user=_signed_in(request))
+        data = {
+            "plan": balance.plan,
+            "apex_enabled": balance.apex_enabled,
+            "available": balance.available,
+            "reserved": balance.reserved,
+            "balance": balance.balance,
+            "unit": "millicredit",
+        }
+        return Response(self.OutputSerializer(data).data)
+
+
+class LedgerPagination(CursorPagination):
+    ordering = ("-created_at", "-id")
+    page_size = 50
+    page_size_query_param = "limit"
+    max_page_size = 200
+
+
+class LedgerListApi(APIView):
+    class FilterSerializer(serializers.Serializer):
+        category = serializers.ChoiceField(choices=Category.choices, required=False)
+        since = serializers.DateTimeField(required=False, help_text="Inclusive.")
+        until = serializers.DateTimeField(required=False, help_text="Exclusive.")
+
+    @extend_schema(
+        parameters=[FilterSerializer, OpenApiParameter("cursor", str), OpenApiParameter("limit", int)],
+        responses=LedgerEntryOutputSerializer(many=True),
+    )
+    def get(self, request: Request) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        entries = ledger_entries_for(user=_signed_in(request), **filters.validated_data)
+        paginator = LedgerPagination()
+        page = paginator.paginate_queryset(entries, request, view=self)
+        return paginator.get_paginated_response(LedgerEntryOutputSerializer(page, many=True).data)
+
+
+class UsageBreakdownApi(APIView):
+    class FilterSerializer(serializers.Serializer):
+        start = serializers.DateTimeField(required=False, help_text="Inclusive; default 30 days before end.")
+        end = serializers.DateTimeField(required=False, help_text="Exclusive; default now.")
+
+    class VolumeSerializer(serializers.Serializer):
+        calls = serializers.IntegerField()
+        input_tokens = serializers.IntegerField()
+        output_tokens = serializers.IntegerField()
+        cached_tokens = serializers.IntegerField()
+        credits = serializers.IntegerField(help_text="Millicredits (always 0 for BYOK).")
+
+    class OutputSerializer(serializers.Serializer):
+        start = serializers.DateTimeField()
+        end = serializers.DateTimeField()
+        by_category = serializers.DictField(child=serializers.IntegerField(), help_text="Millicredits spent.")
+        total = serializers.IntegerField(help_text="Millicredits spent.")
+        llm_share = serializers.DecimalField(max_digits=5, decimal_places=4, help_text="LLM part of the total, 0 to 1.")
+        hosted_llm = serializers.DictField()
+        byok_llm = serializers.DictField()
+
+    @extend_schema(parameters=[FilterSerializer], responses=OutputSerializer)
+    def get(self, request: Request) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        end = filters.validated_data.get("end") or timezone.now()
+        start = filters.validated_data.get("start") or end - DEFAULT_USAGE_PERIOD
+        if not start < end or end - start > MAX_USAGE_PERIOD:
+            raise errors.NiyraError(errors.INVALID_INPUT, detail={"start": ["start before end, at most 366 days."]})
+        usage = usage_breakdown(user=_signed_in(request), start=start, end=end)
+        data = {
+            "start": usage.start,
+            "end": usage.end,
+            "by_category": usage.by_category,
+            "total": usage.total,
+            "llm_share": usage.llm_share,
+            "hosted_llm": self.VolumeSerializer(usage.hosted_llm).data,
+            "byok_llm": self.VolumeSerializer(usage.byok_llm).data,
+        }
+        return Response(self.OutputSerializer(data).data)
+
+
+class UsageEventCreateApi(APIView):
+    """Metering for other Niyra subsystems: charge one usage event to a user."""
+
+    permission_classes = (IsServiceToken,)
+
+    class InputSerializer(serializers.Serializer):
+        user = serializers.CharField(help_text="The user's id or email.")
+        category = serializers.CharField()
+        units = StrictIntegerField()
+        idempotency_key = serializers.CharField(trim_whitespace=False)
+        details = serializers.DictField(required=False, default=dict)
+
+    @extend_schema(request=InputSerializer, responses={201: LedgerEntryOutputSerializer})
+    def post(self, request: Request) -> Response:
+        payload = self.InputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        entry = credit_charge(
+            user=_user_from(data["user"]),
+            category=data["category"],
+            units=data["units"],
+            idempotency_key=data["idempotency_key"],
+            details=data["details"],
+        )
+        return Response(LedgerEntryOutputSerializer(entry).data, status=status.HTTP_201_CREATED)
+
+
+def _signed_in(request: Request) -> User:
+    assert isinstance(request.user, User)  # IsAuthenticated ran first
+    return request.user
+
+
+def _user_from(reference: str) -> User:
+    reference = reference.strip()
+    if reference.isdigit():
+        user = User.objects.filter(pk=int(reference)).first()
+    else:
+        user = User.objects.filter(email__iexact=reference).first()
+    if user is None:
+        raise errors.NiyraError(errors.INVALID_INPUT, detail={"user": ["No such user (give an id or an email)."]})
+    return user

@@ -1,0 +1,14 @@
+"""Celery entry points for credits: thin, idempotent, calling services."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from credits.services import credit_holds_expire
+
+
+@shared_task(name="credits.tasks.expire_holds", ignore_result=True)
+def expire_holds() -> int:
+    """Beat tick: release every open hold past its expiry. Safe to run twice at once (each hold is
+    expired under its own row lock, skipping rows another worker holds) or to be redelivered."""
+    return credit_holds_expire()
