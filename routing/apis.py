@@ -22,7 +22,8 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -181,6 +182,21 @@ def _text_content(value: Any) -> str:
     raise serializers.ValidationError("A string, or a list of {type: text, text} blocks.")
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string"},
+            {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
+                    "required": ["type", "text"],
+                },
+            },
+        ]
+    }
+)
 class ContentField(serializers.Field):
     def to_internal_value(self, data: Any) -> str:
         return _text_content(data)
@@ -503,3 +519,108 @@ class PreferencesApi(APIView):
             user=request_user(request), fallback_to_credits=payload.validated_data["fallback_to_credits"]
         )
         return Response({"fallback_to_credits": preference.fallback_to_credits})
+
+
+# --- OpenAPI for the async endpoints -----------------------------------------------------------
+# drf-spectacular documents DRF views only. Each async view gets a schema-only APIView as its
+# `cls` (what `APIView.as_view()` sets), so the schema, the docs page and Schemathesis see the
+# same request and response shapes the views enforce. These classes never serve a request.
+
+
+class ErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    detail = serializers.JSONField(allow_null=True)
+
+
+class UsageSerializer(serializers.Serializer):
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cached_tokens = serializers.IntegerField()
+
+
+class RoutingInfoSerializer(serializers.Serializer):
+    key_source = serializers.ChoiceField(choices=["byok", "platform"])
+    provider = serializers.CharField()
+    model = serializers.CharField()
+    credits_charged_mc = serializers.IntegerField()
+    credits_charged = serializers.CharField()
+
+
+class NativeResponseSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    model = serializers.CharField()
+    content = serializers.CharField(allow_blank=True)
+    stop_reason = serializers.CharField()
+    usage = UsageSerializer()
+    routing = RoutingInfoSerializer()
+
+
+class ChatCompletionResponseSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField()
+    created = serializers.IntegerField()
+    model = serializers.CharField()
+    choices = serializers.ListField(child=serializers.DictField())
+    usage = serializers.DictField()
+    niyra_routing = RoutingInfoSerializer()
+
+
+class EmbeddingsResponseSerializer(serializers.Serializer):
+    object = serializers.CharField()
+    data = serializers.ListField(child=serializers.DictField())  # type: ignore[assignment]
+    model = serializers.CharField()
+    usage = serializers.DictField()
+    niyra_routing = RoutingInfoSerializer()
+
+
+LLM_ERRORS = dict.fromkeys((400, 401, 402, 403, 405, 409, 413, 415, 429, 503), ErrorSerializer)
+SSE = OpenApiTypes.STR
+
+
+class _SchemaOnly(APIView):
+    def post(self, request: Request) -> Response:  # pragma: no cover - never routed
+        raise NotImplementedError
+
+
+class MessagesSchema(_SchemaOnly):
+    @extend_schema(
+        operation_id="llm_messages_create",
+        request=NativeRequestSerializer,
+        responses={200: NativeResponseSerializer, (200, "text/event-stream"): SSE, **LLM_ERRORS},
+        description="Send a message through the right key: yours (BYOK) or Niyra credits. "
+        '`"stream": true` answers with server-sent events: `routing`, `delta`..., then `done` or `error`.',
+    )
+    def post(self, request: Request) -> Response:  # pragma: no cover
+        raise NotImplementedError
+
+
+class ChatCompletionsSchema(_SchemaOnly):
+    @extend_schema(
+        operation_id="openai_chat_completions_create",
+        request=ChatCompletionRequestSerializer,
+        responses={200: ChatCompletionResponseSerializer, (200, "text/event-stream"): SSE, **LLM_ERRORS},
+        description="OpenAI-compatible chat completions (JSON and streaming) for every catalog chat model.",
+    )
+    def post(self, request: Request) -> Response:  # pragma: no cover
+        raise NotImplementedError
+
+
+class EmbeddingsSchema(_SchemaOnly):
+    @extend_schema(
+        operation_id="openai_embeddings_create",
+        request=EmbeddingsRequestSerializer,
+        responses={200: EmbeddingsResponseSerializer, **LLM_ERRORS},
+        description="OpenAI-compatible embeddings. Always paid in credits (BYOK covers LLM calls only).",
+    )
+    def post(self, request: Request) -> Response:  # pragma: no cover
+        raise NotImplementedError
+
+
+for _view, _schema in (
+    (messages_create, MessagesSchema),
+    (chat_completions, ChatCompletionsSchema),
+    (embeddings_create, EmbeddingsSchema),
+):
+    _view.cls = _schema  # type: ignore[attr-defined]
+    _view.initkwargs = {}  # type: ignore[attr-defined]
