@@ -180,7 +180,9 @@ def api_not_found(request: HttpRequest) -> HttpResponse:
 
 
 # --- OAuth connections (byok) ---------------------------------------------------------------
-OAUTH_INTEGRATION_UNKNOWN = _spec("oauth_integration_unknown", 404, "No such integration. See the list of integrations.")
+OAUTH_INTEGRATION_UNKNOWN = _spec(
+    "oauth_integration_unknown", 404, "No such integration. See the list of integrations."
+)
 OAUTH_CONNECTION_NOT_FOUND = _spec("oauth_connection_not_found", 404, "This integration is not connected.")
 OAUTH_STATE_INVALID = _spec(
     "oauth_state_invalid",
