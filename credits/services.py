@@ -322,14 +322,12 @@ def credit_usage_record(
         op="byok_usage", model=model, input=input_tokens, output=output_tokens, cached=cached_tokens, details=context
     )
 
-    @transaction.atomic
     def record() -> LedgerEntry:
-        replay = _direct_replay(user, key, fingerprint)
-        if replay is not None:
-            return replay
         # A zero-amount entry moves no money, so it takes no row lock on the account: BYOK
         # calls of one user don't queue behind each other (500 concurrent streams of one user
         # would otherwise serialise here). `balance_after` is the committed balance it saw.
+        # One INSERT in autocommit; a replayed key hits the unique constraint and is answered
+        # from the first entry.
         account = billing_account_for(user=user)
         entry = _entry(
             amount=0,
@@ -344,7 +342,13 @@ def credit_usage_record(
         )
         entry.account = account
         entry.balance_after = account.balance
-        entry.save(force_insert=True)
+        try:
+            _single_statement(lambda: entry.save(force_insert=True))
+        except IntegrityError:
+            replay = _direct_replay(user, key, fingerprint)
+            if replay is None:
+                raise
+            return replay
         return entry
 
     return _retrying_once_on_conflict(record)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from django.db import connection, transaction
+from django.db import transaction
 
 from accounts.models import User
 from accounts.services import audit_event_record
@@ -27,28 +27,22 @@ def routed_call_record(
     latency_ms: int,
     outcome: str,
 ) -> RoutedCall:
-    """Append the call to the log. The ledger holds the money; this row is the record for the
-    dashboard, so on PostgreSQL its commit doesn't wait for the WAL flush (`synchronous_commit
-    off` for this transaction only): a crash may lose the last few log rows, never a charge."""
-    with transaction.atomic():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        return RoutedCall.objects.create(
-            id=call_id,
-            user=user,
-            model=model,
-            provider=provider,
-            kind=kind,
-            key_source=key_source,
-            stream=stream,
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
-            tokens_cached=tokens_cached,
-            credits_charged=credits_charged,
-            latency_ms=latency_ms,
-            outcome=outcome,
-        )
+    """Append the call to the log (one autocommit INSERT: the hot path's cheapest write)."""
+    return RoutedCall.objects.create(
+        id=call_id,
+        user=user,
+        model=model,
+        provider=provider,
+        kind=kind,
+        key_source=key_source,
+        stream=stream,
+        tokens_in=tokens_in,
+        tokens_out=tokens_out,
+        tokens_cached=tokens_cached,
+        credits_charged=credits_charged,
+        latency_ms=latency_ms,
+        outcome=outcome,
+    )
 
 
 @transaction.atomic
