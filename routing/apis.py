@@ -257,13 +257,15 @@ async def messages_create(request: HttpRequest, payload: dict[str, Any]) -> Http
 
 async def _native_events(stream: RoutedStream) -> AsyncIterator[bytes]:
     model = stream.route.model
-    yield _sse("routing", {"id": str(stream.route.call_id), "key_source": stream.key_source, "model": model.id})
     try:
+        yield _sse("routing", {"id": str(stream.route.call_id), "key_source": stream.key_source, "model": model.id})
         async for delta in stream.events():
             yield _sse("delta", {"text": delta.text})
     except NiyraError as exc:
         yield _sse("error", exc.as_dict())
         return
+    finally:
+        await stream.abandon()
     usage = stream.usage
     yield _sse(
         "done",
@@ -375,14 +377,16 @@ async def _openai_chunks(stream: RoutedStream, *, include_usage: bool) -> AsyncI
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
         return _sse(None, base | {"created": created, "choices": [choice]})
 
-    yield chunk({"role": "assistant", "content": ""})
     try:
+        yield chunk({"role": "assistant", "content": ""})
         async for delta in stream.events():
             yield chunk({"content": delta.text})
     except NiyraError as exc:
         body = exc.as_dict() | {"error": {"message": exc.message, "type": exc.code, "code": exc.code}}
         yield _sse(None, body)
         return
+    finally:
+        await stream.abandon()
     yield chunk({}, stream.stop_reason if stream.stop_reason != "other" else "stop")
     if include_usage:
         usage = stream.usage

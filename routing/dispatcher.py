@@ -139,6 +139,7 @@ class RoutedStream:
     usage: Usage = field(default_factory=Usage)
     stop_reason: str = "other"
     error: NiyraError | None = None
+    started: bool = False
     finished: bool = False
     closed: bool = False
 
@@ -153,6 +154,7 @@ class RoutedStream:
     async def events(self) -> AsyncIterator[TextDelta]:
         adapter = get_adapter(self.route.model.provider)
         deltas = 0
+        self.started = True
         api_key, self.api_key = self.api_key, ""  # the stream object must not keep the key
         try:
             async for event in adapter.stream(api_key, self.request):
@@ -175,6 +177,14 @@ class RoutedStream:
             await asyncio.shield(self._close())
         if self.error is not None:
             raise self.error
+
+    async def abandon(self) -> None:
+        """The response ended before `events()` ran (the client left at once): release the
+        hold and log the call. Safe to call always; it does nothing once events() has run."""
+        if self.started or self.closed:
+            return
+        self.api_key = ""
+        await asyncio.shield(self._close())
 
     def _estimated_usage(self, deltas: int) -> Usage:
         usage = self.usage

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from rest_framework.test import APIClient
 
 from accounts.models import AuditEvent
@@ -493,3 +493,31 @@ def test_models_list_says_why_a_model_is_unavailable(
     assert listed["gpt-4.1"]["reason_code"] == "key_rejected"
     assert listed["claude-haiku-4-5"]["reason_code"] == "insufficient_credits"
     assert "text-embedding-3-small" in listed
+
+
+def test_a_stream_abandoned_before_it_starts_releases_its_hold(make_account: Any) -> None:
+    from routing.dispatcher import LLMDispatcher
+    from routing.providers.types import ChatMessage
+
+    user = make_account(plan="free")
+    before = balance(user)
+
+    async def open_and_leave() -> None:
+        async def resolve() -> Any:
+            return user
+
+        stream = await LLMDispatcher(resolve).stream(
+            model="claude-sonnet-4-6", messages=[ChatMessage("user", PROMPT)], max_tokens=100
+        )
+        assert await sync_to_async(balance_reserved_sync)(user) > 0
+        await stream.abandon()
+
+    async_to_sync(open_and_leave)()
+
+    assert balance(user) == before
+    assert CreditHold.objects.get(account__user=user).status == "voided"
+    assert RoutedCall.objects.get(user=user).outcome == "client_disconnected"
+
+
+def balance_reserved_sync(user: Any) -> int:
+    return BillingAccount.objects.get(user=user).reserved
