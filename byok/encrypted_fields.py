@@ -58,3 +58,25 @@ def register_encrypted_field(
 
 def encrypted_fields() -> list[EncryptedField]:
     return list(_REGISTRY.values())
+
+
+# OAuth connections (byok.models): both tokens share one key id column; the PKCE verifier of a
+# connect flow in progress is short-lived, but it is a secret sealed with the keyring all the same.
+register_encrypted_field(
+    "byok.OAuthConnection",
+    "access_token_ciphertext",
+    purpose=lambda row: row.access_token_purpose,
+    key_id_field="encryption_key_id",
+)
+register_encrypted_field(
+    "byok.OAuthConnection",
+    "refresh_token_ciphertext",
+    purpose=lambda row: row.refresh_token_purpose,
+    key_id_field="encryption_key_id",
+)
+register_encrypted_field(
+    "byok.OAuthAuthorizationRequest",
+    "code_verifier_ciphertext",
+    purpose=lambda row: row.code_verifier_purpose,
+    key_id_field="encryption_key_id",
+)

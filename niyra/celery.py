@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from django.conf import settings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "niyra.settings")
 
@@ -30,5 +31,12 @@ app.conf.beat_schedule = {
         "task": "credits.tasks.expire_holds",
         "schedule": 60.0,
         "options": {"expires": 55},
+    },
+    # Refresh OAuth tokens expiring before the next tick + margin (byok.tasks). A tick that sat
+    # in the queue past most of an interval is dropped: the next one covers the same window.
+    "oauth-refresh-tick": {
+        "task": "byok.tasks.oauth_refresh_tick",
+        "schedule": float(settings.OAUTH_REFRESH_INTERVAL_SECONDS),
+        "options": {"expires": max(1, settings.OAUTH_REFRESH_INTERVAL_SECONDS * 9 // 10)},
     },
 }

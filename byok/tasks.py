@@ -1,0 +1,52 @@
+"""The OAuth refresh daemon: a beat tick that fans out one refresh task per due connection.
+
+Tasks take ids only (never a token), re-read under the row lock and are idempotent: a
+duplicate (two beats, a redelivery after a worker died with `acks_late`) finds the token fresh
+and does nothing. The rules live in `byok.services.connection_refresh`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Task, shared_task
+from django.conf import settings
+from django.db import transaction
+
+from byok.selectors import connection_ids_due
+from byok.services import connection_refresh, oauth_authorization_requests_purge
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="byok.tasks.oauth_refresh_tick", ignore_result=True)
+def oauth_refresh_tick() -> int:
+    """Every `OAUTH_REFRESH_INTERVAL_SECONDS` (niyra/celery.py): queue a refresh for every active
+    connection expiring before the next tick plus the margin. One indexed query; ids only."""
+    ids = connection_ids_due()
+    oauth_authorization_requests_purge()
+    expires = settings.OAUTH_REFRESH_INTERVAL_SECONDS  # the next tick queues a fresh one anyway
+
+    def fan_out() -> None:
+        with oauth_connection_refresh.app.producer_or_acquire() as producer:  # one broker connection
+            for connection_id in ids:
+                oauth_connection_refresh.apply_async(
+                    kwargs={"connection_id": connection_id}, expires=expires, producer=producer
+                )
+
+    transaction.on_commit(fan_out)  # outside a transaction (as under beat): runs right away
+    logger.info("oauth_refresh_tick due=%s", len(ids))
+    return len(ids)
+
+
+@shared_task(bind=True, name="byok.tasks.oauth_connection_refresh", ignore_result=True, max_retries=None)
+def oauth_connection_refresh(self: Task, connection_id: int, force: bool = False) -> str:
+    """Refresh one connection if it is due. Transient failures retry with exponential backoff
+    while the token still works (the service decides when, and when to give up)."""
+    result = connection_refresh(connection_id=connection_id, force=force)
+    if result.retry_in is not None:
+        raise self.retry(
+            countdown=result.retry_in,
+            expires=result.retry_in + settings.OAUTH_REFRESH_INTERVAL_SECONDS,
+        )
+    return result.outcome
