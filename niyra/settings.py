@@ -97,6 +97,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
             ],
+            "libraries": {"dashboard": "niyra.dashboard_tags"},  # money and status filters for the pages
         },
     },
 ]

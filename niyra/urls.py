@@ -7,18 +7,42 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from accounts import views as accounts_views
+from byok import views as byok_views
+from credits import views as credits_views
 from niyra import errors, health, views
+from routing import views as routing_views
 
+# The dashboard (server-rendered pages; htmx for the parts that change). Each app owns its views.
 dashboard_patterns = [
     path("", views.home, name="home"),
+    path("try/", routing_views.try_message, name="try"),
+    path("credits/", credits_views.ledger, name="credits"),
+    path("credits/ledger.csv", credits_views.ledger_csv, name="credits-csv"),
+    path("settings/byok/", byok_views.byok_settings, name="byok"),
+    path("settings/byok/<slug:provider>/save", byok_views.byok_key_save, name="byok-save"),
+    path("settings/byok/<slug:provider>/test", byok_views.byok_key_test, name="byok-test"),
+    path("settings/byok/<slug:provider>/disconnect", byok_views.byok_key_disconnect, name="byok-disconnect"),
+    path("settings/connections/", byok_views.connections, name="connections"),
+    path("settings/connections/<slug:integration>/connect", byok_views.connection_connect, name="connection-connect"),
+    path(
+        "settings/connections/<slug:integration>/disconnect",
+        byok_views.connection_disconnect_view,
+        name="connection-disconnect",
+    ),
+    path("settings/tokens/", accounts_views.tokens, name="tokens"),
+    path("settings/tokens/create", accounts_views.token_create, name="token-create"),
+    path("settings/tokens/<int:token_id>/revoke", accounts_views.token_revoke, name="token-revoke"),
 ]
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("favicon.ico", views.favicon, name="favicon"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include((dashboard_patterns, "dashboard"))),
+    path("", include("byok.urls_web")),  # the OAuth callback (a browser redirect from the provider)
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

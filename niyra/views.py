@@ -1,15 +1,89 @@
-"""Dashboard pages that belong to no single app (the home page)."""
+"""The dashboard home page: it shows a little of every app, so it belongs to none of them."""
 
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect
 from django.shortcuts import render
+from django.templatetags.static import static
+from django.utils import timezone
+from django.views.decorators.http import require_GET
 
-from credits.selectors import billing_account_for
+from byok.models import KeyStatus, Provider
+from byok.selectors import provider_key_effective_status, provider_key_list
+from credits.models import Category
+from credits.selectors import billing_account_for, credit_balance, usage_breakdown
+from niyra.dashboard import dashboard_login_required, dashboard_user
+from routing.selectors import routed_call_recent
+
+SPEND_WINDOW = timedelta(days=30)
+RECENT_CALLS = 10
+# The chart's order: LLM first (usually most of the spend), then what BYOK never covers.
+CHART_CATEGORIES = (
+    Category.LLM,
+    Category.EMBEDDINGS,
+    Category.TOOL_CALL,
+    Category.VOICE_TTS,
+    Category.VOICE_STT,
+    Category.ENRICHMENT,
+    Category.TELEPHONY,
+)
 
 
-@login_required
+@dataclass(frozen=True, slots=True)
+class SpendRow:
+    label: str
+    millicredits: int
+    share: Decimal
+
+
+@require_GET
+@dashboard_login_required
 def home(request: HttpRequest) -> HttpResponse:
-    account = billing_account_for(user=request.user)  # type: ignore[arg-type]
-    return render(request, "dashboard/home.html", {"account": account})
+    user = dashboard_user(request)
+    now = timezone.now()
+    usage = usage_breakdown(user=user, start=now - SPEND_WINDOW, end=now)
+    spend = [
+        SpendRow(
+            label=Category(category).label,
+            millicredits=usage.by_category.get(category, 0),
+            share=Decimal(usage.by_category.get(category, 0)) / usage.total if usage.total else Decimal(0),
+        )
+        for category in CHART_CATEGORIES
+    ]
+    keys = {key.provider: key for key in provider_key_list(user=user)}
+    key_rows = []
+    for provider in Provider.values:
+        key = keys.get(provider)
+        status = provider_key_effective_status(key) if key is not None else ""
+        key_rows.append(
+            {
+                "label": Provider(provider).label,
+                "key": key,
+                "status": status,
+                "status_label": KeyStatus(status).label if status else "Not connected",
+            }
+        )
+    context: dict[str, Any] = {
+        "account": billing_account_for(user=user),
+        "balance": credit_balance(user=user),
+        "usage": usage,
+        "spend": spend,
+        # Credits for the chart (a display value: the page's numbers stay integers in mc).
+        "chart": {"labels": [row.label for row in spend], "credits": [row.millicredits / 1000 for row in spend]},
+        "key_rows": key_rows,
+        "calls": list(routed_call_recent(user=user, limit=RECENT_CALLS)),
+        "window_days": SPEND_WINDOW.days,
+    }
+    return render(request, "dashboard/home.html", context)
+
+
+@require_GET
+def favicon(request: HttpRequest) -> HttpResponse:
+    """Browsers ask for /favicon.ico on pages without an icon link (the admin): a 404 there is a
+    console error on every admin page."""
+    return HttpResponsePermanentRedirect(static("dashboard/favicon.svg"))

@@ -1,0 +1,349 @@
+"""Dashboard pages of byok: Settings → BYOK (one card per provider) and Connections.
+
+Thin: every change goes through `byok.services`; errors are the catalogue's words with the
+product page's troubleshooting text, shown in the card they belong to. A pasted key is read
+from the POST, handed to the service and dropped: it is never rendered back (the field is
+always empty), logged, kept in the session or put in a message, and Django's error reports
+show it as stars (`sensitive_post_parameters`, `sensitive_variables`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from accounts.models import User
+from byok import oauth
+from byok.apis import ByokRateThrottle
+from byok.keytext import MAX_KEY_LENGTH
+from byok.models import ConnectionStatus, KeyStatus, OAuthConnection, Provider, ProviderKey
+from byok.selectors import connection_get, connection_list, provider_key_effective_status, provider_key_get
+from byok.services import (
+    connection_connect_start,
+    connection_disconnect,
+    provider_key_disconnect,
+    provider_key_save,
+    provider_key_test,
+)
+from credits.models import BillingAccount
+from credits.selectors import billing_account_for
+from niyra import errors
+from niyra.dashboard import ShownError, dashboard_login_required, dashboard_user, is_htmx, render_part, shown_error
+from niyra.errors import NiyraError
+
+# Longer than any key could be, even wrapped in quotes and whitespace; the field's maxlength.
+MAX_PASTE_LENGTH = MAX_KEY_LENGTH * 2
+PROVIDER_PREFIXES = {Provider.ANTHROPIC: ("sk-ant-",), Provider.OPENAI: ("sk-proj-", "sk-")}
+_ERROR_STATUSES = {KeyStatus.INVALID, KeyStatus.RATE_LIMITED, KeyStatus.QUOTA_EXHAUSTED, KeyStatus.NEEDS_REENTRY}
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCard:
+    provider: str
+    label: str
+    prefixes: tuple[str, ...]
+    key: ProviderKey | None
+    status: str  # effective status, or "" when no key is connected
+    status_label: str
+    allows_byok: bool
+    last_problem: ShownError | None  # what the provider said last time (from the stored status)
+    error: ShownError | None = None  # what just went wrong
+    notice: str = ""
+    confirming: bool = False
+
+    @property
+    def field_id(self) -> str:
+        return f"key-{self.provider}"
+
+
+def _provider(provider: str) -> str:
+    if provider not in Provider.values:
+        raise Http404
+    return provider
+
+
+def _key_card(
+    user: User,
+    provider: str,
+    *,
+    account: BillingAccount,
+    error: ShownError | None = None,
+    notice: str = "",
+    confirming: bool = False,
+) -> KeyCard:
+    key = provider_key_get(user=user, provider=provider)
+    status = provider_key_effective_status(key) if key is not None else ""
+    last_problem: ShownError | None = None
+    if key is not None and not account.allows_byok:
+        last_problem = shown_error(NiyraError(errors.PLAN_KEY_UNUSABLE))
+    elif key is not None and status == KeyStatus.NEEDS_REENTRY:
+        last_problem = shown_error(NiyraError(errors.KEY_NEEDS_REENTRY))
+    elif key is not None and status in _ERROR_STATUSES and key.last_error_code in errors.CATALOGUE:
+        last_problem = shown_error(NiyraError(errors.CATALOGUE[key.last_error_code]))
+    return KeyCard(
+        provider=provider,
+        label=Provider(provider).label,
+        prefixes=PROVIDER_PREFIXES[Provider(provider)],
+        key=key,
+        status=status,
+        status_label=KeyStatus(status).label if status else "Not connected",
+        allows_byok=account.allows_byok,
+        last_problem=last_problem,
+        error=error,
+        notice=notice,
+        confirming=confirming and key is not None,
+    )
+
+
+def _byok_context(user: User, *, card: KeyCard | None = None) -> dict[str, Any]:
+    account = billing_account_for(user=user)
+    cards = [
+        card if card is not None and card.provider == provider else _key_card(user, provider, account=account)
+        for provider in Provider.values
+    ]
+    return {
+        "account": account,
+        "cards": cards,
+        "plan_no_byok": errors.PLAN_NO_BYOK.message,
+        "max_paste_length": MAX_PASTE_LENGTH,
+    }
+
+
+def _card_response(request: HttpRequest, card: KeyCard) -> TemplateResponse:
+    context = _byok_context(dashboard_user(request), card=card)
+    context["card"] = card
+    response = render_part(request, page="dashboard/byok.html", part="dashboard/_key_card.html", context=context)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _throttled(request: HttpRequest, scope: str) -> bool:
+    """The API's per-user budget for saving and testing keys, shared with the dashboard: a
+    key-checking form is as much an oracle as the endpoint."""
+    return not ByokRateThrottle().allow_request(request, SimpleNamespace(throttle_scope=scope))  # type: ignore[arg-type]
+
+
+@require_GET
+@dashboard_login_required
+def byok_settings(request: HttpRequest) -> HttpResponse:
+    response = TemplateResponse(request, "dashboard/byok.html", _byok_context(dashboard_user(request)))
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_POST
+@sensitive_post_parameters("key")
+@sensitive_variables("pasted")
+@dashboard_login_required(return_to="dashboard:byok")
+def byok_key_save(request: HttpRequest, provider: str) -> HttpResponse:
+    """Add or rotate: validated by the provider first; a key that fails leaves the old one."""
+    user = dashboard_user(request)
+    provider = _provider(provider)
+    account = billing_account_for(user=user)
+    pasted = request.POST.get("key", "")
+    error: ShownError | None = None
+    notice = ""
+    if not pasted.strip():
+        error = shown_error(code="key_missing", message=f"Paste your {Provider(provider).label} key into the field.")
+    elif len(pasted) > MAX_PASTE_LENGTH:
+        error = shown_error(NiyraError(errors.KEY_INVALID))
+    elif _throttled(request, "byok_save"):
+        error = shown_error(NiyraError(errors.THROTTLED))
+    else:
+        try:
+            saved = provider_key_save(user=user, provider=provider, key=pasted)
+        except NiyraError as exc:
+            current = provider_key_get(user=user, provider=provider)
+            note = f"Nothing was changed: your saved key {current.hint} stays in use." if current else ""
+            error = shown_error(exc, note=note)
+        else:
+            notice = (
+                "Key saved and validated. Niyra routes through it from the next message."
+                if saved.status == KeyStatus.VALID
+                else "Key saved: the provider recognised it, but see below."
+            )
+    del pasted
+    card = _key_card(user, provider, account=account, error=error, notice=notice)
+    if error is None and not is_htmx(request):
+        messages.success(request, f"{card.label}: {notice}")
+        return redirect("dashboard:byok")
+    return _card_response(request, card)
+
+
+@require_POST
+@dashboard_login_required(return_to="dashboard:byok")
+def byok_key_test(request: HttpRequest, provider: str) -> HttpResponse:
+    """The "Test key" button: one round trip with the stored key."""
+    user = dashboard_user(request)
+    provider = _provider(provider)
+    account = billing_account_for(user=user)
+    error: ShownError | None = None
+    notice = ""
+    if _throttled(request, "byok_test"):
+        error = shown_error(NiyraError(errors.THROTTLED))
+    else:
+        try:
+            provider_key_test(user=user, provider=provider)
+        except NiyraError as exc:
+            error = shown_error(exc)
+        else:
+            notice = "Key works: the provider answered the test prompt."
+    card = _key_card(user, provider, account=account, error=error, notice=notice)
+    if error is None and not is_htmx(request):
+        messages.success(request, f"{card.label}: {notice}")
+        return redirect("dashboard:byok")
+    return _card_response(request, card)
+
+
+@require_http_methods(["GET", "POST"])
+@dashboard_login_required(return_to="dashboard:byok")
+def byok_key_disconnect(request: HttpRequest, provider: str) -> HttpResponse:
+    """GET asks for confirmation (in the card, or as a page without JavaScript); POST disconnects."""
+    user = dashboard_user(request)
+    provider = _provider(provider)
+    account = billing_account_for(user=user)
+    if request.method == "GET":
+        card = _key_card(user, provider, account=account, confirming=True)
+        if card.key is None:
+            card = _key_card(user, provider, account=account, error=shown_error(NiyraError(errors.KEY_NOT_FOUND)))
+        return _card_response(request, card)
+    error: ShownError | None = None
+    try:
+        provider_key_disconnect(user=user, provider=provider)
+    except NiyraError as exc:  # already disconnected (another tab, a double click)
+        error = shown_error(exc)
+    notice = "" if error else "Disconnected. Niyra reverts to the credit pool from the next message."
+    card = _key_card(user, provider, account=account, error=error, notice=notice)
+    if not is_htmx(request):
+        if error is None:
+            messages.success(request, f"{card.label}: {notice}")
+        else:
+            messages.info(request, f"{card.label}: {error.message}")
+        return redirect("dashboard:byok")
+    return _card_response(request, card)
+
+
+# --- Connections (OAuth integrations) ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRow:
+    name: str
+    label: str
+    configured: bool
+    connection: OAuthConnection | None
+    status_label: str
+    problem: str
+    error: ShownError | None = None
+    notice: str = ""
+    confirming: bool = False
+
+    @property
+    def needs_reconnect(self) -> bool:
+        return self.connection is not None and self.connection.status != ConnectionStatus.ACTIVE
+
+
+def _connection_row(
+    user: User, name: str, *, error: ShownError | None = None, notice: str = "", confirming: bool = False
+) -> ConnectionRow:
+    integration = oauth.find_integration(name)
+    connection = connection_get(user=user, integration=name)
+    if integration is None and connection is None:
+        raise Http404
+    problem = ""
+    if connection is not None and connection.status != ConnectionStatus.ACTIVE:
+        spec = errors.CATALOGUE.get(connection.last_error_code) or (
+            errors.OAUTH_NEEDS_REAUTH
+            if connection.status == ConnectionStatus.NEEDS_REAUTH
+            else errors.OAUTH_CONNECTION_ERROR
+        )
+        problem = spec.message
+    return ConnectionRow(
+        name=name,
+        label=integration.label if integration else name,
+        configured=integration is not None,
+        connection=connection,
+        status_label=ConnectionStatus(connection.status).label if connection else "Not connected",
+        problem=problem,
+        error=error,
+        notice=notice,
+        confirming=confirming and connection is not None,
+    )
+
+
+def _connections_context(user: User, *, row: ConnectionRow | None = None) -> dict[str, Any]:
+    names = list(oauth.integrations())
+    names += [c.integration for c in connection_list(user=user) if c.integration not in names]
+    rows = [row if row is not None and row.name == name else _connection_row(user, name) for name in names]
+    return {"rows": rows}
+
+
+def _row_response(request: HttpRequest, row: ConnectionRow) -> TemplateResponse:
+    context = _connections_context(dashboard_user(request), row=row)
+    context["row"] = row
+    return render_part(
+        request, page="dashboard/connections.html", part="dashboard/_connection_row.html", context=context
+    )
+
+
+@require_GET
+@dashboard_login_required
+def connections(request: HttpRequest) -> HttpResponse:
+    return TemplateResponse(request, "dashboard/connections.html", _connections_context(dashboard_user(request)))
+
+
+@never_cache
+@require_POST
+@dashboard_login_required(return_to="dashboard:connections")
+def connection_connect(request: HttpRequest, integration: str) -> HttpResponse:
+    """Connect or Reconnect: off to the provider's consent screen; it sends the browser back to
+    the OAuth callback (byok.views_oauth), which finishes the flow."""
+    user = dashboard_user(request)
+    redirect_uri = request.build_absolute_uri(reverse("oauth-callback", kwargs={"integration": integration}))
+    try:
+        url = connection_connect_start(user=user, integration=integration, redirect_uri=redirect_uri)
+    except NiyraError as exc:
+        if is_htmx(request):
+            return _row_response(request, _connection_row(user, integration, error=shown_error(exc)))
+        messages.error(request, exc.message)
+        return redirect("dashboard:connections")
+    if is_htmx(request):
+        response = HttpResponse(status=200)
+        response["HX-Redirect"] = url
+        return response
+    return HttpResponseRedirect(url)
+
+
+@require_http_methods(["GET", "POST"])
+@dashboard_login_required(return_to="dashboard:connections")
+def connection_disconnect_view(request: HttpRequest, integration: str) -> HttpResponse:
+    """GET asks for confirmation; POST deletes the tokens and revokes the grant at the provider."""
+    user = dashboard_user(request)
+    if request.method == "GET":
+        row = _connection_row(user, integration, confirming=True)
+        if row.connection is None:
+            row = _connection_row(user, integration, error=shown_error(NiyraError(errors.OAUTH_CONNECTION_NOT_FOUND)))
+        return _row_response(request, row)
+    error: ShownError | None = None
+    try:
+        connection_disconnect(user=user, integration=integration)
+    except NiyraError as exc:
+        error = shown_error(exc)
+    row = _connection_row(user, integration, error=error, notice="" if error else "Disconnected.")
+    if not is_htmx(request):
+        if error is None:
+            messages.success(request, f"{row.label}: disconnected.")
+        else:
+            messages.info(request, f"{row.label}: {error.message}")
+        return redirect("dashboard:connections")
+    return _row_response(request, row)
