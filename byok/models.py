@@ -123,6 +123,7 @@ class OAuthConnection(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        verbose_name = "OAuth connection"
         ordering = ("user_id", "integration")
         constraints = [
             models.UniqueConstraint(fields=["user", "integration"], name="oauth_connection_one_per_integration"),
@@ -169,6 +170,7 @@ class OAuthAuthorizationRequest(models.Model):
     consumed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        verbose_name = "OAuth authorization request"
         ordering = ("-created_at",)
 
     def __str__(self) -> str:

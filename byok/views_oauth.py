@@ -1,7 +1,7 @@
 """The OAuth callback: the provider sends the browser back here with `code` and `state`.
 
 A plain view (a browser redirect, not an API call): it finishes the connect flow through the
-service and lands on the dashboard with a message. It never echoes the code, the state or the
+service and lands on the Connections page with a message. It never echoes the code, the state or the
 provider's free text.
 """
 
@@ -37,4 +37,4 @@ def oauth_callback(request: HttpRequest, integration: str) -> HttpResponse:
     else:
         label = oauth.get_integration(connection.integration).label
         messages.success(request, f"{label} is connected.")
-    return redirect("/")
+    return redirect("dashboard:connections")

@@ -61,7 +61,7 @@ def start(client: APIClient, integration: str = "gmail") -> str:
 def callback(browser: Client, integration: str = "gmail", **query: str) -> list[str]:
     """GET the callback like the provider's redirect does; the message it leaves for the dashboard."""
     response = browser.get(f"/oauth/callback/{integration}", query)
-    assert response.status_code == 302 and response["Location"] == "/"
+    assert response.status_code == 302 and response["Location"] == "/settings/connections/"
     assert response["Cache-Control"].startswith("max-age=0")
     shown = [str(m) for m in get_messages(response.wsgi_request)]
     return shown[-1:]  # earlier callbacks' messages wait in the session until a page shows them

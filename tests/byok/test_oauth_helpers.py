@@ -24,9 +24,8 @@ from byok.models import OAuthConnection
 from byok.services import connection_connect_complete, connection_connect_start
 from routing.sandbox import SandboxServer, client_secret_for, oauth_client_id
 
-# A URLconf for the tests: the project's, plus the browser routes of byok (the callback), in
-# case niyra/urls.py does not include byok.urls_web yet.
-urlpatterns = [path("", include("byok.urls_web")), path("", include("niyra.urls"))]
+# The project's URLconf (it includes the callback from byok.urls_web), named for the tests.
+urlpatterns = [path("", include("niyra.urls"))]
 URLCONF = "tests.byok.test_oauth_helpers"
 REDIRECT_BASE = "http://testserver/oauth/callback/"
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
