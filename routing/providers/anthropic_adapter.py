@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
+import httpx2
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
 from routing.providers.base import PROBE_MAX_TOKENS, PROBE_MODELS, PROBE_PROMPT, ProviderAdapter
-from routing.providers.http import shared_http_client
 from routing.providers.types import ChatRequest, ChatResult, StreamEnd, StreamEvent, TextDelta, Usage, UsageUpdate
 
 
@@ -22,10 +22,13 @@ class AnthropicAdapter(ProviderAdapter):
         return settings.ANTHROPIC_BASE_URL
 
     @sensitive_variables("api_key")
-    def client(self, api_key: str, *, timeout: float, max_retries: int) -> anthropic.AsyncAnthropic:
-        """A client for one call; use it as `async with` so its connections close afterwards."""
+    def client(
+        self, api_key: str, *, timeout: float, max_retries: int, http_client: httpx2.AsyncClient | None = None
+    ) -> anthropic.AsyncAnthropic:
+        """A client for one call. Without `http_client` it owns its connections: use it as
+        `async with`. With the shared pool (routed calls), never close it."""
         return anthropic.AsyncAnthropic(
-            api_key=api_key, base_url=self.base_url, timeout=timeout, max_retries=max_retries
+            api_key=api_key, base_url=self.base_url, timeout=timeout, max_retries=max_retries, http_client=http_client
         )
 
     @sensitive_variables("api_key")
@@ -38,17 +41,6 @@ class AnthropicAdapter(ProviderAdapter):
             )
 
     # --- Routed calls -----------------------------------------------------------------------
-
-    @sensitive_variables("api_key")
-    def routed_client(self, api_key: str) -> anthropic.AsyncAnthropic:
-        # Shares the pooled HTTP client: never close this SDK client (it would close the pool).
-        return anthropic.AsyncAnthropic(
-            api_key=api_key,
-            base_url=self.base_url,
-            timeout=self.routed_timeout(),
-            max_retries=self.ROUTED_MAX_RETRIES,
-            http_client=shared_http_client(),
-        )
 
     @staticmethod
     def _params(request: ChatRequest) -> dict[str, Any]:

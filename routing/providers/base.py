@@ -9,13 +9,15 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
+import httpx2
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
 from niyra.errors import KEY_QUOTA_EXHAUSTED, KEY_RATE_LIMITED, NiyraError
 from routing.providers.errors import map_provider_error
+from routing.providers.http import shared_http_client
 from routing.providers.types import ChatRequest, ChatResult, EmbeddingResult, StreamEvent
 
 logger = logging.getLogger(__name__)
@@ -119,6 +121,22 @@ class ProviderAdapter(ABC):
     @staticmethod
     def routed_timeout() -> float:
         return float(settings.PROVIDER_TIMEOUT_SECONDS)
+
+    @abstractmethod
+    def client(
+        self, api_key: str, *, timeout: float, max_retries: int, http_client: httpx2.AsyncClient | None = None
+    ) -> Any:
+        """The provider's official async SDK client, built for one call."""
+
+    @sensitive_variables("api_key")
+    def routed_client(self, api_key: str) -> Any:
+        """A client for a routed call on the shared connection pool (see `http.py`)."""
+        return self.client(
+            api_key,
+            timeout=self.routed_timeout(),
+            max_retries=self.ROUTED_MAX_RETRIES,
+            http_client=shared_http_client(),
+        )
 
     @abstractmethod
     async def _generate(self, api_key: str, request: ChatRequest) -> ChatResult: ...

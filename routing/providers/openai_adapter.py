@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx2
 import openai
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
 from routing.providers.base import PROBE_MAX_TOKENS, PROBE_MODELS, PROBE_PROMPT, ProviderAdapter
-from routing.providers.http import shared_http_client
 from routing.providers.types import (
     ChatRequest,
     ChatResult,
@@ -31,9 +31,14 @@ class OpenAIAdapter(ProviderAdapter):
         return settings.OPENAI_BASE_URL
 
     @sensitive_variables("api_key")
-    def client(self, api_key: str, *, timeout: float, max_retries: int) -> openai.AsyncOpenAI:
-        """A client for one call; use it as `async with` so its connections close afterwards."""
-        return openai.AsyncOpenAI(api_key=api_key, base_url=self.base_url, timeout=timeout, max_retries=max_retries)
+    def client(
+        self, api_key: str, *, timeout: float, max_retries: int, http_client: httpx2.AsyncClient | None = None
+    ) -> openai.AsyncOpenAI:
+        """A client for one call. Without `http_client` it owns its connections: use it as
+        `async with`. With the shared pool (routed calls), never close it."""
+        return openai.AsyncOpenAI(
+            api_key=api_key, base_url=self.base_url, timeout=timeout, max_retries=max_retries, http_client=http_client
+        )
 
     @sensitive_variables("api_key")
     async def _send_probe(self, api_key: str, *, timeout: float) -> None:
@@ -45,17 +50,6 @@ class OpenAIAdapter(ProviderAdapter):
             )
 
     # --- Routed calls -----------------------------------------------------------------------
-
-    @sensitive_variables("api_key")
-    def routed_client(self, api_key: str) -> openai.AsyncOpenAI:
-        # Shares the pooled HTTP client: never close this SDK client (it would close the pool).
-        return openai.AsyncOpenAI(
-            api_key=api_key,
-            base_url=self.base_url,
-            timeout=self.routed_timeout(),
-            max_retries=self.ROUTED_MAX_RETRIES,
-            http_client=shared_http_client(),
-        )
 
     @staticmethod
     def _params(request: ChatRequest) -> dict[str, Any]:
