@@ -361,38 +361,14 @@ def credit_grant(
     *, user: User, amount: int, reason: str, idempotency_key: str, actor: User | None = None
 ) -> LedgerEntry:
     """Add credits (support grants, sign-up bonus, demo data). Audited."""
-    amount = _whole_amount(amount)
-    reason = _reason(reason)
-    key = _idempotency_key(idempotency_key)
-    fingerprint = _fingerprint(op="grant", amount=amount, reason=reason)
-
-    @transaction.atomic
-    def grant() -> LedgerEntry:
-        replay = _direct_replay(user, key, fingerprint)
-        if replay is not None:
-            return replay
-        account = _locked_account(user)
-        entry = _post(
-            account,
-            _entry(
-                amount=amount,
-                category=Category.GRANT,
-                idempotency_key=key,
-                fingerprint=fingerprint,
-                description=reason,
-                pricing=_actor(actor),
-            ),
-        )
-        audit_event_record(
-            actor=actor,
-            subject=user,
-            event="credits.granted",
-            target=f"ledger_entry:{entry.pk}",
-            details={"amount": amount, "reason": reason, "idempotency_key": key},
-        )
-        return entry
-
-    return _retrying_once_on_conflict(grant)
+    return _support_entry(
+        user=user,
+        amount=_whole_amount(amount),
+        reason=_reason(reason),
+        idempotency_key=_idempotency_key(idempotency_key),
+        actor=actor,
+        category=Category.GRANT,
+    )
 
 
 def credit_adjust(
@@ -403,14 +379,32 @@ def credit_adjust(
     A negative adjustment can't take the available balance below zero: it raises
     ``insufficient_credits`` instead. Audited.
     """
-    amount = _whole_amount(amount, signed=True)
-    reason = _reason(reason)
-    key = _idempotency_key(idempotency_key)
-    fingerprint = _fingerprint(op="adjust", amount=amount, reason=reason)
+    return _support_entry(
+        user=user,
+        amount=_whole_amount(amount, signed=True),
+        reason=_reason(reason),
+        idempotency_key=_idempotency_key(idempotency_key),
+        actor=actor,
+        category=Category.ADJUSTMENT,
+    )
+
+
+_SUPPORT_EVENTS: dict[str, tuple[str, str]] = {
+    Category.GRANT: ("grant", "credits.granted"),
+    Category.ADJUSTMENT: ("adjust", "credits.adjusted"),
+}
+
+
+def _support_entry(
+    *, user: User, amount: int, reason: str, idempotency_key: str, actor: User | None, category: str
+) -> LedgerEntry:
+    """A grant or an adjustment: one entry under the account lock, and its audit row."""
+    op, event = _SUPPORT_EVENTS[category]
+    fingerprint = _fingerprint(op=op, amount=amount, reason=reason)
 
     @transaction.atomic
-    def adjust() -> LedgerEntry:
-        replay = _direct_replay(user, key, fingerprint)
+    def post() -> LedgerEntry:
+        replay = _direct_replay(user, idempotency_key, fingerprint)
         if replay is not None:
             return replay
         account = _locked_account(user)
@@ -420,8 +414,8 @@ def credit_adjust(
             account,
             _entry(
                 amount=amount,
-                category=Category.ADJUSTMENT,
-                idempotency_key=key,
+                category=category,
+                idempotency_key=idempotency_key,
                 fingerprint=fingerprint,
                 description=reason,
                 pricing=_actor(actor),
@@ -430,13 +424,13 @@ def credit_adjust(
         audit_event_record(
             actor=actor,
             subject=user,
-            event="credits.adjusted",
+            event=event,
             target=f"ledger_entry:{entry.pk}",
-            details={"amount": amount, "reason": reason, "idempotency_key": key},
+            details={"amount": amount, "reason": reason, "idempotency_key": idempotency_key},
         )
         return entry
 
-    return _retrying_once_on_conflict(adjust)
+    return _retrying_once_on_conflict(post)
 
 
 # --- Holds (two-phase charging of hosted calls) ------------------------------------------------
