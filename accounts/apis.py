@@ -12,6 +12,7 @@ from accounts.selectors import api_token_list
 from accounts.services import api_token_create, api_token_revoke
 from credits.selectors import billing_account_for
 from niyra.auth import request_user
+from niyra.fields import StrictCharField
 
 
 class MeApi(APIView):
@@ -54,7 +55,7 @@ class TokenListApi(APIView):
 
 class TokenCreateApi(APIView):
     class InputSerializer(serializers.Serializer):
-        name = serializers.CharField(max_length=100)
+        name = StrictCharField(max_length=100)
 
     class OutputSerializer(TokenOutputSerializer):
         token = serializers.CharField(help_text="The token itself. Shown once: store it now.")

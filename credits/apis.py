@@ -22,18 +22,10 @@ from credits.models import Category
 from credits.selectors import credit_balance, ledger_entries_for, usage_breakdown
 from credits.services import credit_charge
 from niyra import errors
+from niyra.fields import StrictIntegerField
 
 DEFAULT_USAGE_PERIOD = timedelta(days=30)
 MAX_USAGE_PERIOD = timedelta(days=366)
-
-
-class StrictIntegerField(serializers.IntegerField):
-    """A JSON integer, nothing else: no 1.0, no "1", no true. Money and units are exact."""
-
-    def to_internal_value(self, data: Any) -> int:
-        if isinstance(data, bool) or not isinstance(data, int):
-            self.fail("invalid")
-        return super().to_internal_value(data)
 
 
 class IsServiceToken(permissions.BasePermission):
@@ -95,6 +87,12 @@ class LedgerPagination(CursorPagination):
     max_page_size = 200
 
 
+class LedgerPageSerializer(serializers.Serializer):
+    next = serializers.URLField(allow_null=True, help_text="The next page (cursor link), or null.")
+    previous = serializers.URLField(allow_null=True)
+    results = LedgerEntryOutputSerializer(many=True)
+
+
 class LedgerListApi(APIView):
     class FilterSerializer(serializers.Serializer):
         category = serializers.ChoiceField(choices=Category.choices, required=False)
@@ -103,7 +101,7 @@ class LedgerListApi(APIView):
 
     @extend_schema(
         parameters=[FilterSerializer, OpenApiParameter("cursor", str), OpenApiParameter("limit", int)],
-        responses=LedgerEntryOutputSerializer(many=True),
+        responses=LedgerPageSerializer,
     )
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +176,7 @@ def handler500(request: HttpRequest) -> HttpResponse:
     return server_error(request)
 
 
+@csrf_exempt  # a 404 for any method: the CSRF check must not turn it into an HTML 403
 def api_not_found(request: HttpRequest) -> HttpResponse:
     return JsonResponse(error_body(NOT_FOUND), status=404)
 
@@ -227,3 +229,12 @@ OAUTH_TOKEN_RESPONSE_MALFORMED = _spec(
     502,
     "The integration's provider sent an unusable token response. Your existing connection was not changed.",
 )
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF_FAILURE_VIEW: JSON for the API, Django's page for the dashboard."""
+    if wants_json(request):
+        return JsonResponse(error_body(PERMISSION_DENIED, message="CSRF token missing or incorrect."), status=403)
+    from django.views.csrf import csrf_failure as django_csrf_failure
+
+    return django_csrf_failure(request, reason=reason)

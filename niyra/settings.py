@@ -44,6 +44,7 @@ if not DEBUG:
 SECRET_KEY = env.str("SECRET_KEY", default="dev-insecure-not-for-production")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+CSRF_FAILURE_VIEW = "niyra.errors.csrf_failure"
 
 # The keyring is parsed and checked by byok.crypto (system check + /readyz), never stored in the DB.
 NIYRA_ENCRYPTION_KEYS = env.str("NIYRA_ENCRYPTION_KEYS", default="")
@@ -281,6 +282,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "niyra.schema.add_error_responses",
+    ],
 }
 
 # --- Security -------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from rest_framework.views import APIView
 from niyra import errors
 from niyra.auth import bearer_token, request_user
 from niyra.errors import NiyraError
+from niyra.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
 from routing.catalog import Kind
 from routing.dispatcher import LLMDispatcher, RoutedStream
 from routing.models import RoutingPreference
@@ -138,37 +139,6 @@ def _routing(model_id: str, provider: str, key_source: str, credits_charged: int
         "credits_charged_mc": credits_charged,
         "credits_charged": f"{credits_charged / 1000:.3f}",
     }
-
-
-# --- Strict fields: "stream": "yes" or "max_tokens": "12" are errors, not coercions ------------
-
-
-class StrictBooleanField(serializers.BooleanField):
-    def to_internal_value(self, data: Any) -> bool:
-        if not isinstance(data, bool):
-            self.fail("invalid", input=data)
-        return data
-
-
-class StrictIntegerField(serializers.IntegerField):
-    def to_internal_value(self, data: Any) -> int:
-        if isinstance(data, bool) or not isinstance(data, int):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class StrictFloatField(serializers.FloatField):
-    def to_internal_value(self, data: Any) -> float:
-        if isinstance(data, bool) or not isinstance(data, int | float):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class StrictCharField(serializers.CharField):
-    def to_internal_value(self, data: Any) -> str:
-        if not isinstance(data, str):
-            self.fail("invalid")
-        return super().to_internal_value(data)
 
 
 def _text_content(value: Any) -> str:
@@ -528,13 +498,8 @@ class PreferencesApi(APIView):
 # --- OpenAPI for the async endpoints -----------------------------------------------------------
 # drf-spectacular documents DRF views only. Each async view gets a schema-only APIView as its
 # `cls` (what `APIView.as_view()` sets), so the schema, the docs page and Schemathesis see the
-# same request and response shapes the views enforce. These classes never serve a request.
-
-
-class ErrorSerializer(serializers.Serializer):
-    code = serializers.CharField()
-    message = serializers.CharField()
-    detail = serializers.JSONField(allow_null=True)
+# same request and response shapes the views enforce (error responses are added to every
+# operation by `niyra.schema.add_error_responses`). These classes never serve a request.
 
 
 class UsageSerializer(serializers.Serializer):
@@ -578,7 +543,6 @@ class EmbeddingsResponseSerializer(serializers.Serializer):
     niyra_routing = RoutingInfoSerializer()
 
 
-LLM_ERRORS = dict.fromkeys((400, 401, 402, 403, 405, 409, 413, 415, 429, 503), ErrorSerializer)
 SSE = OpenApiTypes.STR
 
 
@@ -591,7 +555,7 @@ class MessagesSchema(_SchemaOnly):
     @extend_schema(
         operation_id="llm_messages_create",
         request=NativeRequestSerializer,
-        responses={200: NativeResponseSerializer, (200, "text/event-stream"): SSE, **LLM_ERRORS},
+        responses={200: NativeResponseSerializer, (200, "text/event-stream"): SSE},
         description="Send a message through the right key: yours (BYOK) or Niyra credits. "
         '`"stream": true` answers with server-sent events: `routing`, `delta`..., then `done` or `error`.',
     )
@@ -603,7 +567,7 @@ class ChatCompletionsSchema(_SchemaOnly):
     @extend_schema(
         operation_id="openai_chat_completions_create",
         request=ChatCompletionRequestSerializer,
-        responses={200: ChatCompletionResponseSerializer, (200, "text/event-stream"): SSE, **LLM_ERRORS},
+        responses={200: ChatCompletionResponseSerializer, (200, "text/event-stream"): SSE},
         description="OpenAI-compatible chat completions (JSON and streaming) for every catalog chat model.",
     )
     def post(self, request: Request) -> Response:  # pragma: no cover
@@ -614,7 +578,7 @@ class EmbeddingsSchema(_SchemaOnly):
     @extend_schema(
         operation_id="openai_embeddings_create",
         request=EmbeddingsRequestSerializer,
-        responses={200: EmbeddingsResponseSerializer, **LLM_ERRORS},
+        responses={200: EmbeddingsResponseSerializer},
         description="OpenAI-compatible embeddings. Always paid in credits (BYOK covers LLM calls only).",
     )
     def post(self, request: Request) -> Response:  # pragma: no cover

@@ -89,3 +89,34 @@ def test_byok_messages_use_the_product_page_words() -> None:
     assert "Wait or upgrade your tier with the provider" in errors.KEY_RATE_LIMITED.message
     assert "top up your provider account" in errors.KEY_QUOTA_EXHAUSTED.message.lower()
     assert "hi@niyra.ai" in errors.APEX_NOT_ENABLED.message
+
+
+def test_unknown_api_route_with_a_session_is_json_404_for_any_method(user: Any) -> None:
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+
+    response = client.delete("/api/keys/not a slug")
+
+    assert_error(response, 404, "not_found")
+
+
+def test_csrf_failure_on_the_api_is_json(user: Any) -> None:
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+
+    response = client.post("/api/tokens/create", {"name": "x"}, content_type="application/json")
+
+    assert response.status_code == 403
+    assert response.json()["code"] == "permission_denied"
+
+
+def test_a_number_is_not_a_token_name(api_client: APIClient, user: Any) -> None:
+    api_client.force_authenticate(user)
+
+    response = api_client.post("/api/tokens/create", {"name": 0}, format="json")
+
+    assert_error(response, 400, "invalid_input")
