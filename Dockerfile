@@ -10,9 +10,12 @@ COPY requirements.txt ./
 RUN pip install -r requirements.txt
 
 COPY . .
-# collectstatic needs importable settings, not real secrets: give it throwaway values for this step only.
-RUN DEBUG=True NIYRA_READ_DOTENV=0 SECRET_KEY=build-only \
+# collectstatic must run with production settings (DEBUG off: the hashed, compressed manifest
+# storage), which refuse to load without their secrets: throwaway values for this step only.
+RUN DEBUG=False NIYRA_READ_DOTENV=0 SECRET_KEY=build-only ALLOWED_HOSTS=build \
     NIYRA_ENCRYPTION_KEYS="build:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" \
+    DATABASE_URL=sqlite:////tmp/build.sqlite3 REDIS_URL=redis://127.0.0.1:6379/0 \
+    ANTHROPIC_API_KEY=build-only OPENAI_API_KEY=build-only \
     python manage.py collectstatic --noinput \
  && useradd --system --uid 10001 niyra && mkdir -p /app/var && chown -R niyra /app/var
 

@@ -74,3 +74,13 @@ def test_procfile_commands_name_real_modules(procfile: str) -> None:
         if name == "release":
             continue
         importlib.import_module(module_of(command.strip()))
+
+
+def test_docker_collects_static_files_with_production_storage() -> None:
+    """With DEBUG on, collectstatic would skip the manifest the production storage needs, and
+    every page using {% static %} would fail at runtime."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    step = next(block for block in dockerfile.split("\nRUN ") if "manage.py collectstatic" in block)
+
+    assert "DEBUG=False" in step
+    assert "DEBUG=True" not in step
