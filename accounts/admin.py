@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
+from datetime import datetime
 from typing import Any
 
 from django.contrib import admin
@@ -35,6 +36,11 @@ def _credits(millicredits: int) -> str:
     sign = "-" if millicredits < 0 else ""
     whole, fraction = divmod(abs(millicredits), MILLICREDITS_PER_CREDIT)
     return f"{sign}{whole:,}.{fraction:03d}"
+
+
+def _when(moment: datetime | None, *, missing: str = "-") -> str:
+    """Timestamps on the support page: UTC, to the minute (the column headers say UTC)."""
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else missing
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, empty: str) -> SafeString:
@@ -151,7 +157,7 @@ class UserAdmin(DjangoUserAdmin):
                 key.get_provider_display(),
                 KeyStatus(provider_key_effective_status(key)).label,
                 key.hint,
-                key.last_tested_at.strftime("%Y-%m-%d %H:%M UTC") if key.last_tested_at else "never",
+                _when(key.last_tested_at, missing="never"),
                 key.last_error_code or "-",
             )
             for key in provider_key_list(user=user)
@@ -171,8 +177,8 @@ class UserAdmin(DjangoUserAdmin):
             (
                 connection.integration,
                 ConnectionStatus(connection.status).label,
-                connection.expires_at.strftime("%Y-%m-%d %H:%M UTC") if connection.expires_at else "-",
-                connection.last_refreshed_at.strftime("%Y-%m-%d %H:%M UTC") if connection.last_refreshed_at else "-",
+                _when(connection.expires_at),
+                _when(connection.last_refreshed_at),
                 connection.last_error_code or "-",
             )
             for connection in connection_list(user=user)
@@ -193,7 +199,7 @@ class UserAdmin(DjangoUserAdmin):
         entries = list(ledger_entries_for(user=user)[:RECENT_ROWS])
         rows = [
             (
-                entry.created_at.strftime("%Y-%m-%d %H:%M"),
+                _when(entry.created_at),
                 entry.get_category_display(),
                 _credits(entry.amount),
                 _credits(entry.balance_after),
@@ -201,7 +207,7 @@ class UserAdmin(DjangoUserAdmin):
             )
             for entry in entries
         ]
-        table = _table(("When (UTC)", "Category", "Amount", "Balance after", "What"), rows, empty="No entries.")
+        table = _table(("When", "Category", "Amount", "Balance after", "What"), rows, empty="No entries.")
         account = BillingAccount.objects.filter(user=user).only("pk").first()
         link = (
             _link(
@@ -220,7 +226,7 @@ class UserAdmin(DjangoUserAdmin):
         events = AuditEvent.objects.filter(subject=user).select_related("actor")[:RECENT_ROWS]
         rows = [
             (
-                event.created_at.strftime("%Y-%m-%d %H:%M"),
+                _when(event.created_at),
                 event.event,
                 event.target,
                 event.outcome,
@@ -228,7 +234,7 @@ class UserAdmin(DjangoUserAdmin):
             )
             for event in events
         ]
-        table = _table(("When (UTC)", "Event", "Target", "Outcome", "By"), rows, empty="No audit rows.")
+        table = _table(("When", "Event", "Target", "Outcome", "By"), rows, empty="No audit rows.")
         link = _link(
             "accounts.view_auditevent",
             "admin:accounts_auditevent_changelist",
