@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
@@ -14,6 +15,7 @@ from django.views.decorators.http import require_GET
 from kombu import Connection
 
 from byok.crypto import KeyringError, get_keyring
+from niyra.tasks import HEARTBEAT_CACHE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -73,4 +75,20 @@ def readyz(request: HttpRequest) -> JsonResponse:
             results[name] = "ok"
     down = [name for name, state in results.items() if state != "ok"]
     status = 503 if down else 200
-    return JsonResponse({"status": "down" if down else "ok", "checks": results, "down": down}, status=status)
+    body = {
+        "status": "down" if down else "ok",
+        "checks": results,
+        "down": down,
+        "worker_last_seen": _worker_last_seen(),
+    }
+    return JsonResponse(body, status=status)
+
+
+def _worker_last_seen() -> str | None:
+    """When a worker last ran beat's heartbeat (informational: the web tier is ready without
+    workers, but a stale value tells an operator that beat or the workers are down)."""
+    try:
+        value = cache.get(HEARTBEAT_CACHE_KEY)
+    except Exception:  # the cache (Redis) being down is the broker check's news, not ours
+        return None
+    return value if isinstance(value, str) else None

@@ -50,3 +50,16 @@ def test_readyz_names_the_database_when_it_is_down(client: Client, monkeypatch: 
 
     assert response.status_code == 503
     assert response.json()["down"] == ["database"]
+
+
+def test_readyz_reports_when_a_worker_last_ran_the_heartbeat(client: Client) -> None:
+    from django.core.cache import cache
+
+    from niyra.tasks import HEARTBEAT_CACHE_KEY, heartbeat
+
+    cache.delete(HEARTBEAT_CACHE_KEY)
+    assert client.get("/readyz").json()["worker_last_seen"] is None
+
+    heartbeat()
+
+    assert client.get("/readyz").json()["worker_last_seen"] == cache.get(HEARTBEAT_CACHE_KEY)
