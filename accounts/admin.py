@@ -22,6 +22,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from accounts.login import ThrottledAdminAuthenticationForm
 from accounts.models import ApiToken, AuditEvent, User
 from byok.models import ConnectionStatus, KeyStatus
 from byok.selectors import connection_list, provider_key_effective_status, provider_key_list
@@ -30,6 +31,8 @@ from credits.pricing import MILLICREDITS_PER_CREDIT
 from credits.selectors import ledger_entries_for
 
 RECENT_ROWS = 10
+
+admin.site.login_form = ThrottledAdminAuthenticationForm  # the dashboard's sign-in budget, for staff too
 
 
 def _credits(millicredits: int) -> str:

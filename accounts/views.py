@@ -58,6 +58,13 @@ def _respond(request: HttpRequest, context: dict[str, Any]) -> TemplateResponse:
     return response
 
 
+def _not_found(request: HttpRequest, user: User) -> TemplateResponse:
+    """Someone else's token id answers exactly as an id that never existed: a 404."""
+    response = _respond(request, _context(user, error=shown_error(code="not_found", message="No such token.")))
+    response.status_code = 404
+    return response
+
+
 @never_cache
 @require_GET
 @dashboard_login_required
@@ -97,16 +104,12 @@ def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
     user = dashboard_user(request)
     if request.method == "GET":
         if not api_token_list(user=user).filter(pk=token_id).exists():
-            return _respond(request, _context(user, error=shown_error(code="not_found", message="No such token.")))
+            return _not_found(request, user)
         return _respond(request, _context(user, confirming=token_id))
     try:
         token = api_token_revoke(user=user, token_id=token_id)
     except NiyraError:
-        error = shown_error(code="not_found", message="No such token.")
-        if not is_htmx(request):
-            messages.error(request, error.message)
-            return redirect("dashboard:tokens")
-        return _respond(request, _context(user, error=error))
+        return _not_found(request, user)
     notice = f"Revoked {token.name} (niy_{token.prefix}_…). Requests with it are refused from now on."
     if not is_htmx(request):
         messages.success(request, notice)

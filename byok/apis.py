@@ -7,12 +7,14 @@ test are throttled per user, since a key-checking endpoint is an oracle worth ab
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.urls import reverse
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from drf_spectacular.utils import extend_schema
+from redis.exceptions import RedisError
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -34,6 +36,8 @@ from byok.services import (
 from niyra.auth import request_user
 from niyra.errors import CATALOGUE, KEY_NEEDS_REENTRY
 
+logger = logging.getLogger(__name__)
+
 
 class ByokRateThrottle(ScopedRateThrottle):
     """Per-user scoped throttle whose rate is read at request time.
@@ -50,6 +54,16 @@ class ByokRateThrottle(ScopedRateThrottle):
         rates = api_settings.DEFAULT_THROTTLE_RATES or {}
         rate = rates.get(self.scope)
         return str(rate) if rate else self.DEFAULT_RATES[self.scope]
+
+    def allow_request(self, request: Request, view: APIView) -> bool:
+        """The history lives in the shared cache (Redis). While that is down the request is let
+        through, logged: a cache outage must not take key management down with it, and the
+        throttle only slows abuse down (the provider's own limits still apply to each probe)."""
+        try:
+            return super().allow_request(request, view)
+        except (RedisError, OSError) as exc:
+            logger.warning("byok throttle %s skipped: the cache is unavailable (%s)", self.scope, type(exc).__name__)
+            return True
 
 
 class ProviderKeyOutputSerializer(serializers.Serializer):

@@ -22,6 +22,7 @@ from django.db import connection as db_connection
 from django.db.models import F
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from accounts.models import User
 from accounts.services import audit_event_record
@@ -364,9 +365,16 @@ def _schedule_refresh(connection_id: int, *, countdown: float = 0.0, force: bool
     if force:
         kwargs["force"] = True
     expires = countdown + settings.OAUTH_REFRESH_INTERVAL_SECONDS
-    transaction.on_commit(
-        lambda: oauth_connection_refresh.apply_async(kwargs=kwargs, countdown=countdown, expires=expires)
-    )
+
+    def enqueue() -> None:
+        try:
+            oauth_connection_refresh.apply_async(kwargs=kwargs, countdown=countdown, expires=expires)
+        except KombuOperationalError:
+            # The broker is down. What was committed stands (a 500 now would only hide that it
+            # did); the tick queues every due connection again once the broker is back.
+            logger.warning("oauth_connection.refresh_not_queued id=%s: the broker is unavailable", connection_id)
+
+    transaction.on_commit(enqueue)
 
 
 def _follow_up_seconds(*, issued_at: datetime, expires_at: datetime | None) -> float | None:

@@ -12,6 +12,7 @@ import logging
 from celery import Task, shared_task
 from django.conf import settings
 from django.db import transaction
+from kombu.exceptions import OperationalError
 
 from byok.selectors import connection_ids_due
 from byok.services import connection_refresh, oauth_authorization_requests_purge
@@ -28,11 +29,17 @@ def oauth_refresh_tick() -> int:
     expires = settings.OAUTH_REFRESH_INTERVAL_SECONDS  # the next tick queues a fresh one anyway
 
     def fan_out() -> None:
-        with oauth_connection_refresh.app.producer_or_acquire() as producer:  # one broker connection
-            for connection_id in ids:
-                oauth_connection_refresh.apply_async(
-                    kwargs={"connection_id": connection_id}, expires=expires, producer=producer
-                )
+        queued = 0
+        try:
+            with oauth_connection_refresh.app.producer_or_acquire() as producer:  # one broker connection
+                for connection_id in ids:
+                    oauth_connection_refresh.apply_async(
+                        kwargs={"connection_id": connection_id}, expires=expires, producer=producer
+                    )
+                    queued += 1
+        except OperationalError:
+            # The broker is down: nothing is lost that the next tick does not find due again.
+            logger.warning("oauth_refresh_tick queued %s of %s: the broker is unavailable", queued, len(ids))
 
     transaction.on_commit(fan_out)  # outside a transaction (as under beat): runs right away
     logger.info("oauth_refresh_tick due=%s", len(ids))

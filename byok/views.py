@@ -9,6 +9,7 @@ show it as stars (`sensitive_post_parameters`, `sensitive_variables`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -127,10 +128,21 @@ def _card_response(request: HttpRequest, card: KeyCard) -> TemplateResponse:
     return response
 
 
-def _throttled(request: HttpRequest, scope: str) -> bool:
+def _throttled(request: HttpRequest, scope: str) -> int | None:
     """The API's per-user budget for saving and testing keys, shared with the dashboard: a
-    key-checking form is as much an oracle as the endpoint."""
-    return not ByokRateThrottle().allow_request(request, SimpleNamespace(throttle_scope=scope))  # type: ignore[arg-type]
+    key-checking form is as much an oracle as the endpoint. Seconds to wait, or None."""
+    throttle = ByokRateThrottle()
+    if throttle.allow_request(request, SimpleNamespace(throttle_scope=scope)):  # type: ignore[arg-type]
+        return None
+    return math.ceil(throttle.wait() or 1)
+
+
+def _throttled_response(response: HttpResponse, wait: int | None) -> HttpResponse:
+    """As the API says it: 429 and Retry-After (htmx leaves the card; app.js says to wait)."""
+    if wait is not None:
+        response.status_code = errors.THROTTLED.status
+        response["Retry-After"] = str(wait)
+    return response
 
 
 @require_GET
@@ -153,11 +165,12 @@ def byok_key_save(request: HttpRequest, provider: str) -> HttpResponse:
     pasted = request.POST.get("key", "")
     error: ShownError | None = None
     notice = ""
+    wait: int | None = None
     if not pasted.strip():
         error = shown_error(code="key_missing", message=f"Paste your {Provider(provider).label} key into the field.")
     elif len(pasted) > MAX_PASTE_LENGTH:
         error = shown_error(NiyraError(errors.KEY_INVALID))
-    elif _throttled(request, "byok_save"):
+    elif (wait := _throttled(request, "byok_save")) is not None:
         error = shown_error(NiyraError(errors.THROTTLED))
     else:
         try:
@@ -177,7 +190,7 @@ def byok_key_save(request: HttpRequest, provider: str) -> HttpResponse:
     if error is None and not is_htmx(request):
         messages.success(request, f"{card.label}: {notice}")
         return redirect("dashboard:byok")
-    return _card_response(request, card)
+    return _throttled_response(_card_response(request, card), wait)
 
 
 @require_POST
@@ -189,7 +202,8 @@ def byok_key_test(request: HttpRequest, provider: str) -> HttpResponse:
     account = billing_account_for(user=user)
     error: ShownError | None = None
     notice = ""
-    if _throttled(request, "byok_test"):
+    wait = _throttled(request, "byok_test")
+    if wait is not None:
         error = shown_error(NiyraError(errors.THROTTLED))
     else:
         try:
@@ -202,7 +216,7 @@ def byok_key_test(request: HttpRequest, provider: str) -> HttpResponse:
     if error is None and not is_htmx(request):
         messages.success(request, f"{card.label}: {notice}")
         return redirect("dashboard:byok")
-    return _card_response(request, card)
+    return _throttled_response(_card_response(request, card), wait)
 
 
 @require_http_methods(["GET", "POST"])

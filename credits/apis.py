@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, serializers, status
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
@@ -22,7 +22,7 @@ from credits.models import Category
 from credits.selectors import credit_balance, ledger_entries_for, usage_breakdown
 from credits.services import credit_charge
 from niyra import errors
-from niyra.fields import StrictIntegerField
+from niyra.fields import QueryParamsSerializer, StrictIntegerField
 
 DEFAULT_USAGE_PERIOD = timedelta(days=30)
 MAX_USAGE_PERIOD = timedelta(days=366)
@@ -94,26 +94,29 @@ class LedgerPageSerializer(serializers.Serializer):
 
 
 class LedgerListApi(APIView):
-    class FilterSerializer(serializers.Serializer):
+    class FilterSerializer(QueryParamsSerializer):
         category = serializers.ChoiceField(choices=Category.choices, required=False)
         since = serializers.DateTimeField(required=False, help_text="Inclusive.")
         until = serializers.DateTimeField(required=False, help_text="Exclusive.")
+        # Read by LedgerPagination; validated here so a bad value is a 400, not the default page.
+        cursor = serializers.CharField(required=False, help_text="From a `next` or `previous` link.")
+        limit = serializers.IntegerField(
+            required=False, min_value=1, max_value=LedgerPagination.max_page_size, help_text="Page size (default 50)."
+        )
 
-    @extend_schema(
-        parameters=[FilterSerializer, OpenApiParameter("cursor", str), OpenApiParameter("limit", int)],
-        responses=LedgerPageSerializer,
-    )
+    @extend_schema(parameters=[FilterSerializer], responses=LedgerPageSerializer)
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        entries = ledger_entries_for(user=_signed_in(request), **filters.validated_data)
+        criteria = {k: v for k, v in filters.validated_data.items() if k not in ("cursor", "limit")}
+        entries = ledger_entries_for(user=_signed_in(request), **criteria)
         paginator = LedgerPagination()
         page = paginator.paginate_queryset(entries, request, view=self)
         return paginator.get_paginated_response(LedgerEntryOutputSerializer(page, many=True).data)
 
 
 class UsageBreakdownApi(APIView):
-    class FilterSerializer(serializers.Serializer):
+    class FilterSerializer(QueryParamsSerializer):
         start = serializers.DateTimeField(required=False, help_text="Inclusive; default 30 days before end.")
         end = serializers.DateTimeField(required=False, help_text="Exclusive; default now.")
 

@@ -22,10 +22,18 @@ T = TypeVar("T")
 
 def release_connections() -> None:
     """Return this thread's connections to the pool, unless a transaction is open on them
-    (a test's wrapping transaction, or a caller's atomic block: those end where they began)."""
+    (a test's wrapping transaction, or a caller's atomic block: those end where they began).
+
+    A connection found dead (PostgreSQL restarted, failed over, or dropped it) rarely dies
+    alone: the pool's idle ones are checked at once and the dead ones replaced, so one request
+    fails rather than one per pooled connection (tests/faults/test_db_faults.py)."""
     for connection in connections.all(initialized_only=True):
         if not connection.in_atomic_block:
+            lost = getattr(connection.connection, "closed", False) is True
             connection.close()
+            pool = getattr(connection, "pool", None)
+            if lost and pool is not None:
+                pool.check()
 
 
 def db_sync_to_async(func: Callable[P, T]) -> Callable[P, Awaitable[T]]:

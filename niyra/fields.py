@@ -34,3 +34,14 @@ class StrictCharField(serializers.CharField):
         if not isinstance(data, str):
             self.fail("invalid")
         return super().to_internal_value(data)
+
+
+class QueryParamsSerializer(serializers.Serializer):
+    """Query-string filters. A parameter sent empty (`?until=`) is a 400, not "no filter":
+    DRF would skip it, so a client's blank variable would silently widen the query."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        blank = {name: ["This field may not be blank."] for name, _ in self.fields.items() if data.get(name) == ""}
+        if blank:
+            raise serializers.ValidationError(blank)
+        return super().to_internal_value(data)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import csp.constants as csp
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
@@ -72,6 +73,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "niyra.middleware.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "niyra.middleware.ContentSecurityPolicyMiddleware",
     "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -294,7 +296,39 @@ SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# Lax, not Strict: the OAuth callback is a top-level navigation from the provider and needs the session.
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_HTTPONLY = True  # no script reads it: htmx takes the token from the page (base.html)
+# Content-Security-Policy (django-csp, through niyra.middleware.ContentSecurityPolicyMiddleware,
+# which also adds the OAuth authorize origins to form-action). Only our own files: no inline
+# script anywhere, no style attributes; an inline <style> needs the request's nonce (the API docs
+# page) or is the 500 page's, allowed by hash because that page must render with nothing else.
+# tests/security/test_headers.py keeps the hash in step with templates/500.html.
+ERROR_PAGE_STYLE_HASH = "'sha256-a2Wd5GAaM9AVT9tf7b8PMcrIUcnz5cGaSynOwHiCtBM='"
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [csp.NONE],
+        "script-src": [csp.SELF],
+        "style-src": [csp.SELF, csp.NONCE, ERROR_PAGE_STYLE_HASH],
+        "img-src": [csp.SELF, "data:"],  # data: for the API docs' icons
+        "font-src": [csp.SELF],
+        "connect-src": [csp.SELF],
+        "manifest-src": [csp.SELF],
+        "form-action": [csp.SELF],
+        "frame-ancestors": [csp.NONE],
+        "base-uri": [csp.NONE],
+    }
+}
+# Sign-in throttle (accounts.login): failed attempts per client IP and email, and per client IP,
+# in fixed windows. Behind a proxy, CLIENT_IP_HEADER names the header it sets to the client's
+# address (Fly: Fly-Client-IP); without it the socket's peer address is used.
+LOGIN_FAILURES_PER_IP_EMAIL = env.int("LOGIN_FAILURES_PER_IP_EMAIL", default=5)
+LOGIN_FAILURES_PER_IP = env.int("LOGIN_FAILURES_PER_IP", default=50)
+LOGIN_THROTTLE_WINDOW_SECONDS = env.int("LOGIN_THROTTLE_WINDOW_SECONDS", default=15 * 60)
+CLIENT_IP_HEADER = env.str("CLIENT_IP_HEADER", default="")
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)

@@ -22,7 +22,6 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -543,7 +542,16 @@ class EmbeddingsResponseSerializer(serializers.Serializer):
     niyra_routing = RoutingInfoSerializer()
 
 
-SSE = OpenApiTypes.STR
+# OpenAPI 3.0 cannot describe a stream, so `text/event-stream` describes one event (as
+# Schemathesis and most generators read it): native streams name each event, /v1/ ones don't.
+SSE = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "description": "routing, delta, done or error (native API only)."},
+        "data": {"type": "string", "description": "A JSON object; the last /v1/ event is `[DONE]`."},
+    },
+    "required": ["data"],
+}
 
 
 class _SchemaOnly(APIView):

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.views.decorators.debug import sensitive_variables
 
 from accounts.models import User
@@ -197,9 +198,15 @@ class RoutedStream:
             return
         self.closed = True
         outcome = self.error.code if self.error else ("ok" if self.finished else "client_disconnected")
-        self.error = await self.dispatcher._close(
-            self.route, usage=self.usage, outcome=outcome, stream=True, error=self.error
-        )
+        try:
+            self.error = await self.dispatcher._close(
+                self.route, usage=self.usage, outcome=outcome, stream=True, error=self.error
+            )
+        except DatabaseError:
+            # The response has started, so an exception would only cut it off: end the stream
+            # with the catalogue's error instead. The hold stays open: the sweeper releases it.
+            logger.exception("routed call %s could not be settled", self.route.call_id)
+            self.error = NiyraError(errors.INTERNAL_ERROR)
 
 
 class LLMDispatcher:

@@ -51,8 +51,8 @@ class AnthropicAdapter(ProviderAdapter):
         }
         if request.system:
             params["system"] = request.system
-        if request.temperature is not None:
-            params["temperature"] = request.temperature
+        # No `temperature`: the Messages API (SDK 2.x) has no sampling parameters, and passing
+        # one raised TypeError, misreported as "provider unavailable". It is ignored here.
         if request.stop:
             params["stop_sequences"] = list(request.stop)
         return params

@@ -106,7 +106,7 @@ def everything_in_the_database() -> list[tuple[str, Any]]:
     values = []
     with connection.cursor() as cursor:
         for table in connection.introspection.table_names(cursor):
-            cursor.execute(f"SELECT * FROM {connection.ops.quote_name(table)}")  # noqa: S608
+            cursor.execute(f"SELECT * FROM {connection.ops.quote_name(table)}")  # noqa: S608 - introspected, quoted name
             for row in cursor.fetchall():
                 values.extend((table, value) for value in row)
     return values

@@ -111,7 +111,7 @@ def test_reply_and_words() -> None:
 
 def test_server_refuses_non_loopback_hosts() -> None:
     with pytest.raises(ValueError, match="loopback"):
-        SandboxServer(host="0.0.0.0")  # noqa: S104
+        SandboxServer(host="0.0.0.0")  # noqa: S104 - the bind address this test expects to be refused
     with pytest.raises(ValueError, match="loopback"):
         SandboxServer(host="example.com")
 
@@ -980,7 +980,7 @@ def test_management_command_refuses_non_loopback() -> None:
     from routing.management.commands.sandbox import Command
 
     with pytest.raises(CommandError, match="loopback"):
-        Command().handle(host="0.0.0.0", port=8765)  # noqa: S104
+        Command().handle(host="0.0.0.0", port=8765)  # noqa: S104 - must be refused, as tested
     with pytest.raises(CommandError, match="loopback"):
         Command().handle(host="10.1.2.3", port=8765)
 

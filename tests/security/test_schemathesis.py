@@ -1,0 +1,199 @@
+"""Hostile input against every operation in the OpenAPI schema (Schemathesis).
+
+Each operation gets schema-derived valid and invalid requests (Schemathesis' coverage phase,
+then a bounded, derandomized fuzzing phase), signed in as a Pro user with credits and stored
+keys (the metering endpoint with a service token), and again with no or forged credentials.
+Every response must be no 5xx, a documented status, a documented content type and a body that
+matches its schema; invalid input must be rejected and authentication must be enforced.
+
+Requests go in-process through Django's WSGI handler, inside the test's transaction (as with
+Django's test client), and LLM calls go to the provider sandbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections, transaction
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from rest_framework.test import APIClient
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    ignored_auth,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from accounts.models import TokenKind
+from accounts.services import api_token_create
+from niyra.wsgi import application
+from routing.catalog import MODELS, Kind
+from routing.sandbox import anthropic_key, openai_key
+from tests.routing.conftest import (  # noqa: F401 - fixtures
+    _providers_are_the_sandbox,
+    client_for,
+    make_account,
+    store_key,
+)
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.redis,
+    pytest.mark.django_db,
+    pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous iterators"),
+]
+
+SEED = 8  # fixed: CI explores the same requests every run
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+    ignored_auth,
+]
+LLM_PATHS = ("/api/llm/messages", "/v1/chat/completions", "/v1/embeddings")
+CHAT_MODELS = [model.id for model in MODELS if model.kind == Kind.CHAT]
+EMBEDDING_MODELS = [model.id for model in MODELS if model.kind == Kind.EMBEDDINGS]
+
+
+def _load(*, max_examples: int, coverage: bool) -> Any:
+    loaded = schemathesis.openapi.from_wsgi("/api/schema/?format=json", application)
+    loaded.config.seed = SEED
+    loaded.config.generation.update(max_examples=max_examples, deterministic=True, database="none")
+    loaded.config.phases.coverage.enabled = coverage
+    return loaded
+
+
+# Signed in: the coverage phase's boundary and type-confusion cases, then 25 fuzzed examples.
+signed_in_schema = _load(max_examples=25, coverage=True)
+# Anonymous (or a generated, forged token/session cookie): every request stops at
+# authentication, so a few fuzzed examples per operation cover that path.
+anonymous_schema = _load(max_examples=8, coverage=False)
+
+
+@signed_in_schema.hook
+def before_generate_case(context: Any, strategy: Any) -> Any:
+    """Valid requests to the LLM routes name a catalog model half the time, so routed calls
+    (to the sandbox) run, and not only the "model isn't supported" answer."""
+    path = context.operation.path if context.operation else ""
+    if path not in LLM_PATHS:
+        return strategy
+    models = EMBEDDING_MODELS if path == "/v1/embeddings" else CHAT_MODELS
+
+    def with_model(case: Any, model: str | None) -> Any:
+        if model and case.meta.generation.mode.is_positive and isinstance(case.body, dict):
+            case.body = {**case.body, "model": model}
+        return case
+
+    return st.tuples(strategy, st.none() | st.sampled_from(models)).map(lambda pair: with_model(*pair))
+
+
+@pytest.fixture(autouse=True)
+def _in_process(settings: Any) -> Iterator[None]:
+    """Keep `close_old_connections` from closing the test's connection at each request, as
+    Django's test client does, and lift the key save/test throttles (tested on their own) so
+    every example reaches the view."""
+    rates = {"byok_save": "100000/hour", "byok_test": "100000/hour"}
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": rates}
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
+def tokens(make_account: Callable[..., Any], store_key: Callable[..., Any], make_user: Callable[..., Any]) -> Any:  # noqa: F811
+    """A Pro user with credits and a stored key for each provider; a metering service token."""
+    user = make_account(plan="pro")
+    store_key(user, "anthropic", anthropic_key())
+    store_key(user, "openai", openai_key())
+    robot = make_user("metering@niyra.internal", is_staff=True)
+    return {
+        "user": api_token_create(user=user, name="schemathesis").plaintext,
+        "service": api_token_create(user=robot, name="metering", kind=TokenKind.SERVICE).plaintext,
+    }
+
+
+def _call_and_validate(case: Any, headers: dict[str, str] | None = None) -> None:
+    """Each example starts from the same data: its writes (a revoked token, a deleted key) are
+    rolled back, so no example changes what the next one sees."""
+    with transaction.atomic():
+        case.call_and_validate(headers=headers, checks=CHECKS)
+        transaction.set_rollback(True)
+
+
+@signed_in_schema.parametrize()
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # read-only, rolled back per example
+def test_every_operation_signed_in(case: Any, tokens: Any) -> None:
+    token = tokens["service"] if case.path == "/api/usage-events" else tokens["user"]
+    _call_and_validate(case, {"Authorization": f"Bearer {token}"})
+
+
+@anonymous_schema.parametrize()
+def test_every_operation_without_valid_credentials(case: Any) -> None:
+    _call_and_validate(case)
+
+
+# --- What Schemathesis found, kept as plain regression tests ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "param"),
+    [
+        ("/api/credits/ledger", "since"),
+        ("/api/credits/ledger", "until"),
+        ("/api/credits/ledger", "category"),
+        ("/api/credits/ledger", "cursor"),
+        ("/api/credits/ledger", "limit"),
+        ("/api/credits/usage", "start"),
+        ("/api/credits/usage", "end"),
+    ],
+)
+def test_an_empty_query_parameter_is_a_400_not_no_filter(
+    url: str,
+    param: str,
+    make_account: Callable[..., Any],  # noqa: F811
+    client_for: Callable[[Any], APIClient],  # noqa: F811
+) -> None:
+    response = client_for(make_account()).get(url, {param: ""})
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_input"
+    assert param in response.json()["detail"]
+
+
+def test_a_ledger_page_size_out_of_range_is_a_400(
+    make_account: Callable[..., Any],  # noqa: F811
+    client_for: Callable[[Any], APIClient],  # noqa: F811
+) -> None:
+    client = client_for(make_account())
+
+    for limit in ("0", "201", "ten"):
+        response = client.get("/api/credits/ledger", {"limit": limit})
+        assert (response.status_code, response.json()["code"]) == (400, "invalid_input"), limit
+    assert len(client.get("/api/credits/ledger", {"limit": "1"}).json()["results"]) == 1
+
+
+@pytest.mark.parametrize("path", ["/api/llm/messages", "/v1/chat/completions"])
+def test_a_temperature_on_an_anthropic_model_is_not_a_provider_outage(
+    path: str,
+    make_account: Callable[..., Any],  # noqa: F811
+    client_for: Callable[[Any], APIClient],  # noqa: F811
+) -> None:
+    """The Anthropic SDK has no `temperature`; passing it raised TypeError -> a 503."""
+    body = {"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.2}
+
+    response = client_for(make_account()).post(path, body, format="json")
+
+    assert response.status_code == 200, response.content
