@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.conf import settings
+from django.contrib.auth import middleware as auth
+from django.contrib.messages import middleware as messages
+from django.contrib.sessions import middleware as sessions
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.middleware import clickjacking, common, csrf, security
+from django.utils.deprecation import MiddlewareMixin
 
 
 class HealthCheckMiddleware:
@@ -41,3 +48,73 @@ def _alive() -> HttpResponse:
     response = JsonResponse({"status": "ok"})
     response["Cache-Control"] = "no-store"
     return response
+
+
+# --- Django's own middleware, without a thread hop per hook under ASGI ---------------------------
+#
+# `MiddlewareMixin.__acall__` runs every `process_request`/`process_response` in
+# `sync_to_async`, and the handler does the same for `process_view`: with the stack in
+# settings.MIDDLEWARE that is 13 thread hops per request before any view code runs. None of
+# these hooks does I/O except saving a modified session, so under ASGI they run inline on the
+# event loop; the session save (and messages that may write to the session) still go to a
+# thread. Under WSGI (and Django's test Client) nothing changes.
+
+
+class InlineHooksMixin(MiddlewareMixin):
+    """For a MiddlewareMixin whose hooks are pure computation on the request and response."""
+
+    def response_needs_thread(self, request: HttpRequest) -> bool:
+        """True when `process_response` would do I/O for this request (a subclass decides)."""
+        return False
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        response = self.process_request(request) if hasattr(self, "process_request") else None
+        response = response or await self.get_response(request)  # type: ignore[misc]
+        if hasattr(self, "process_response"):
+            if self.response_needs_thread(request):
+                return await sync_to_async(self.process_response, thread_sensitive=True)(request, response)
+            return self.process_response(request, response)  # type: ignore[no-any-return]
+        return response  # type: ignore[no-any-return]
+
+
+class SecurityMiddleware(InlineHooksMixin, security.SecurityMiddleware):
+    pass
+
+
+class SessionMiddleware(InlineHooksMixin, sessions.SessionMiddleware):
+    def response_needs_thread(self, request: HttpRequest) -> bool:
+        session = getattr(request, "session", None)
+        return session is not None and (session.modified or settings.SESSION_SAVE_EVERY_REQUEST)
+
+
+class CommonMiddleware(InlineHooksMixin, common.CommonMiddleware):
+    pass
+
+
+class CsrfViewMiddleware(InlineHooksMixin, csrf.CsrfViewMiddleware):
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        super().__init__(get_response)
+        if self.async_mode:
+            # The handler adapts `process_view` once, at start-up: an async one is awaited
+            # directly instead of being sent to a thread.
+            self.process_view = self._process_view_inline  # type: ignore[method-assign]
+
+    async def _process_view_inline(
+        self, request: HttpRequest, callback: Callable[..., Any], callback_args: Any, callback_kwargs: Any
+    ) -> HttpResponse | None:
+        return super().process_view(request, callback, callback_args, callback_kwargs)
+
+
+class AuthenticationMiddleware(InlineHooksMixin, auth.AuthenticationMiddleware):
+    pass
+
+
+class MessageMiddleware(InlineHooksMixin, messages.MessageMiddleware):
+    def response_needs_thread(self, request: HttpRequest) -> bool:
+        storage = getattr(request, "_messages", None)
+        # Unused storage writes nothing; used storage may fall back to the session.
+        return storage is not None and (storage.used or storage.added_new)
+
+
+class XFrameOptionsMiddleware(InlineHooksMixin, clickjacking.XFrameOptionsMiddleware):
+    pass
