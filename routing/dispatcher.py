@@ -1,16 +1,17 @@
 """The dispatcher: model -> provider -> credential, the provider call, and the bill.
 
 One `LLMDispatcher` per request (`request.llm`, from `RoutingMiddleware`). It resolves the user
-only when a call is made. Per call:
+only when a call is made: for an API token, the token, the user and the routing snapshot
+(billing account, saved keys, fallback setting) are read in one thread hop. Per call:
 
-1. `_route_open` (one thread hop, short transactions): the credential is chosen —
+1. `_route_open`: the credential is chosen from that snapshot —
    * a Pro/Alpha user with a usable key for the model's provider -> their key (`byok`): no
-     `llm` charge, usage recorded at zero cost;
-   * otherwise the platform key (`platform`) with a credits hold for the worst case first:
-     too few credits -> `insufficient_credits` before any provider call;
+     `llm` charge, usage recorded at zero cost; no database work (the key is decrypted in
+     memory and lives only in the caller's local variable for the call);
+   * otherwise the platform key (`platform`) with a credits hold for the worst case first (one
+     hop, one statement): too few credits -> `insufficient_credits` before any provider call;
    * never a silent switch: a BYOK-only model without a key, a key marked invalid or unreadable,
      or a saved key on a plan without BYOK are errors the user sees.
-   The user's key is decrypted here and lives only in the caller's local variable for the call.
 2. The provider call, with no database transaction open.
 3. `_route_close` (one thread hop): settle the hold from the provider's usage (void it if the
    call failed and nothing was generated), record BYOK usage, log the routed call; a 401 on the
