@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import time
 from typing import Any
@@ -25,8 +26,11 @@ from django.contrib.auth.forms import AuthenticationForm
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
+from redis.exceptions import RedisError
 
 from niyra import errors
+
+logger = logging.getLogger(__name__)
 
 
 def client_ip(request: HttpRequest) -> str:
@@ -66,13 +70,19 @@ class SignInAttempts:
         )
 
     def start(self) -> bool:
-        """Count this attempt; False when it is over a limit (then check no password)."""
-        counts = [(_increment(key, self._timeout), limit) for key, limit in self._counters]
+        """Count this attempt; False when it is over a limit (then check no password). While the
+        cache is down, sign-in is not throttled (logged): an outage of the cache must not lock
+        everyone out, and each attempt still costs a full password hash."""
+        try:
+            counts = [(_increment(key, self._timeout), limit) for key, limit in self._counters]
+        except (RedisError, OSError) as exc:
+            logger.warning("sign-in throttle skipped: the cache is unavailable (%s)", type(exc).__name__)
+            return True
         return all(count <= limit for count, limit in counts)
 
     def succeeded(self) -> None:
         for key, _ in self._counters:
-            with contextlib.suppress(ValueError):  # the window ended meanwhile
+            with contextlib.suppress(ValueError, RedisError, OSError):  # window ended, or cache down
                 cache.decr(key)
 
 

@@ -27,38 +27,10 @@ compiler does), so a new field can't silently be left out.
 from __future__ import annotations
 
 from datetime import datetime
-from functools import cache
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connections, models
-from django.db.backends.base.base import BaseDatabaseWrapper
-
 from credits.models import BillingAccount, CreditHold, HoldStatus, LedgerEntry
-
-
-def _db() -> BaseDatabaseWrapper:
-    # Resolved once per call: every attribute read through `django.db.connection` is a
-    # thread-local lookup, and binding ~20 fields does hundreds of them.
-    return connections[DEFAULT_DB_ALIAS]
-
-
-def _q(name: str) -> str:
-    return _db().ops.quote_name(name)
-
-
-@cache
-def _insert_columns(model: type[models.Model], computed: tuple[str, ...]) -> tuple[list[models.Field], str, str]:
-    """Fields to bind (all but the primary key and the ``computed`` columns, which the statement
-    fills itself), the column list, and the typed placeholders for INSERT … SELECT (whose
-    select list, unlike VALUES, is not coerced to the target columns' types)."""
-    fields = [f for f in model._meta.concrete_fields if not f.primary_key and f.column not in computed]
-    columns = ", ".join(_q(column) for column in [*computed, *(str(f.column) for f in fields)])
-    placeholders = ", ".join(f"CAST(%s AS {f.db_type(_db())})" for f in fields)
-    return fields, columns, placeholders
-
-
-def _params(db: BaseDatabaseWrapper, obj: models.Model, fields: list[models.Field]) -> list[Any]:
-    return [f.get_db_prep_save(f.pre_save(obj, True), db) for f in fields]
+from niyra import rawsql
 
 
 def hold_reserve(*, user_id: int, hold: CreditHold, now: datetime) -> bool:
@@ -67,9 +39,9 @@ def hold_reserve(*, user_id: int, hold: CreditHold, now: datetime) -> bool:
     Returns False, having written nothing, if the account is missing or short of credits. A
     duplicate idempotency key raises IntegrityError (the statement, UPDATE included, is undone).
     """
-    db = _db()
-    fields, columns, placeholders = _insert_columns(CreditHold, ("account_id",))
-    accounts, holds = _q(BillingAccount._meta.db_table), _q(CreditHold._meta.db_table)
+    db = rawsql.db()
+    fields, columns, placeholders = rawsql.insert_columns(CreditHold, ("account_id",))
+    accounts, holds = rawsql.quote(BillingAccount._meta.db_table), rawsql.quote(CreditHold._meta.db_table)
     sql = f"""
         WITH account AS (
             UPDATE {accounts} SET reserved = reserved + %s, updated_at = %s
@@ -81,7 +53,7 @@ def hold_reserve(*, user_id: int, hold: CreditHold, now: datetime) -> bool:
         RETURNING id, account_id
     """  # noqa: S608 - identifiers come from model metadata; every value is a bound parameter
     with db.cursor() as cursor:
-        cursor.execute(sql, [hold.amount, now, user_id, hold.amount, *_params(db, hold, fields)])
+        cursor.execute(sql, [hold.amount, now, user_id, hold.amount, *rawsql.save_params(db, hold, fields)])
         row = cursor.fetchone()
     if row is None:
         return False
@@ -91,27 +63,13 @@ def hold_reserve(*, user_id: int, hold: CreditHold, now: datetime) -> bool:
     return True
 
 
-@cache
-def _hold_select() -> tuple[list[models.Field], str]:
-    fields = list(CreditHold._meta.concrete_fields)
-    columns = ", ".join(_q(str(f.column)) for f in fields)
-    return fields, f"SELECT {columns} FROM {_q(CreditHold._meta.db_table)} WHERE id = %s"  # noqa: S608 - see above
-
-
 def hold_get(hold_id: int) -> CreditHold | None:
     """The hold, read without a lock (a plain primary-key SELECT, without the ORM's compiling)."""
-    db = _db()
-    fields, sql = _hold_select()
-    with db.cursor() as cursor:
-        cursor.execute(sql, [hold_id])
+    fields, columns = rawsql.select_list(CreditHold, "h")
+    with rawsql.db().cursor() as cursor:
+        cursor.execute(f"SELECT {columns} FROM {rawsql.quote(CreditHold._meta.db_table)} h WHERE h.id = %s", [hold_id])  # noqa: S608 - see above
         row = cursor.fetchone()
-    if row is None:
-        return None
-    values = [
-        f.from_db_value(value, None, db) if hasattr(f, "from_db_value") else value
-        for f, value in zip(fields, row, strict=True)
-    ]
-    return CreditHold.from_db(db.alias, [f.attname for f in fields], values)
+    return None if row is None else rawsql.from_row(CreditHold, fields, row)
 
 
 def hold_settle_in_full(*, hold: CreditHold, entry: LedgerEntry, now: datetime) -> bool:
@@ -122,10 +80,10 @@ def hold_settle_in_full(*, hold: CreditHold, entry: LedgerEntry, now: datetime) 
     ``hold`` carries the resolution to record (status, resolved_at, requested_amount, …).
     """
     assert -entry.amount <= hold.amount, "only a settlement in full (actual <= held) is this simple"
-    db = _db()
-    fields, columns, placeholders = _insert_columns(LedgerEntry, ("account_id", "balance_after"))
-    accounts, holds = _q(BillingAccount._meta.db_table), _q(CreditHold._meta.db_table)
-    entries = _q(LedgerEntry._meta.db_table)
+    db = rawsql.db()
+    fields, columns, placeholders = rawsql.insert_columns(LedgerEntry, ("account_id", "balance_after"))
+    accounts, holds = rawsql.quote(BillingAccount._meta.db_table), rawsql.quote(CreditHold._meta.db_table)
+    entries = rawsql.quote(LedgerEntry._meta.db_table)
     # The hold's UPDATE takes its row lock and re-checks `status = 'open'` against the latest
     # committed version, so of two racing resolutions exactly one matches; the account moves
     # (and the entry is written) only if it did.
@@ -156,7 +114,7 @@ def hold_settle_in_full(*, hold: CreditHold, entry: LedgerEntry, now: datetime) 
     ]
     account_params: list[Any] = [entry.amount, hold.amount, now]
     with db.cursor() as cursor:
-        cursor.execute(sql, [*hold_params, *account_params, *_params(db, entry, fields)])
+        cursor.execute(sql, [*hold_params, *account_params, *rawsql.save_params(db, entry, fields)])
         row = cursor.fetchone()
     if row is None:
         return False

@@ -70,7 +70,7 @@ from credits.pricing import (
     unit_price,
 )
 from credits.selectors import billing_account_for
-from niyra import errors
+from niyra import errors, rawsql
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 128
 MAX_REASON_LENGTH = 255
@@ -306,11 +306,16 @@ def credit_usage_record(
     cached_tokens: int = 0,
     idempotency_key: str,
     details: dict[str, Any] | None = None,
+    account: BillingAccount | None = None,
 ) -> LedgerEntry:
     """Record an LLM call served by the user's own key (BYOK): a zero-amount ``llm`` entry with
     ``key_source=byok`` and the token volume, so the usage breakdown can count it at zero cost.
     Embeddings are always paid in credits, so an embeddings model is refused here.
+
+    ``account``: the user's billing account if the caller has just read it (saves a read).
     """
+    if account is not None and account.user_id != user.pk:
+        raise _invalid("account", "Not this user's billing account.")
     price = model_price(model)
     if price.category != Category.LLM:
         raise _invalid("model", "BYOK covers LLM calls only; embeddings are charged in credits (credit_charge).")
@@ -322,13 +327,14 @@ def credit_usage_record(
         op="byok_usage", model=model, input=input_tokens, output=output_tokens, cached=cached_tokens, details=context
     )
 
+    seen = account or billing_account_for(user=user)
+
     def record() -> LedgerEntry:
         # A zero-amount entry moves no money, so it takes no row lock on the account: BYOK
         # calls of one user don't queue behind each other (500 concurrent streams of one user
         # would otherwise serialise here). `balance_after` is the committed balance it saw.
         # One INSERT in autocommit; a replayed key hits the unique constraint and is answered
         # from the first entry.
-        account = billing_account_for(user=user)
         entry = _entry(
             amount=0,
             category=Category.LLM,
@@ -340,10 +346,10 @@ def credit_usage_record(
             key_source=KeySource.BYOK,
             details=context,
         )
-        entry.account = account
-        entry.balance_after = account.balance
+        entry.account = seen
+        entry.balance_after = seen.balance
         try:
-            _single_statement(lambda: entry.save(force_insert=True))
+            _single_statement(lambda: rawsql.insert(entry) if rawsql.enabled() else entry.save(force_insert=True))
         except IntegrityError:
             replay = _direct_replay(user, key, fingerprint)
             if replay is None:
@@ -617,6 +623,7 @@ def credit_settle(
     usage: LlmUsage | None = None,
     idempotency_key: str | None = None,
     details: dict[str, Any] | None = None,
+    known_hold: CreditHold | None = None,
 ) -> LedgerEntry:
     """Post the actual cost of a held call and release the rest of the hold. Returns the entry.
 
@@ -634,8 +641,14 @@ def credit_settle(
     * Late settlement: if the sweeper already expired the hold (the call outlived
       ``expires_in``), the call still happened, so it is settled once against the free balance
       (flagged ``late`` in the entry's pricing, and ``flagged`` if not fully collected).
+
+    ``known_hold``: the hold as `credit_hold` returned it to this caller, which saves reading it
+    again (what the settlement needs of it never changes; its status is re-checked as it is
+    settled).
     """
     hold_id = _hold_id(hold_id)
+    if known_hold is not None and known_hold.pk != hold_id:
+        raise _invalid("known_hold", "Not the hold with this hold_id.")
     if (actual_amount is None) == (usage is None):
         raise _invalid("actual_amount", "Give either actual_amount or usage, not both.")
     if usage is not None and not isinstance(usage, LlmUsage):
@@ -655,7 +668,7 @@ def credit_settle(
         # An open hold settled in full, as one statement (see credits.ledger_sql). The hold is
         # read without a lock: what the entry needs of it never changes, and the statement only
         # acts if the hold is still open. Otherwise, the careful path below.
-        hold = ledger_sql.hold_get(hold_id)
+        hold = known_hold if known_hold is not None else ledger_sql.hold_get(hold_id)
         if hold is None:
             raise _hold_not_found(hold_id)
         if hold.is_open:

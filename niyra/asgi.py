@@ -8,7 +8,7 @@ from django.core.exceptions import ImproperlyConfigured
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "niyra.settings")
 
 try:
-    from django.core.asgi import get_asgi_application
+    from niyra.handlers import get_asgi_application
 
     application = get_asgi_application()
 

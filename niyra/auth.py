@@ -11,7 +11,6 @@ from rest_framework.request import Request
 
 from accounts.models import ApiToken, User
 from accounts.selectors import api_token_authenticate
-from niyra.db import db_sync_to_async
 
 
 def bearer_token(request: HttpRequest | Request) -> str | None:
@@ -45,15 +44,6 @@ def request_user(request: Request | HttpRequest) -> User:
     if not isinstance(user, User):
         raise exceptions.NotAuthenticated()
     return user
-
-
-async def aauthenticate_bearer(request: HttpRequest) -> User | None:
-    """For async (non-DRF) views: the token's user, or None."""
-    plaintext = bearer_token(request)
-    if plaintext is None:
-        return None
-    token = await db_sync_to_async(api_token_authenticate)(plaintext=plaintext)
-    return token.user if token else None
 
 
 class ApiTokenScheme(OpenApiAuthenticationExtension):

@@ -126,6 +126,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE"}
     )
+# Threads that run async views' database work under the ASGI server (niyra/db.py): as many as
+# the pool has connections, so a hop never waits for one.
+_pool = DATABASES["default"].get("OPTIONS", {}).get("pool")
+DB_HOP_THREADS = env.int("DB_HOP_THREADS", default=_pool["max_size"] if isinstance(_pool, dict) else 8)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"

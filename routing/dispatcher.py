@@ -1,16 +1,17 @@
 """The dispatcher: model -> provider -> credential, the provider call, and the bill.
 
 One `LLMDispatcher` per request (`request.llm`, from `RoutingMiddleware`). It resolves the user
-only when a call is made. Per call:
+only when a call is made: for an API token, the token, the user and the routing snapshot
+(billing account, saved keys, fallback setting) are read in one thread hop. Per call:
 
-1. `_route_open` (one thread hop, short transactions): the credential is chosen —
+1. `_route_open`: the credential is chosen from that snapshot —
    * a Pro/Alpha user with a usable key for the model's provider -> their key (`byok`): no
-     `llm` charge, usage recorded at zero cost;
-   * otherwise the platform key (`platform`) with a credits hold for the worst case first:
-     too few credits -> `insufficient_credits` before any provider call;
+     `llm` charge, usage recorded at zero cost; no database work (the key is decrypted in
+     memory and lives only in the caller's local variable for the call);
+   * otherwise the platform key (`platform`) with a credits hold for the worst case first (one
+     hop, one statement): too few credits -> `insufficient_credits` before any provider call;
    * never a silent switch: a BYOK-only model without a key, a key marked invalid or unreadable,
      or a saved key on a plan without BYOK are errors the user sees.
-   The user's key is decrypted here and lives only in the caller's local variable for the call.
 2. The provider call, with no database transaction open.
 3. `_route_close` (one thread hop): settle the hold from the provider's usage (void it if the
    call failed and nothing was generated), record BYOK usage, log the routed call; a 401 on the
@@ -41,10 +42,10 @@ from django.views.decorators.debug import sensitive_variables
 
 from accounts.models import User
 from byok.models import KeyStatus
-from byok.selectors import provider_key_effective_status, provider_key_get, provider_key_plaintext
+from byok.selectors import provider_key_effective_status, provider_key_plaintext
 from byok.services import provider_key_mark_invalid, provider_key_mark_needs_reentry
+from credits.models import BillingAccount, CreditHold
 from credits.pricing import LlmUsage
-from credits.selectors import billing_account_for
 from credits.services import credit_hold, credit_settle, credit_usage_record, credit_void
 from niyra import errors
 from niyra.db import db_sync_to_async
@@ -63,7 +64,7 @@ from routing.providers.types import (
     Usage,
     UsageUpdate,
 )
-from routing.selectors import routing_fallback_enabled
+from routing.selectors import RoutingSnapshot, routing_snapshot
 from routing.services import routed_call_record
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,8 @@ class Route:
     model: CatalogModel
     key_source: str
     started: float
-    hold_id: int | None = None
+    hold: CreditHold | None = None
+    account: BillingAccount | None = None
     key_fingerprint: str | None = None
     fallback_allowed: bool = False
     credits_charged: int = 0
@@ -209,20 +211,39 @@ class RoutedStream:
             self.error = NiyraError(errors.INTERNAL_ERROR)
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling, and the routing snapshot when it was read along with them (the API-token
+    path reads both in one hop; otherwise the first call reads the snapshot)."""
+
+    user: User
+    snapshot: RoutingSnapshot | None = None
+
+
 class LLMDispatcher:
     """Routes LLM calls for one request's user. Cheap to create: nothing happens until a call."""
 
-    def __init__(self, user_resolver: Callable[[], Awaitable[User | None]]) -> None:
-        self._user_resolver = user_resolver
+    def __init__(self, caller_resolver: Callable[[], Awaitable[User | Caller | None]]) -> None:
+        self._caller_resolver = caller_resolver
         self._user: User | None = None
+        self._snapshot: RoutingSnapshot | None = None
 
     async def user(self) -> User:
         if self._user is None:
-            user = await self._user_resolver()
-            if user is None:
+            caller = await self._caller_resolver()
+            if caller is None:
                 raise NiyraError(errors.NOT_AUTHENTICATED)
-            self._user = user
+            if isinstance(caller, Caller):
+                self._user, self._snapshot = caller.user, caller.snapshot
+            else:
+                self._user = caller
         return self._user
+
+    async def snapshot(self, user: User) -> RoutingSnapshot:
+        """Read once per request: every call of this request routes on the same facts."""
+        if self._snapshot is None:
+            self._snapshot = await db_sync_to_async(routing_snapshot)(user_id=user.pk)
+        return self._snapshot
 
     # --- Public calls ---------------------------------------------------------------------
 
@@ -290,7 +311,7 @@ class LLMDispatcher:
         user = await self.user()
         characters = sum(len(text) for text in inputs)
         estimate = math.ceil(characters / CHARS_PER_TOKEN_WORST_CASE) + len(inputs)
-        route, api_key = await db_sync_to_async(self._route_open)(
+        route, api_key = await self._route_open(
             user, catalog_model, input_estimate=estimate, max_tokens=0, platform_only=True
         )
         adapter = get_adapter(catalog_model.provider)
@@ -346,7 +367,7 @@ class LLMDispatcher:
         estimate = math.ceil(prompt_characters(request) / CHARS_PER_TOKEN_WORST_CASE) + MESSAGE_OVERHEAD_TOKENS * (
             len(request.messages) + 1
         )
-        return await db_sync_to_async(self._route_open)(
+        return await self._route_open(
             user, model, input_estimate=estimate, max_tokens=request.max_tokens, platform_only=platform_only
         )
 
@@ -369,22 +390,27 @@ class LLMDispatcher:
             return NiyraError(errors.KEY_REJECTED, detail={"provider": route.model.provider})
         return error
 
-    # Sync parts: each runs in one thread hop, with its own short transactions.
-
     @sensitive_variables("api_key")
-    def _route_open(
+    async def _route_open(
         self, user: User, model: CatalogModel, *, input_estimate: int, max_tokens: int, platform_only: bool
     ) -> tuple[Route, str]:
-        account = billing_account_for(user=user)
-        if model.requires_apex and not account.apex_enabled:
+        """Choose the credential from the request's snapshot. BYOK needs no database work here
+        (the key is decrypted in memory); the platform path takes one hop to hold credits."""
+        snapshot = await self.snapshot(user)
+        if model.requires_apex and not snapshot.apex_enabled:
             raise NiyraError(errors.APEX_NOT_ENABLED)
         route = Route(
-            call_id=uuid.uuid4(), user=user, model=model, key_source=KeySource.PLATFORM, started=time.monotonic()
+            call_id=uuid.uuid4(),
+            user=user,
+            model=model,
+            key_source=KeySource.PLATFORM,
+            started=time.monotonic(),
+            account=snapshot.account,
         )
         if model.kind == Kind.CHAT and not platform_only:
-            provider_key = provider_key_get(user=user, provider=model.provider)
+            provider_key = snapshot.keys.get(model.provider)
             if provider_key is not None:
-                if not account.allows_byok:
+                if not snapshot.allows_byok:
                     raise NiyraError(errors.PLAN_KEY_UNUSABLE, detail={"provider": model.provider})
                 status = provider_key_effective_status(provider_key)
                 if status == KeyStatus.INVALID:
@@ -394,20 +420,20 @@ class LLMDispatcher:
                 try:
                     api_key = provider_key_plaintext(provider_key)
                 except NiyraError:
-                    provider_key_mark_needs_reentry(
+                    await db_sync_to_async(provider_key_mark_needs_reentry)(
                         user=user, provider=model.provider, fingerprint=provider_key.fingerprint
                     )
                     raise
                 route.key_source = KeySource.BYOK
                 route.key_fingerprint = provider_key.fingerprint
-                route.fallback_allowed = not model.byok_only and routing_fallback_enabled(user=user)
+                route.fallback_allowed = not model.byok_only and snapshot.fallback_to_credits
                 return route, api_key
             if model.byok_only:
-                spec = errors.APEX_NEEDS_KEY if account.allows_byok else errors.PLAN_NO_BYOK
+                spec = errors.APEX_NEEDS_KEY if snapshot.allows_byok else errors.PLAN_NO_BYOK
                 raise NiyraError(spec)
         elif model.byok_only:
             raise NiyraError(errors.APEX_NEEDS_KEY)
-        hold = credit_hold(
+        route.hold = await db_sync_to_async(credit_hold)(
             user=user,
             idempotency_key=f"routed:{route.call_id}",
             model=model.price_key,
@@ -417,25 +443,27 @@ class LLMDispatcher:
             # Longer than any call can take, so the sweeper never races a call in flight.
             expires_in=timedelta(seconds=max(300, 3 * int(settings.PROVIDER_TIMEOUT_SECONDS))),
         )
-        route.hold_id = hold.pk
         return route, _platform_key(model.provider)
+
+    # Runs in one thread hop, with its own short transactions.
 
     def _route_close(self, route: Route, *, usage: Usage, outcome: str, stream: bool, error: NiyraError | None) -> None:
         model = route.model
         used = usage.input_tokens > 0 or usage.output_tokens > 0
         details = {"routed_call": str(route.call_id), "model": model.id}
         if route.key_source == KeySource.PLATFORM:
-            assert route.hold_id is not None
+            assert route.hold is not None
             if used and (error is None or stream):
                 entry = credit_settle(
-                    hold_id=route.hold_id,
+                    hold_id=route.hold.pk,
                     usage=LlmUsage(usage.input_tokens, usage.output_tokens, usage.cached_tokens),
                     idempotency_key=f"routed:{route.call_id}:settle",
                     details=details,
+                    known_hold=route.hold,
                 )
                 route.credits_charged = -entry.amount
             else:
-                credit_void(hold_id=route.hold_id)  # a failed call costs nothing
+                credit_void(hold_id=route.hold.pk)  # a failed call costs nothing
         else:
             if used:
                 credit_usage_record(
@@ -446,6 +474,7 @@ class LLMDispatcher:
                     cached_tokens=usage.cached_tokens,
                     idempotency_key=f"routed:{route.call_id}",
                     details=details,
+                    account=route.account,
                 )
             if error is not None and error.spec is errors.KEY_INVALID:
                 provider_key_mark_invalid(user=route.user, provider=model.provider, fingerprint=route.key_fingerprint)

@@ -12,18 +12,30 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 
 from accounts.models import User
-from niyra.auth import aauthenticate_bearer, bearer_token
+from accounts.selectors import api_token_authenticate
+from niyra.auth import bearer_token
+from niyra.db import db_sync_to_async
 from niyra.errors import AUTHENTICATION_FAILED, NiyraError
-from routing.dispatcher import LLMDispatcher
+from routing.dispatcher import Caller, LLMDispatcher
+from routing.selectors import routing_snapshot
 
 
-async def request_user(request: HttpRequest) -> User | None:
+def _token_caller(plaintext: str) -> Caller | None:
+    """The token's user and their routing snapshot: one thread hop, two statements."""
+    token = api_token_authenticate(plaintext=plaintext)
+    if token is None:
+        return None
+    return Caller(user=token.user, snapshot=routing_snapshot(user_id=token.user_id))
+
+
+async def request_caller(request: HttpRequest) -> Caller | User | None:
     """The caller: a Bearer API token if one is sent (a bad one is an error), else the session."""
-    if bearer_token(request) is not None:
-        user = await aauthenticate_bearer(request)
-        if user is None:
+    plaintext = bearer_token(request)
+    if plaintext is not None:
+        caller = await db_sync_to_async(_token_caller)(plaintext)
+        if caller is None:
             raise NiyraError(AUTHENTICATION_FAILED)
-        return user
+        return caller
     session_user = await request.auser()
     return session_user if isinstance(session_user, User) and session_user.is_active else None
 
@@ -39,5 +51,5 @@ class RoutingMiddleware:
             markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
-        request.llm = LLMDispatcher(lambda: request_user(request))  # type: ignore[attr-defined]
+        request.llm = LLMDispatcher(lambda: request_caller(request))  # type: ignore[attr-defined]
         return self.get_response(request)

@@ -8,6 +8,7 @@ from django.db import transaction
 
 from accounts.models import User
 from accounts.services import audit_event_record
+from niyra import rawsql
 from routing.models import RoutedCall, RoutingPreference
 
 
@@ -28,7 +29,7 @@ def routed_call_record(
     outcome: str,
 ) -> RoutedCall:
     """Append the call to the log (one autocommit INSERT: the hot path's cheapest write)."""
-    return RoutedCall.objects.create(
+    call = RoutedCall(
         id=call_id,
         user=user,
         model=model,
@@ -43,6 +44,11 @@ def routed_call_record(
         latency_ms=latency_ms,
         outcome=outcome,
     )
+    if rawsql.enabled():
+        rawsql.insert(call)
+    else:
+        call.save(force_insert=True)
+    return call
 
 
 @transaction.atomic

@@ -10,7 +10,7 @@ import httpx2
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
-from routing.providers.base import PROBE_MAX_TOKENS, PROBE_MODELS, PROBE_PROMPT, ProviderAdapter
+from routing.providers.base import PROBE_MAX_TOKENS, PROBE_MODELS, PROBE_PROMPT, ProviderAdapter, field_of
 from routing.providers.types import ChatRequest, ChatResult, StreamEnd, StreamEvent, TextDelta, Usage, UsageUpdate
 
 
@@ -60,24 +60,26 @@ class AnthropicAdapter(ProviderAdapter):
     @staticmethod
     def _usage(usage: Any) -> Usage:
         """Anthropic reports cache reads and writes apart from `input_tokens`; we count all
-        prompt tokens as input and the cache reads as cached (see credits.pricing)."""
-        cache_read = getattr(usage, "cache_read_input_tokens", None) or 0
-        cache_write = getattr(usage, "cache_creation_input_tokens", None) or 0
+        prompt tokens as input and the cache reads as cached (see credits.pricing). `usage` is
+        the JSON object or the SDK's model of it."""
+        cache_read = field_of(usage, "cache_read_input_tokens") or 0
+        cache_write = field_of(usage, "cache_creation_input_tokens") or 0
         return Usage(
-            input_tokens=(getattr(usage, "input_tokens", None) or 0) + cache_read + cache_write,
-            output_tokens=getattr(usage, "output_tokens", None) or 0,
+            input_tokens=(field_of(usage, "input_tokens") or 0) + cache_read + cache_write,
+            output_tokens=field_of(usage, "output_tokens") or 0,
             cached_tokens=cache_read,
         )
 
     @sensitive_variables("api_key")
     async def _generate(self, api_key: str, request: ChatRequest) -> ChatResult:
-        message = await self.routed_client(api_key).messages.create(**self._params(request))
-        text = "".join(block.text for block in message.content if getattr(block, "type", "") == "text")
+        message, request_id = await self._post_json(self.routed_client(api_key), "/v1/messages", self._params(request))
+        blocks = message["content"]
+        text = "".join(block["text"] for block in blocks if isinstance(block, dict) and block.get("type") == "text")
         return ChatResult(
             text=text,
-            stop_reason=_STOP_REASONS.get(message.stop_reason or "", "other"),
-            usage=self._usage(message.usage),
-            provider_request_id=getattr(message, "_request_id", None),
+            stop_reason=_STOP_REASONS.get(message.get("stop_reason") or "", "other"),
+            usage=self._usage(message["usage"]),
+            provider_request_id=request_id,
         )
 
     @sensitive_variables("api_key")
@@ -100,7 +102,7 @@ class AnthropicAdapter(ProviderAdapter):
                     reported = event.usage
                     usage = Usage(
                         input_tokens=usage.input_tokens,
-                        output_tokens=getattr(reported, "output_tokens", None) or usage.output_tokens,
+                        output_tokens=field_of(reported, "output_tokens") or usage.output_tokens,
                         cached_tokens=usage.cached_tokens,
                     )
                     stop_reason = _STOP_REASONS.get(event.delta.stop_reason or "", "other")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -37,6 +38,14 @@ PROBE_MODELS: Final[Mapping[str, str]] = MappingProxyType(
     }
 )
 PROBE_PROMPT: Final = "ping"
+
+
+def field_of(obj: Any, name: str) -> Any:
+    """A field of a provider's JSON object (a dict) or of the SDK's typed model of it; None if
+    absent. Non-streaming calls read raw JSON, streams the SDK's event models."""
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
 PROBE_MAX_TOKENS: Final = 1
 
 
@@ -137,6 +146,20 @@ class ProviderAdapter(ABC):
             max_retries=self.ROUTED_MAX_RETRIES,
             http_client=shared_http_client(),
         )
+
+    @staticmethod
+    async def _post_json(client: Any, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """A non-streaming call through the SDK client's own request path (auth headers, base
+        URL, timeout, retry policy, typed status errors), answered as the raw HTTP response:
+        the typed-params transform and the pydantic response models cost ~40% of the SDK's CPU
+        on a call here (benchmarks/README.md, "Routing"), and a routed call reads four fields.
+        Returns the JSON object and the provider's request id. A body that is not a JSON object
+        raises, and is reported as provider unavailable, like any malformed answer."""
+        response = await client.post(path, body=body, cast_to=httpx2.Response)
+        payload = json.loads(response.content)
+        if not isinstance(payload, dict):
+            raise TypeError("the provider answered something other than a JSON object")
+        return payload, response.headers.get("request-id") or response.headers.get("x-request-id")
 
     @abstractmethod
     async def _generate(self, api_key: str, request: ChatRequest) -> ChatResult: ...

@@ -10,7 +10,7 @@ import openai
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
-from routing.providers.base import PROBE_MAX_TOKENS, PROBE_MODELS, PROBE_PROMPT, ProviderAdapter
+from routing.providers.base import PROBE_MAX_TOKENS, PROBE_MODELS, PROBE_PROMPT, ProviderAdapter, field_of
 from routing.providers.types import (
     ChatRequest,
     ChatResult,
@@ -70,24 +70,27 @@ class OpenAIAdapter(ProviderAdapter):
 
     @staticmethod
     def _usage(usage: Any) -> Usage:
+        """`usage` is the JSON object or the SDK's model of it."""
         if usage is None:
             return Usage()
-        details = getattr(usage, "prompt_tokens_details", None)
+        details = field_of(usage, "prompt_tokens_details")
         return Usage(
-            input_tokens=usage.prompt_tokens or 0,
-            output_tokens=usage.completion_tokens or 0,
-            cached_tokens=(getattr(details, "cached_tokens", None) or 0) if details else 0,
+            input_tokens=field_of(usage, "prompt_tokens") or 0,
+            output_tokens=field_of(usage, "completion_tokens") or 0,
+            cached_tokens=(field_of(details, "cached_tokens") or 0) if details else 0,
         )
 
     @sensitive_variables("api_key")
     async def _generate(self, api_key: str, request: ChatRequest) -> ChatResult:
-        completion = await self.routed_client(api_key).chat.completions.create(**self._params(request))
-        choice = completion.choices[0]
+        completion, request_id = await self._post_json(
+            self.routed_client(api_key), "/chat/completions", self._params(request)
+        )
+        choice = completion["choices"][0]
         return ChatResult(
-            text=choice.message.content or "",
-            stop_reason=_FINISH_REASONS.get(choice.finish_reason or "", "other"),
-            usage=self._usage(completion.usage),
-            provider_request_id=getattr(completion, "_request_id", None),
+            text=(choice.get("message") or {}).get("content") or "",
+            stop_reason=_FINISH_REASONS.get(choice.get("finish_reason") or "", "other"),
+            usage=self._usage(completion.get("usage")),
+            provider_request_id=request_id,
         )
 
     @sensitive_variables("api_key")

@@ -49,11 +49,13 @@ def app_on(settings: Any) -> Callable[[RedisServer], None]:
     entered: list[Any] = []
 
     def point(redis: RedisServer) -> None:
-        settings.CACHES = redis_cache_settings(redis.url())
-        settings.CELERY_BROKER_URL = redis.url()
+        # The Celery app reads its configuration from the settings lazily, on first use: enter
+        # (and so capture the broker to restore) before the settings name the private Redis.
         manager = in_process_broker(redis.url())
         manager.__enter__()
         entered.append(manager)
+        settings.CACHES = redis_cache_settings(redis.url())
+        settings.CELERY_BROKER_URL = redis.url()
 
     yield point
     for manager in reversed(entered):

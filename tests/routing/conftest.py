@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import uvicorn
-from django.core.asgi import get_asgi_application
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -20,6 +19,7 @@ from byok.models import KeyStatus, ProviderKey, provider_key_purpose
 from credits.models import BillingAccount
 from credits.selectors import billing_account_for
 from credits.services import credit_grant
+from niyra.handlers import get_asgi_application
 from routing.sandbox import SandboxServer
 
 STARTING_CREDITS_MC = 10_000_000
@@ -30,6 +30,18 @@ def _providers_are_the_sandbox(settings: Any, sandbox: SandboxServer) -> Sandbox
     settings.ANTHROPIC_BASE_URL = sandbox.anthropic_base_url
     settings.OPENAI_BASE_URL = sandbox.openai_base_url
     return sandbox
+
+
+@pytest.fixture(params=[pytest.param("raw", marks=pytest.mark.postgres), "orm"])
+def sql_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a routing test on both database paths: PostgreSQL's raw statements (`niyra.rawsql`,
+    `credits.ledger_sql`) and the portable ORM path that SQLite always takes."""
+    from credits import services
+    from niyra import rawsql
+
+    monkeypatch.setattr(services, "FAST_PATHS", request.param == "raw")
+    monkeypatch.setattr(rawsql, "ENABLED", request.param == "raw")
+    return str(request.param)
 
 
 @pytest.fixture
