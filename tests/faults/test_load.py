@@ -4,7 +4,7 @@ Runs `benchmarks/load.py` as a subprocess: gunicorn + uvicorn workers (`gunicorn
 DEBUG off) on a fresh PostgreSQL database and this run's Redis db, in front of the provider
 sandbox; routed calls on the credits and the BYOK path, JSON and streaming, over both provider
 adapters; key tests; ledger and balance reads. A short ramp up to 32 concurrent clients, then
-the main phase (`NIYRA_LOAD_SECONDS`, default 45 s) at the knee it found. The benchmark's last
+the main phase (`NIYRA_LOAD_SECONDS`, default 60 s, as the issue asks) at the knee it found. The benchmark's last
 line (`LOAD_RESULT {json}`) is what this test reads.
 
 It proves that under sustained mixed load: no request gets a 5xx or loses its connection;
@@ -30,7 +30,7 @@ from django.conf import settings
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.load]
 
 ROOT = Path(__file__).resolve().parents[2]
-MAIN_SECONDS = float(os.environ.get("NIYRA_LOAD_SECONDS", "45"))
+MAIN_SECONDS = float(os.environ.get("NIYRA_LOAD_SECONDS", "60"))
 START_AND_CHECKS_BOUND = 240  # set-up, ramp and checks on a busy machine; a hang bound, not a speed check
 
 
