@@ -29,32 +29,16 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.faults.services import RedisServer, free_port, wait_for
+
 RAW_LOG_ENV = "NIYRA_CANARY_RAW_LOG"
 _RECORD_FORMAT = "%(name)s %(levelname)s %(message)s"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(condition: Any, *, timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 # --- The search -------------------------------------------------------------------------------------
@@ -129,65 +113,26 @@ def mask(text: str, secrets_: Mapping[str, str]) -> str:
 # --- A private Redis --------------------------------------------------------------------------------
 
 
-class PrivateRedis:
-    """`redis-server` on a free loopback port, no persistence; stopped (by its pid) on exit."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._workdir = workdir
-        self._process: subprocess.Popen[bytes] | None = None
+class PrivateRedis(RedisServer):
+    """A private `redis-server` (tests/faults/services.py) as a context manager, whose whole
+    keyspace the test can read back."""
 
     @staticmethod
     def available() -> bool:
         return shutil.which("redis-server") is not None
 
     def __enter__(self) -> PrivateRedis:
-        import redis
-
-        self._process = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self._workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
-
-        def answers() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.ConnectionError:
-                return False
-
-        wait_until(answers, timeout=10, what="the private redis-server")
-        client.close()
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=10)
+        self.stop()
 
     def keyspace(self) -> Iterator[tuple[str, bytes]]:
         """(label, bytes) for every key of every type: its name, its contents, and DUMP's bytes."""
         import redis
 
-        client: Any = redis.Redis.from_url(self.url)  # bytes in, bytes out (no decode_responses)
+        client: Any = redis.Redis.from_url(self.url())  # bytes in, bytes out (no decode_responses)
         try:
             for db in range(16):
                 client.execute_command("SELECT", db)
@@ -270,30 +215,6 @@ class RecordingProxy:
 # --- Celery: the test process's publisher, and a real worker ----------------------------------------
 
 
-@contextmanager
-def celery_publishes_to(app: Any, broker_url: str) -> Iterator[None]:
-    """Point the already-configured Celery app of this process at another broker.
-
-    The app caches its connection pool and producer pool on first use (other tests may have
-    used the shared Redis already), so both caches are dropped on the way in and on the way out.
-    """
-
-    def reset() -> None:
-        if app._pool is not None:
-            app._pool.force_close_all()
-        app._pool = None
-        app.amqp._producer_pool = None
-
-    previous = app.conf.broker_url
-    reset()
-    app.conf.broker_url = broker_url
-    try:
-        yield
-    finally:
-        reset()
-        app.conf.broker_url = previous
-
-
 class CeleryWorker:
     """`celery -A niyra worker --loglevel=DEBUG` in a subprocess, with the raw-log hook."""
 
@@ -340,7 +261,7 @@ class CeleryWorker:
                 raise AssertionError(f"the worker exited ({self._process.returncode}):\n{self.output()[-3000:]}")
             return " ready." in self.output()
 
-        wait_until(ready, timeout=timeout, what="the Celery worker to be ready", interval=0.1)
+        wait_for(ready, timeout=timeout, what="the Celery worker to be ready", interval=0.1)
 
     def stop(self) -> None:
         """Warm shutdown (SIGTERM: reserved messages go back to the queue), then kill if stuck."""

@@ -63,15 +63,14 @@ from tests import conftest as root_conftest
 from tests.byok import test_never_leaked
 from tests.byok.test_never_leaked import LeakTrap, canary_key
 from tests.byok.test_oauth_helpers import authorize, sandbox_integration, set_expiry, tokens_of
+from tests.faults.services import in_process_broker, wait_for
 from tests.routing import conftest as routing_conftest
 from tests.security.canary_support import (
     CeleryWorker,
     Haystack,
     PrivateRedis,
     RecordingProxy,
-    celery_publishes_to,
     mask,
-    wait_until,
 )
 
 # Shared fixtures (assigned, not imported, so the test's parameters don't shadow an import).
@@ -195,15 +194,16 @@ def stack(
     with (
         _capture_every_logger(monkeypatch),
         PrivateRedis(tmp_path) as redis,
-        celery_publishes_to(celery_app, redis.url),
+        in_process_broker(redis.url()),
     ):
-        settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": redis.url}}
+        cache_backend = "django.core.cache.backends.redis.RedisCache"
+        settings.CACHES = {"default": {"BACKEND": cache_backend, "LOCATION": redis.url()}}
         db = db_connection.settings_dict
         env = {name: value for name, value in os.environ.items() if name != "CELERY_BROKER_URL"}
         env |= {
             "DJANGO_SETTINGS_MODULE": "niyra.settings_test",
             "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-            "REDIS_URL": redis.url,
+            "REDIS_URL": redis.url(),
             "ANTHROPIC_BASE_URL": sandbox.anthropic_base_url,
             "OPENAI_BASE_URL": sandbox.openai_base_url,
             "OAUTH_INTEGRATION_NAMES": ",".join(worker_client_ids),
@@ -363,10 +363,10 @@ def test_no_secret_appears_anywhere_after_every_flow(
         set_expiry(connection, timezone.now() + timedelta(seconds=100))
     for entry in celery_app.conf.beat_schedule.values():
         celery_app.send_task(entry["task"], **entry.get("options", {}))  # what beat sends
-    wait_until(lambda: stack.refreshes("gmail", 200) >= 1, timeout=30, what="the worker's gmail refresh")
-    wait_until(lambda: stack.refreshes("slack", 503) >= 1, timeout=30, what="the worker's slack refresh attempt")
+    wait_for(lambda: stack.refreshes("gmail", 200) >= 1, timeout=30, what="the worker's gmail refresh")
+    wait_for(lambda: stack.refreshes("slack", 503) >= 1, timeout=30, what="the worker's slack refresh attempt")
     retried = "byok.tasks.oauth_connection_refresh", "retry"
-    wait_until(lambda: stack.worker.executed(*retried), timeout=30, what="the worker to retry slack's refresh")
+    wait_for(lambda: stack.worker.executed(*retried), timeout=30, what="the worker to retry slack's refresh")
 
     # Support: every admin page a support user reads, then "refresh now" (through the worker)
     # and a disconnect from the admin.
@@ -392,7 +392,7 @@ def test_no_secret_appears_anywhere_after_every_flow(
     refreshed = stack.refreshes("gmail", 200)
     action = {"action": "refresh_now", "_selected_action": [gmail.pk]}
     assert trap.keep(support.post("/admin/byok/oauthconnection/", action)).status_code == 302
-    wait_until(lambda: stack.refreshes("gmail", 200) > refreshed, timeout=30, what="support's refresh via the worker")
+    wait_for(lambda: stack.refreshes("gmail", 200) > refreshed, timeout=30, what="support's refresh via the worker")
     victim = ProviderKey.objects.exclude(user=owner).first()
     assert victim is not None
     action = {"action": "disconnect", "_selected_action": [victim.pk]}
@@ -408,7 +408,7 @@ def test_no_secret_appears_anywhere_after_every_flow(
 
     # A marker task held by the worker (its ETA is an hour away): a message in flight.
     celery_app.send_task("niyra.tasks.echo", kwargs={"value": control, "cache_key": "control"}, countdown=3600)
-    wait_until(lambda: stack.worker.executed("niyra.tasks.echo", "received"), timeout=30, what="the marker held")
+    wait_for(lambda: stack.worker.executed("niyra.tasks.echo", "received"), timeout=30, what="the marker held")
     in_flight = list(stack.redis.keyspace())
 
     # Disconnect everything (the OAuth ones revoke at the provider).
