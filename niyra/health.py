@@ -42,7 +42,9 @@ def check_broker() -> None:
         if not folder.is_dir():
             raise OSError(f"queue folder {folder} is missing")
         return
-    with Connection(url, connect_timeout=BROKER_TIMEOUT_SECONDS) as conn:
+    # The socket timeout bounds a broker that accepts the connection but never answers.
+    options = {"socket_timeout": BROKER_TIMEOUT_SECONDS}
+    with Connection(url, connect_timeout=BROKER_TIMEOUT_SECONDS, transport_options=options) as conn:
         conn.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT_SECONDS)
 
 

@@ -208,3 +208,60 @@ def test_refreshes_lost_while_redis_was_down_are_caught_up_by_the_next_tick(
         new_access, new_refresh = tokens_of(connection)
         assert (new_access, new_refresh) != (access, refresh)
         assert access_token_works(sandbox, new_access)
+
+
+def test_a_frozen_redis_fails_fast_instead_of_hanging_requests(
+    private_redis: RedisServer,  # noqa: F811
+    app_on: Callable[[RedisServer], None],
+    live_asgi: str,
+    providers: SandboxServer,
+    make_account: Callable[..., Any],
+    bearer: Headers,
+) -> None:
+    """A Redis that accepts connections but never answers (SIGSTOP: frozen, or cut off by a
+    partition) is worse than a stopped one: without socket timeouts every cache read, publish
+    and readiness check would wait forever. With them, each gives up within seconds."""
+    import os
+    import signal
+
+    from django.core.cache import cache
+
+    from byok.tasks import oauth_connection_refresh
+
+    app_on(private_redis)
+    user = make_account(plan="free")
+    assert private_redis.process is not None
+    os.kill(private_redis.process.pid, signal.SIGSTOP)
+    try:
+        with httpx2.Client(base_url=live_asgi, timeout=CLIENT_TIMEOUT_SECONDS) as http:
+            ready = http.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["down"] == ["broker"]
+            # Routing reads no cache and enqueues nothing: it serves as usual.
+            routed = http.post("/api/llm/messages", json=message(), headers=bearer(user))
+            assert routed.status_code == 200, routed.text
+        # A cache read and a task publish fail with an error instead of hanging the caller.
+        assert isinstance(gives_up(lambda: cache.get("anything")), Exception)
+        assert isinstance(gives_up(lambda: oauth_connection_refresh.apply_async(args=[0], retry=False)), Exception)
+    finally:
+        os.kill(private_redis.process.pid, signal.SIGCONT)
+
+
+def gives_up(call: Callable[[], Any]) -> object:
+    """What `call` returned or raised, run in a thread: one still blocked after the client's
+    timeout fails the test rather than hanging it."""
+    import threading
+
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(CLIENT_TIMEOUT_SECONDS)
+    assert outcome, f"still blocked after {CLIENT_TIMEOUT_SECONDS:.0f} s on a frozen Redis"
+    return outcome[0]
