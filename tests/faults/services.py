@@ -132,11 +132,15 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def _reset_celery_connections() -> None:
+    """Forget every broker connection this process holds. The app's pools are entries of kombu's
+    process-wide registry (keyed by broker URL): closing one and leaving it registered would make
+    the next publish to that broker, in any later test, fail with "Acquire on closed pool"."""
+    from kombu import pools
+
     from niyra.celery import app
 
-    if app._pool is not None:
-        app._pool.force_close_all()
-        app._pool = None
+    pools.reset()  # closes every registered pool and empties the registry
+    app._pool = None
     app.amqp._producer_pool = None
 
 
