@@ -79,7 +79,6 @@ MAX_AMOUNT = MAX_UNITS * 1_000  # 1e15 mc: far beyond any real amount, far below
 DEFAULT_HOLD_TTL = timedelta(minutes=15)
 MAX_HOLD_TTL = timedelta(hours=24)
 EXPIRE_BATCH_SIZE = 500
-FAST_PATHS = True
 
 T = TypeVar("T")
 
@@ -136,12 +135,6 @@ def _fingerprint(**params: Any) -> str:
 
 def _conflict(idempotency_key: str) -> errors.NiyraError:
     return errors.NiyraError(errors.IDEMPOTENCY_CONFLICT, detail={"idempotency_key": idempotency_key})
-
-
-def _fast_paths() -> bool:
-    """Whether the one-statement PostgreSQL paths of `credits.ledger_sql` apply (tests turn
-    ``FAST_PATHS`` off to run the portable ORM path on PostgreSQL too)."""
-    return FAST_PATHS and connection.vendor == "postgresql"
 
 
 def _single_statement(write: Callable[[], T]) -> T:
@@ -524,7 +517,7 @@ def credit_hold(
         account.save(update_fields=["reserved", "updated_at"])
         return created
 
-    if _fast_paths():
+    if rawsql.enabled():  # the one-statement PostgreSQL paths of credits.ledger_sql
         # The common case as one statement (see credits.ledger_sql). Anything else — an earlier
         # hold with this key, too few credits, no account yet — takes the careful path above.
         fast = new_hold()
@@ -664,7 +657,7 @@ def credit_settle(
         extra=_details(details),
     )
 
-    if _fast_paths():
+    if rawsql.enabled():  # the one-statement PostgreSQL paths of credits.ledger_sql
         # An open hold settled in full, as one statement (see credits.ledger_sql). The hold is
         # read without a lock: what the entry needs of it never changes, and the statement only
         # acts if the hold is still open. Otherwise, the careful path below.

@@ -62,10 +62,8 @@ def service_client(make_user: Callable[..., Any]) -> APIClient:
 def ledger_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test on both write paths: PostgreSQL's one-statement fast path (`credits.ledger_sql`)
     and the portable ORM path (what SQLite always uses)."""
-    from credits import services
     from niyra import rawsql
 
-    monkeypatch.setattr(services, "FAST_PATHS", request.param == "fast")
     monkeypatch.setattr(rawsql, "ENABLED", request.param == "fast")
     return str(request.param)
 

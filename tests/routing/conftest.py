@@ -36,10 +36,8 @@ def _providers_are_the_sandbox(settings: Any, sandbox: SandboxServer) -> Sandbox
 def sql_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a routing test on both database paths: PostgreSQL's raw statements (`niyra.rawsql`,
     `credits.ledger_sql`) and the portable ORM path that SQLite always takes."""
-    from credits import services
     from niyra import rawsql
 
-    monkeypatch.setattr(services, "FAST_PATHS", request.param == "raw")
     monkeypatch.setattr(rawsql, "ENABLED", request.param == "raw")
     return str(request.param)
 
