@@ -17,12 +17,8 @@ from django.middleware import clickjacking, common, csrf, security
 from django.utils.deprecation import MiddlewareMixin
 
 
-class HealthCheckMiddleware:
-    """Answers `/healthz` before host validation and the HTTPS redirect.
-
-    Fly's health checks reach the machine by its private address over plain HTTP, which
-    ALLOWED_HOSTS and SECURE_SSL_REDIRECT would otherwise turn into a 400 or a 301.
-    """
+class AsyncCapableMiddleware:
+    """A middleware that runs in the handler's own mode, sync or async, with no adapter hop."""
 
     sync_capable = True
     async_capable = True
@@ -32,6 +28,17 @@ class HealthCheckMiddleware:
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
+        raise NotImplementedError
+
+
+class HealthCheckMiddleware(AsyncCapableMiddleware):
+    """Answers `/healthz` before host validation and the HTTPS redirect.
+
+    Fly's health checks reach the machine by its private address over plain HTTP, which
+    ALLOWED_HOSTS and SECURE_SSL_REDIRECT would otherwise turn into a 400 or a 301.
+    """
 
     def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
         if self.is_async:

@@ -258,9 +258,7 @@ class LLMDispatcher:
         temperature: float | None = None,
         stop: tuple[str, ...] = (),
     ) -> RoutedMessage:
-        catalog_model = resolve_model(model)
-        self._require_chat(catalog_model)
-        request = self._chat_request(catalog_model, messages, max_tokens, system, temperature, stop)
+        catalog_model, request = self._chat_request(model, messages, max_tokens, system, temperature, stop)
         user = await self.user()
         route, api_key = await self._open(user, catalog_model, request)
         result = await self._generate(route, api_key, request)
@@ -293,9 +291,7 @@ class LLMDispatcher:
     ) -> RoutedStream:
         """Opens the route (credential chosen, credits held) before the response starts, so
         routing errors are plain HTTP errors; provider errors come during iteration."""
-        catalog_model = resolve_model(model)
-        self._require_chat(catalog_model)
-        request = self._chat_request(catalog_model, messages, max_tokens, system, temperature, stop)
+        catalog_model, request = self._chat_request(model, messages, max_tokens, system, temperature, stop)
         user = await self.user()
         route, api_key = await self._open(user, catalog_model, request)
         return RoutedStream(dispatcher=self, request=request, route=route, api_key=api_key)
@@ -335,20 +331,19 @@ class LLMDispatcher:
     # --- Internals ----------------------------------------------------------------------------
 
     @staticmethod
-    def _require_chat(model: CatalogModel) -> None:
-        if model.kind != Kind.CHAT:
-            raise NiyraError(errors.INVALID_INPUT, detail={"model": [f"{model.id} is not a chat model."]})
-
-    @staticmethod
     def _chat_request(
-        model: CatalogModel,
+        model_id: str,
         messages: list[ChatMessage],
         max_tokens: int,
         system: str | None,
         temperature: float | None,
         stop: tuple[str, ...],
-    ) -> ChatRequest:
-        return ChatRequest(
+    ) -> tuple[CatalogModel, ChatRequest]:
+        """The catalog model (a chat model, else a clear 400) and the request for its adapter."""
+        model = resolve_model(model_id)
+        if model.kind != Kind.CHAT:
+            raise NiyraError(errors.INVALID_INPUT, detail={"model": [f"{model.id} is not a chat model."]})
+        return model, ChatRequest(
             vendor_model=model.vendor_model,
             messages=tuple(messages),
             max_tokens=max_tokens,

@@ -6,9 +6,8 @@ database, no key — until a view makes a call.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 
 from accounts.models import User
@@ -16,6 +15,7 @@ from accounts.selectors import api_token_authenticate
 from niyra.auth import bearer_token
 from niyra.db import db_sync_to_async
 from niyra.errors import AUTHENTICATION_FAILED, NiyraError
+from niyra.middleware import AsyncCapableMiddleware
 from routing.dispatcher import Caller, LLMDispatcher
 from routing.selectors import routing_snapshot
 
@@ -40,16 +40,7 @@ async def request_caller(request: HttpRequest) -> Caller | User | None:
     return session_user if isinstance(session_user, User) and session_user.is_active else None
 
 
-class RoutingMiddleware:
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse | Awaitable[HttpResponse]]) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
-
+class RoutingMiddleware(AsyncCapableMiddleware):
     def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
         request.llm = LLMDispatcher(lambda: request_caller(request))  # type: ignore[attr-defined]
         return self.get_response(request)
