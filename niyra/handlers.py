@@ -32,6 +32,14 @@ INLINE_MIDDLEWARE = {
 }
 
 
+def inline_middleware() -> dict[str, str]:
+    """The swaps that hold for these settings: with CSRF_USE_SESSIONS, CSRF reads and writes the
+    session (database I/O), so Django's own class, with its thread hops, stays."""
+    if settings.CSRF_USE_SESSIONS:
+        return {k: v for k, v in INLINE_MIDDLEWARE.items() if k != "django.middleware.csrf.CsrfViewMiddleware"}
+    return INLINE_MIDDLEWARE
+
+
 class ASGIHandler(DjangoASGIHandler):
     async def handle(self, scope: Any, receive: Any, send: Any) -> None:
         ON_ASGI_SERVER.set(True)  # this request's task only (see niyra.db)
@@ -39,7 +47,7 @@ class ASGIHandler(DjangoASGIHandler):
 
     def load_middleware(self, is_async: bool = False) -> None:
         configured = settings.MIDDLEWARE
-        settings.MIDDLEWARE = [INLINE_MIDDLEWARE.get(path, path) for path in configured]
+        settings.MIDDLEWARE = [inline_middleware().get(path, path) for path in configured]
         try:
             super().load_middleware(is_async=is_async)
         finally:

@@ -47,6 +47,15 @@ def test_the_handler_swaps_in_inline_hooks_and_leaves_the_settings_alone() -> No
         assert django_path not in chain
 
 
+def test_csrf_in_the_session_keeps_djangos_own_middleware(settings: Any) -> None:
+    """CSRF_USE_SESSIONS makes CSRF's hooks read and write the session: no inline swap then."""
+    settings.CSRF_USE_SESSIONS = True
+    chain = middleware_classes(get_asgi_application())
+    assert "django.middleware.csrf.CsrfViewMiddleware" in chain
+    assert "niyra.middleware.CsrfViewMiddleware" not in chain
+    assert "niyra.middleware.SessionMiddleware" in chain
+
+
 def test_every_swapped_class_is_a_subclass_of_the_one_it_replaces() -> None:
     from django.utils.module_loading import import_string
 
