@@ -8,11 +8,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.auth import request_user
 from accounts.selectors import api_token_list
 from accounts.services import api_token_create, api_token_revoke
+from core.fields import StrictCharField
 from credits.selectors import billing_account_for
-from niyra.auth import request_user
-from niyra.fields import StrictCharField
 
 
 class MeApi(APIView):

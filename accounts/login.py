@@ -28,7 +28,7 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from redis.exceptions import RedisError
 
-from niyra import errors
+from core import errors
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import ApiToken, AuditEvent, TokenKind, User
-from niyra import errors
+from core import errors
 
 TOKEN_PREFIX_LENGTH = 8
 

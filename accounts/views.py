@@ -17,11 +17,12 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from accounts.auth import request_user
 from accounts.models import ApiToken, User
 from accounts.selectors import api_token_list
 from accounts.services import api_token_create, api_token_revoke
-from niyra.dashboard import ShownError, dashboard_login_required, dashboard_user, is_htmx, render_part, shown_error
-from niyra.errors import NiyraError
+from core.errors import NiyraError
+from core.pages import ShownError, dashboard_login_required, is_htmx, render_part, shown_error
 
 # Submission ids of recently created tokens (not the tokens): a double-submitted form creates one.
 _SESSION_SUBMISSIONS = "api_token_submissions"
@@ -69,7 +70,7 @@ def _not_found(request: HttpRequest, user: User) -> TemplateResponse:
 @require_GET
 @dashboard_login_required
 def tokens(request: HttpRequest) -> HttpResponse:
-    return TemplateResponse(request, "dashboard/tokens.html", _context(dashboard_user(request)))
+    return TemplateResponse(request, "dashboard/tokens.html", _context(request_user(request)))
 
 
 @never_cache
@@ -77,7 +78,7 @@ def tokens(request: HttpRequest) -> HttpResponse:
 @sensitive_variables("issued")
 @dashboard_login_required(return_to="dashboard:tokens")
 def token_create(request: HttpRequest) -> HttpResponse:
-    user = dashboard_user(request)
+    user = request_user(request)
     name = request.POST.get("name", "").strip()
     submission = request.POST.get("submission", "")[:64]
     seen: list[str] = request.session.get(_SESSION_SUBMISSIONS, [])
@@ -101,7 +102,7 @@ def token_create(request: HttpRequest) -> HttpResponse:
 @dashboard_login_required(return_to="dashboard:tokens")
 def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
     """GET asks for confirmation; POST revokes (a second POST, or another tab's, is harmless)."""
-    user = dashboard_user(request)
+    user = request_user(request)
     if request.method == "GET":
         if not api_token_list(user=user).filter(pk=token_id).exists():
             return _not_found(request, user)

@@ -9,11 +9,11 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from accounts.auth import request_user
 from byok.models import OAuthConnection, ProviderKey
 from byok.selectors import provider_key_effective_status
 from byok.services import connection_refresh_request, provider_key_disconnect
-from niyra.auth import request_user
-from niyra.errors import NiyraError
+from core.errors import NiyraError
 
 
 @admin.register(ProviderKey)

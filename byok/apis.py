@@ -22,6 +22,7 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle, ScopedRateThrottle
 from rest_framework.views import APIView
 
+from accounts.auth import request_user
 from byok import oauth
 from byok.keytext import MAX_KEY_LENGTH
 from byok.models import KeyStatus, OAuthConnection, ProviderKey
@@ -33,8 +34,7 @@ from byok.services import (
     provider_key_save,
     provider_key_test,
 )
-from niyra.auth import request_user
-from niyra.errors import CATALOGUE, KEY_NEEDS_REENTRY
+from core.errors import CATALOGUE, KEY_NEEDS_REENTRY
 
 logger = logging.getLogger(__name__)
 

@@ -6,8 +6,11 @@ class ByokConfig(AppConfig):
     verbose_name = "BYOK vault"
 
     def ready(self) -> None:
-        from byok import checks  # noqa: F401 - registers the keyring system check
+        from byok import checks  # registers the keyring system check on import
         from byok.encrypted_fields import register_encrypted_field
+        from core.health import readiness_check_register
+
+        readiness_check_register("keyring", checks.keyring_ready)
 
         register_encrypted_field(
             "byok.ProviderKey",

@@ -1,4 +1,5 @@
-"""System check: the app refuses to start with a missing or unusable keyring."""
+"""The keyring checks: a system check (start-up refuses a missing or unusable keyring) and the
+`/readyz` check."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, register
 
-from byok.crypto import Keyring, KeyringError
+from byok.crypto import Keyring, KeyringError, get_keyring
+from core.health import ReadinessError
 
 
 @register()
@@ -24,3 +26,11 @@ def check_keyring(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
             )
         ]
     return []
+
+
+def keyring_ready() -> None:
+    """`/readyz`: the keyring parses (the reason is never logged: it is about secret material)."""
+    try:
+        get_keyring()
+    except KeyringError:
+        raise ReadinessError from None

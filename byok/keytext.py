@@ -12,7 +12,7 @@ from django.utils.crypto import salted_hmac
 from django.views.decorators.debug import sensitive_variables
 
 from byok.models import Provider
-from niyra.errors import KEY_INVALID, KEY_WRONG_PROVIDER, NiyraError
+from core.errors import KEY_INVALID, KEY_WRONG_PROVIDER, NiyraError
 
 ANTHROPIC_PREFIX = "sk-ant-"
 OPENAI_PREFIXES = ("sk-proj-", "sk-")

@@ -39,7 +39,7 @@ from django.conf import settings
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from niyra.errors import (
+from core.errors import (
     OAUTH_CODE_REJECTED,
     OAUTH_INTEGRATION_UNKNOWN,
     OAUTH_PROVIDER_REJECTED,

@@ -12,7 +12,7 @@ from accounts.models import User
 from byok import oauth
 from byok.crypto import DecryptionError, get_keyring
 from byok.models import ConnectionStatus, KeyStatus, OAuthConnection, ProviderKey
-from niyra.errors import (
+from core.errors import (
     KEY_NEEDS_REENTRY,
     OAUTH_CONNECTION_ERROR,
     OAUTH_CONNECTION_NOT_FOUND,

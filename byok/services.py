@@ -40,8 +40,7 @@ from byok.models import (
     provider_key_purpose,
 )
 from byok.selectors import provider_key_get, provider_key_plaintext
-from credits.selectors import billing_account_for
-from niyra.errors import (
+from core.errors import (
     KEY_INVALID,
     KEY_NEEDS_REENTRY,
     KEY_NOT_FOUND,
@@ -59,7 +58,8 @@ from niyra.errors import (
     ErrorSpec,
     NiyraError,
 )
-from routing.providers import ProbeResult, get_adapter
+from credits.selectors import billing_account_for
+from providers import ProbeResult, get_adapter
 
 logger = logging.getLogger(__name__)
 

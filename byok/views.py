@@ -23,6 +23,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from accounts.auth import request_user
 from accounts.models import User
 from byok import oauth
 from byok.apis import ByokRateThrottle
@@ -36,11 +37,11 @@ from byok.services import (
     provider_key_save,
     provider_key_test,
 )
+from core import errors
+from core.errors import NiyraError
+from core.pages import ShownError, dashboard_login_required, is_htmx, render_part, shown_error
 from credits.models import BillingAccount
 from credits.selectors import billing_account_for
-from niyra import errors
-from niyra.dashboard import ShownError, dashboard_login_required, dashboard_user, is_htmx, render_part, shown_error
-from niyra.errors import NiyraError
 
 # Longer than any key could be, even wrapped in quotes and whitespace; the field's maxlength.
 MAX_PASTE_LENGTH = MAX_KEY_LENGTH * 2
@@ -121,7 +122,7 @@ def _byok_context(user: User, *, card: KeyCard | None = None) -> dict[str, Any]:
 
 
 def _card_response(request: HttpRequest, card: KeyCard) -> TemplateResponse:
-    context = _byok_context(dashboard_user(request), card=card)
+    context = _byok_context(request_user(request), card=card)
     context["card"] = card
     response = render_part(request, page="dashboard/byok.html", part="dashboard/_key_card.html", context=context)
     response["Cache-Control"] = "no-store"
@@ -148,7 +149,7 @@ def _throttled_response(response: HttpResponse, wait: int | None) -> HttpRespons
 @require_GET
 @dashboard_login_required
 def byok_settings(request: HttpRequest) -> HttpResponse:
-    response = TemplateResponse(request, "dashboard/byok.html", _byok_context(dashboard_user(request)))
+    response = TemplateResponse(request, "dashboard/byok.html", _byok_context(request_user(request)))
     response["Cache-Control"] = "no-store"
     return response
 
@@ -159,7 +160,7 @@ def byok_settings(request: HttpRequest) -> HttpResponse:
 @dashboard_login_required(return_to="dashboard:byok")
 def byok_key_save(request: HttpRequest, provider: str) -> HttpResponse:
     """Add or rotate: validated by the provider first; a key that fails leaves the old one."""
-    user = dashboard_user(request)
+    user = request_user(request)
     provider = _provider(provider)
     account = billing_account_for(user=user)
     pasted = request.POST.get("key", "")
@@ -197,7 +198,7 @@ def byok_key_save(request: HttpRequest, provider: str) -> HttpResponse:
 @dashboard_login_required(return_to="dashboard:byok")
 def byok_key_test(request: HttpRequest, provider: str) -> HttpResponse:
     """The "Test key" button: one round trip with the stored key."""
-    user = dashboard_user(request)
+    user = request_user(request)
     provider = _provider(provider)
     account = billing_account_for(user=user)
     error: ShownError | None = None
@@ -223,7 +224,7 @@ def byok_key_test(request: HttpRequest, provider: str) -> HttpResponse:
 @dashboard_login_required(return_to="dashboard:byok")
 def byok_key_disconnect(request: HttpRequest, provider: str) -> HttpResponse:
     """GET asks for confirmation (in the card, or as a page without JavaScript); POST disconnects."""
-    user = dashboard_user(request)
+    user = request_user(request)
     provider = _provider(provider)
     account = billing_account_for(user=user)
     if request.method == "GET":
@@ -303,7 +304,7 @@ def _connections_context(user: User, *, row: ConnectionRow | None = None) -> dic
 
 
 def _row_response(request: HttpRequest, row: ConnectionRow) -> TemplateResponse:
-    context = _connections_context(dashboard_user(request), row=row)
+    context = _connections_context(request_user(request), row=row)
     context["row"] = row
     return render_part(
         request, page="dashboard/connections.html", part="dashboard/_connection_row.html", context=context
@@ -313,7 +314,7 @@ def _row_response(request: HttpRequest, row: ConnectionRow) -> TemplateResponse:
 @require_GET
 @dashboard_login_required
 def connections(request: HttpRequest) -> HttpResponse:
-    return TemplateResponse(request, "dashboard/connections.html", _connections_context(dashboard_user(request)))
+    return TemplateResponse(request, "dashboard/connections.html", _connections_context(request_user(request)))
 
 
 @never_cache
@@ -322,7 +323,7 @@ def connections(request: HttpRequest) -> HttpResponse:
 def connection_connect(request: HttpRequest, integration: str) -> HttpResponse:
     """Connect or Reconnect: off to the provider's consent screen; it sends the browser back to
     the OAuth callback (byok.views_oauth), which finishes the flow."""
-    user = dashboard_user(request)
+    user = request_user(request)
     redirect_uri = request.build_absolute_uri(reverse("oauth-callback", kwargs={"integration": integration}))
     try:
         url = connection_connect_start(user=user, integration=integration, redirect_uri=redirect_uri)
@@ -342,7 +343,7 @@ def connection_connect(request: HttpRequest, integration: str) -> HttpResponse:
 @dashboard_login_required(return_to="dashboard:connections")
 def connection_disconnect_view(request: HttpRequest, integration: str) -> HttpResponse:
     """GET asks for confirmation; POST deletes the tokens and revokes the grant at the provider."""
-    user = dashboard_user(request)
+    user = request_user(request)
     if request.method == "GET":
         row = _connection_row(user, integration, confirming=True)
         if row.connection is None:

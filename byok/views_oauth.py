@@ -14,10 +14,10 @@ from django.shortcuts import redirect
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from accounts.auth import request_user
 from byok import oauth
 from byok.services import connection_connect_complete
-from niyra.auth import request_user
-from niyra.errors import NiyraError
+from core.errors import NiyraError
 
 
 @never_cache

@@ -22,19 +22,12 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
-from accounts.admin import ReadOnlyAdmin
 from accounts.models import User
+from core.admin import ReadOnlyAdmin
+from core.errors import NiyraError
 from credits.models import BillingAccount, CreditHold, LedgerEntry, Plan
-from credits.pricing import MILLICREDITS_PER_CREDIT
+from credits.money import MILLICREDITS_PER_CREDIT, credits_text
 from credits.services import billing_apex_set, billing_plan_set, credit_adjust, credit_grant
-from niyra.errors import NiyraError
-
-
-def credits_display(millicredits: int) -> str:
-    """1234567 mc -> "1,234.567" credits."""
-    sign = "-" if millicredits < 0 else ""
-    whole, fraction = divmod(abs(millicredits), MILLICREDITS_PER_CREDIT)
-    return f"{sign}{whole:,}.{fraction:03d}"
 
 
 def _to_millicredits(credits: Decimal) -> int:
@@ -88,15 +81,15 @@ class BillingAccountAdmin(ReadOnlyAdmin):
 
     @admin.display(description="balance (credits)", ordering="balance")
     def balance_credits(self, account: BillingAccount) -> str:
-        return credits_display(account.balance)
+        return credits_text(account.balance)
 
     @admin.display(description="reserved (credits)", ordering="reserved")
     def reserved_credits(self, account: BillingAccount) -> str:
-        return credits_display(account.reserved)
+        return credits_text(account.reserved)
 
     @admin.display(description="available (credits)")
     def available_credits(self, account: BillingAccount) -> str:
-        return credits_display(account.available)
+        return credits_text(account.available)
 
     @admin.display(description="ledger")
     def ledger_link(self, account: BillingAccount) -> str:

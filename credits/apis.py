@@ -18,11 +18,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import ApiToken, TokenKind, User
+from core import errors
+from core.fields import QueryParamsSerializer, StrictIntegerField
 from credits.models import Category
 from credits.selectors import credit_balance, ledger_entries_for, usage_breakdown
 from credits.services import credit_charge
-from niyra import errors
-from niyra.fields import QueryParamsSerializer, StrictIntegerField
 
 DEFAULT_USAGE_PERIOD = timedelta(days=30)
 MAX_USAGE_PERIOD = timedelta(days=366)

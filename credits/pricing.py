@@ -38,10 +38,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
-from niyra import errors
+from core import errors
 
 PRICE_BOOK_VERSION: Final = "2026-12-01"
-MILLICREDITS_PER_CREDIT: Final = 1_000
 PER_MILLION: Final = 1_000_000
 
 # Bounds that keep every product below PostgreSQL's bigint, whatever a caller sends.

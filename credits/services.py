@@ -47,6 +47,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from accounts.services import audit_event_record
+from core import errors
 from credits import ledger_sql
 from credits.models import (
     USAGE_CATEGORIES,
@@ -70,7 +71,7 @@ from credits.pricing import (
     unit_price,
 )
 from credits.selectors import billing_account_for
-from niyra import errors, rawsql
+from niyra import rawsql
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 128
 MAX_REASON_LENGTH = 255

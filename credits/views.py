@@ -14,11 +14,12 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
+from accounts.auth import request_user
 from accounts.models import User
+from core.pages import dashboard_login_required, is_htmx
 from credits.models import Category, LedgerEntry
-from credits.pricing import MILLICREDITS_PER_CREDIT
+from credits.money import credits_text
 from credits.selectors import credit_balance, ledger_entries_for
-from niyra.dashboard import dashboard_login_required, dashboard_user, is_htmx
 
 PAGE_SIZE = 25
 
@@ -58,7 +59,7 @@ def _filtered(user: User, form: LedgerFilterForm) -> Any:
 @require_GET
 @dashboard_login_required
 def ledger(request: HttpRequest) -> HttpResponse:
-    user = dashboard_user(request)
+    user = request_user(request)
     form = LedgerFilterForm(request.GET or None)
     page = Paginator(_filtered(user, form), PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()
@@ -72,15 +73,6 @@ def ledger(request: HttpRequest) -> HttpResponse:
     }
     template = "dashboard/_ledger.html" if is_htmx(request) else "dashboard/credits.html"
     return TemplateResponse(request, template, context)
-
-
-def _credits_text(millicredits: int | None) -> str:
-    """Plain decimal credits for a spreadsheet: -1500 -> "-1.500" (no thousands separators)."""
-    if millicredits is None:
-        return ""
-    sign = "-" if millicredits < 0 else ""
-    whole, fraction = divmod(abs(millicredits), MILLICREDITS_PER_CREDIT)
-    return f"{sign}{whole}.{fraction:03d}"
 
 
 _CSV_COLUMNS = (
@@ -108,8 +100,8 @@ def _csv_row(entry: LedgerEntry) -> list[Any]:
     return [
         entry.created_at.isoformat(),
         entry.category,
-        _credits_text(entry.amount),
-        _credits_text(entry.balance_after),
+        credits_text(entry.amount, for_people=False),
+        credits_text(entry.balance_after, for_people=False),
         _text_cell(entry.description),
         _text_cell(entry.model),
         entry.key_source,
@@ -125,7 +117,7 @@ def _csv_row(entry: LedgerEntry) -> list[Any]:
 @dashboard_login_required
 def ledger_csv(request: HttpRequest) -> HttpResponse:
     """The filtered ledger (every page), oldest first, amounts in credits."""
-    user = dashboard_user(request)
+    user = request_user(request)
     entries = _filtered(user, LedgerFilterForm(request.GET or None)).order_by("created_at", "id")
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     stamp = timezone.now().strftime("%Y%m%d")

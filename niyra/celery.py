@@ -17,12 +17,12 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "niyra.settings")
 app = Celery("niyra")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()  # <app>/tasks.py of every installed app
-app.conf.imports = ("niyra.tasks",)  # the project package is not an app
+app.conf.imports = ("core.tasks",)  # the project package is not an app
 
 # name -> entry. Later features add their periodic tasks here and nowhere else.
 app.conf.beat_schedule = {
     "worker-heartbeat": {
-        "task": "niyra.tasks.heartbeat",
+        "task": "core.tasks.heartbeat",
         "schedule": 60.0,
         "options": {"expires": 55},
     },

@@ -3,12 +3,12 @@
 Under ASGI, `MiddlewareMixin.__acall__` runs every `process_request`/`process_response` hook in
 `sync_to_async`, and the handler sends `process_view` to a thread too: with the stack in
 `settings.MIDDLEWARE` that was 13 thread hops per request before any view code ran. The
-subclasses in `niyra.middleware` run the hooks inline (they are pure computation) and keep a
+subclasses in `core.middleware` run the hooks inline (they are pure computation) and keep a
 thread only for the hooks that may write a session. Settings keep naming Django's classes, so
 `check --deploy` and the admin's checks see exactly what they expect; the swap happens only
 here, when the ASGI handler builds its middleware chain. WSGI (and Django's test Client) use
 Django's classes unchanged. The handler also marks each request as served by the ASGI server,
-which moves database hops to a shared thread pool (`niyra.db`).
+which moves database hops to a shared thread pool (`core.db`).
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ import django
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler as DjangoASGIHandler
 
-from niyra.db import ON_ASGI_SERVER
+from core.db import ON_ASGI_SERVER
 
 INLINE_MIDDLEWARE = {
-    "django.middleware.security.SecurityMiddleware": "niyra.middleware.SecurityMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware": "niyra.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware": "niyra.middleware.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware": "niyra.middleware.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware": "niyra.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware": "niyra.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware": "niyra.middleware.XFrameOptionsMiddleware",
+    "django.middleware.security.SecurityMiddleware": "core.middleware.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware": "core.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware": "core.middleware.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware": "core.middleware.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware": "core.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware": "core.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware": "core.middleware.XFrameOptionsMiddleware",
 }
 
 
@@ -42,7 +42,7 @@ def inline_middleware() -> dict[str, str]:
 
 class ASGIHandler(DjangoASGIHandler):
     async def handle(self, scope: Any, receive: Any, send: Any) -> None:
-        ON_ASGI_SERVER.set(True)  # this request's task only (see niyra.db)
+        ON_ASGI_SERVER.set(True)  # this request's task only (see core.db)
         await super().handle(scope, receive, send)
 
     def load_middleware(self, is_async: bool = False) -> None:

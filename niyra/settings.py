@@ -45,7 +45,7 @@ if not DEBUG:
 SECRET_KEY = env.str("SECRET_KEY", default="dev-insecure-not-for-production")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
-CSRF_FAILURE_VIEW = "niyra.errors.csrf_failure"
+CSRF_FAILURE_VIEW = "core.errors.csrf_failure"
 
 # The keyring is parsed and checked by byok.crypto (system check + /readyz), never stored in the DB.
 NIYRA_ENCRYPTION_KEYS = env.str("NIYRA_ENCRYPTION_KEYS", default="")
@@ -62,18 +62,22 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_htmx",
+    # Niyra, from the base up (docs/architecture.md): each app imports only those above it here.
+    "core",
     "accounts",
-    "byok",
     "credits",
+    "byok",
     "routing",
+    "dashboard",
+    "support",
 ]
 
 # Every middleware here is async-capable: the routing endpoints are async views, and a sync
 # middleware would cost a thread hop per request (DESIGN.md "Scale").
 MIDDLEWARE = [
-    "niyra.middleware.HealthCheckMiddleware",
+    "core.middleware.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "niyra.middleware.ContentSecurityPolicyMiddleware",
+    "core.middleware.ContentSecurityPolicyMiddleware",
     "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -100,7 +104,6 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
             ],
-            "libraries": {"dashboard": "niyra.dashboard_tags"},  # money and status filters for the pages
         },
     },
 ]
@@ -275,14 +278,14 @@ OAUTH_INTEGRATIONS = _oauth_integrations()
 # --- REST API -------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "niyra.auth.ApiTokenAuthentication",
+        "accounts.auth.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "EXCEPTION_HANDLER": "niyra.exception_handler.api_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "niyra.schema.AutoSchema",
+    "EXCEPTION_HANDLER": "core.exception_handler.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "core.schema.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     # Key save/test are throttled per user: a key-checking oracle is abuse.
     "DEFAULT_THROTTLE_RATES": {"byok_save": "10/hour", "byok_test": "30/hour"},
@@ -297,7 +300,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "niyra.schema.add_error_responses",
+        "core.schema.add_error_responses",
     ],
 }
 
@@ -313,7 +316,7 @@ X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_HTTPONLY = True  # no script reads it: htmx takes the token from the page (base.html)
-# Content-Security-Policy (django-csp, through niyra.middleware.ContentSecurityPolicyMiddleware,
+# Content-Security-Policy (django-csp, through core.middleware.ContentSecurityPolicyMiddleware,
 # which also adds the OAuth authorize origins to form-action). Only our own files: no inline
 # script anywhere, no style attributes; an inline <style> needs the request's nonce (the API docs
 # page) or is the 500 page's, allowed by hash because that page must render with nothing else.
@@ -353,7 +356,7 @@ LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"redact_secrets": {"()": "niyra.logging.RedactSecretsFilter"}},
+    "filters": {"redact_secrets": {"()": "core.logging.RedactSecretsFilter"}},
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {
         "console": {

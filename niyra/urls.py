@@ -10,8 +10,9 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from accounts import login
 from accounts import views as accounts_views
 from byok import views as byok_views
+from core import errors, health
 from credits import views as credits_views
-from niyra import errors, health, views
+from dashboard import views
 from routing import views as routing_views
 
 # The dashboard (server-rendered pages; htmx for the parts that change). Each app owns its views.
@@ -56,5 +57,5 @@ urlpatterns = [
     re_path(r"^(?:api|v1)/", errors.api_not_found),
 ]
 
-handler404 = "niyra.errors.handler404"
-handler500 = "niyra.errors.handler500"
+handler404 = "core.errors.handler404"
+handler500 = "core.errors.handler500"

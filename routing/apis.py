@@ -28,14 +28,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from niyra import errors
-from niyra.auth import bearer_token, request_user
-from niyra.errors import NiyraError
-from niyra.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
+from accounts.auth import bearer_token, request_user
+from core import errors
+from core.errors import NiyraError
+from core.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
+from credits.money import credits_text
+from providers.types import ChatMessage
 from routing.catalog import Kind
 from routing.dispatcher import LLMDispatcher, RoutedStream
 from routing.models import RoutingPreference
-from routing.providers.types import ChatMessage
 from routing.selectors import model_availability_list
 from routing.services import routing_preference_set
 
@@ -136,7 +137,7 @@ def _routing(model_id: str, provider: str, key_source: str, credits_charged: int
         "provider": provider,
         "model": model_id,
         "credits_charged_mc": credits_charged,
-        "credits_charged": f"{credits_charged / 1000:.3f}",
+        "credits_charged": credits_text(credits_charged, for_people=False),
     }
 
 
@@ -498,7 +499,7 @@ class PreferencesApi(APIView):
 # drf-spectacular documents DRF views only. Each async view gets a schema-only APIView as its
 # `cls` (what `APIView.as_view()` sets), so the schema, the docs page and Schemathesis see the
 # same request and response shapes the views enforce (error responses are added to every
-# operation by `niyra.schema.add_error_responses`). These classes never serve a request.
+# operation by `core.schema.add_error_responses`). These classes never serve a request.
 
 
 class UsageSerializer(serializers.Serializer):

@@ -44,17 +44,14 @@ from accounts.models import User
 from byok.models import KeyStatus
 from byok.selectors import provider_key_effective_status, provider_key_plaintext
 from byok.services import provider_key_mark_invalid, provider_key_mark_needs_reentry
+from core import errors
+from core.db import db_sync_to_async
+from core.errors import NiyraError
 from credits.models import BillingAccount, CreditHold
 from credits.pricing import LlmUsage
 from credits.services import credit_hold, credit_settle, credit_usage_record, credit_void
-from niyra import errors
-from niyra.db import db_sync_to_async
-from niyra.errors import NiyraError
-from routing import catalog
-from routing.catalog import CatalogModel, Kind
-from routing.models import KeySource
-from routing.providers import get_adapter
-from routing.providers.types import (
+from providers import get_adapter
+from providers.types import (
     ChatMessage,
     ChatRequest,
     ChatResult,
@@ -64,6 +61,9 @@ from routing.providers.types import (
     Usage,
     UsageUpdate,
 )
+from routing import catalog
+from routing.catalog import CatalogModel, Kind
+from routing.models import KeySource
 from routing.selectors import RoutingSnapshot, routing_snapshot
 from routing.services import routed_call_record
 

@@ -10,12 +10,12 @@ from collections.abc import Awaitable
 
 from django.http import HttpRequest, HttpResponse
 
+from accounts.auth import bearer_token
 from accounts.models import User
 from accounts.selectors import api_token_authenticate
-from niyra.auth import bearer_token
-from niyra.db import db_sync_to_async
-from niyra.errors import AUTHENTICATION_FAILED, NiyraError
-from niyra.middleware import AsyncCapableMiddleware
+from core.db import db_sync_to_async
+from core.errors import AUTHENTICATION_FAILED, NiyraError
+from core.middleware import AsyncCapableMiddleware
 from routing.dispatcher import Caller, LLMDispatcher
 from routing.selectors import routing_snapshot
 

@@ -9,9 +9,10 @@ from django.db.models import QuerySet
 from accounts.models import User
 from byok.models import KeyStatus, ProviderKey
 from byok.selectors import provider_key_effective_status, provider_key_list
+from core import errors
 from credits.models import BillingAccount
 from credits.selectors import billing_account_for
-from niyra import errors, rawsql
+from niyra import rawsql
 from routing.catalog import MODELS, CatalogModel, Kind
 from routing.models import KeySource, RoutedCall, RoutingPreference
 

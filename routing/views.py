@@ -15,14 +15,14 @@ from django.views.decorators.http import require_http_methods
 
 from accounts.models import User
 from byok.selectors import provider_key_get
+from core.db import db_sync_to_async
+from core.errors import NiyraError
+from core.pages import ShownError, dashboard_login_required, is_htmx, shown_error
 from credits.selectors import credit_balance
-from niyra.dashboard import ShownError, dashboard_login_required, is_htmx, shown_error
-from niyra.db import db_sync_to_async
-from niyra.errors import NiyraError
+from providers.types import ChatMessage
 from routing.catalog import Kind
 from routing.dispatcher import LLMDispatcher, RoutedMessage
 from routing.models import KeySource
-from routing.providers.types import ChatMessage
 from routing.selectors import ModelAvailability, model_availability_list
 
 MAX_PROMPT_CHARACTERS = 20_000

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import ApiToken, AuditEvent
 from accounts.services import api_token_create
-from niyra.errors import NiyraError
+from core.errors import NiyraError
 
 pytestmark = pytest.mark.django_db
 

@@ -11,7 +11,7 @@ from django.test import Client
 
 from accounts.models import ApiToken, AuditEvent
 from accounts.services import api_token_create
-from niyra.dashboard import SESSION_ENDED
+from core.pages import SESSION_ENDED
 
 pytestmark = pytest.mark.django_db
 

@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 from accounts.services import api_token_create
 from byok.crypto import Keyring, generate_key_spec, get_keyring
 from byok.models import KeyStatus, ProviderKey, provider_key_purpose
-from niyra import errors
+from core import errors
 from routing.sandbox import SandboxServer, anthropic_key, openai_key
 
 pytestmark = pytest.mark.django_db

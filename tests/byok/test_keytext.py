@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from byok.keytext import check_key_format, key_fingerprint, key_hint, normalise_key
-from niyra import errors
+from core import errors
 
 ANTHROPIC = "sk-ant-api03-" + "A1b2" * 10 + "AbCd"
 OPENAI = "sk-proj-" + "Z9y8" * 10 + "WxYz"

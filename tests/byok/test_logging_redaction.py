@@ -1,4 +1,4 @@
-"""niyra.logging.RedactSecretsFilter: the second line of defence for keys in log records."""
+"""core.logging.RedactSecretsFilter: the second line of defence for keys in log records."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from django.conf import settings
 
-from niyra.logging import REDACTED, RedactSecretsFilter, redact
+from core.logging import REDACTED, RedactSecretsFilter, redact
 
 ANTHROPIC = "sk-ant-api03-Zx9_Yw8-Vu7Ts6Rq5Po4Nm3Lk2Ji1Hg0FeDcBa-AAAA"
 OPENAI = "sk-proj-abcDEF123_ghiJKL456-mnoPQR789stuVWX0yzA"

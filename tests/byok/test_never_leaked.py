@@ -28,7 +28,7 @@ from accounts.models import AuditEvent, User
 from byok import services
 from byok.models import ProviderKey
 from byok.selectors import provider_key_plaintext
-from niyra import errors
+from core import errors
 
 pytestmark = pytest.mark.django_db
 
@@ -243,7 +243,7 @@ def test_a_500_with_debug_off_reports_nothing_of_the_key(
     assert response.status_code == 500
     assert response.json()["code"] == errors.INTERNAL_ERROR.code
     assert not ProviderKey.objects.exists()  # the transaction rolled back
-    [failure] = [r for r in trap.records if r.exc_info and r.name == "niyra.exception_handler"]
+    [failure] = [r for r in trap.records if r.exc_info and r.name == "core.exception_handler"]
     [logged_request] = [r for r in trap.records if r.name == "django.request" and hasattr(r, "request")]
     assert failure.exc_info is not None
     reporter = ExceptionReporter(logged_request.request, *failure.exc_info)

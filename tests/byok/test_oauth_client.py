@@ -13,8 +13,8 @@ import pytest
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from byok import oauth
-from niyra.errors import OAUTH_INTEGRATION_UNKNOWN, NiyraError
-from tests.niyra.test_startup import GOOD_KEY, PRODUCTION_ENV, ROOT
+from core.errors import OAUTH_INTEGRATION_UNKNOWN, NiyraError
+from tests.core.test_startup import GOOD_KEY, PRODUCTION_ENV, ROOT
 
 PRINT_INTEGRATIONS = "import json; from django.conf import settings; print(json.dumps(settings.OAUTH_INTEGRATIONS))"
 

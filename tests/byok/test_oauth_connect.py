@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 from accounts.models import AuditEvent
 from byok.models import ConnectionStatus, OAuthAuthorizationRequest, OAuthConnection
 from byok.services import connection_connect_complete, connection_connect_start
-from niyra.errors import (
+from core.errors import (
     OAUTH_ACCESS_DENIED,
     OAUTH_CODE_MISSING,
     OAUTH_CODE_REJECTED,

@@ -21,8 +21,7 @@ from byok.models import ConnectionStatus, OAuthConnection
 from byok.selectors import connection_access_token, connection_ids_due, connections_due
 from byok.services import connection_refresh, oauth_authorization_requests_purge
 from byok.tasks import oauth_connection_refresh, oauth_refresh_tick
-from niyra.celery import app
-from niyra.errors import (
+from core.errors import (
     OAUTH_CONNECTION_ERROR,
     OAUTH_NEEDS_REAUTH,
     OAUTH_NO_REFRESH_TOKEN,
@@ -31,6 +30,7 @@ from niyra.errors import (
     OAUTH_TOKEN_UNREADABLE,
     NiyraError,
 )
+from niyra.celery import app
 from routing.sandbox import SandboxServer
 from tests.byok import test_oauth_helpers as helpers
 from tests.byok.test_oauth_helpers import (

@@ -19,8 +19,8 @@ from byok.services import (
     provider_key_save,
     provider_key_test,
 )
-from niyra import errors
-from routing.providers import PROBE_MODELS
+from core import errors
+from providers import PROBE_MODELS
 from routing.sandbox import SandboxServer, anthropic_key, openai_key
 
 pytestmark = pytest.mark.django_db

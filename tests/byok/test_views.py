@@ -17,8 +17,8 @@ from accounts.models import AuditEvent
 from byok.models import ConnectionStatus, KeyStatus, OAuthConnection, ProviderKey
 from byok.services import provider_key_disconnect
 from byok.views import MAX_PASTE_LENGTH
+from core.pages import KEY_INVALID_HELP, SESSION_ENDED
 from credits.models import BillingAccount
-from niyra.dashboard import KEY_INVALID_HELP, SESSION_ENDED
 from routing.sandbox import SandboxServer, anthropic_key, openai_key
 
 pytestmark = pytest.mark.django_db

@@ -16,9 +16,9 @@ from django.core.management import call_command
 from django.db import connection
 from django.db.models import Min, Sum
 
+from core.errors import NiyraError
 from credits.models import BillingAccount, CreditHold, HoldStatus, LedgerEntry
 from credits.services import credit_charge, credit_grant, credit_hold, credit_settle, credit_void
-from niyra.errors import NiyraError
 
 THREADS = 50
 OPS_PER_THREAD = 24

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from core import errors
 from credits import pricing
 from credits.pricing import (
     MODEL_PRICES,
@@ -14,7 +15,6 @@ from credits.pricing import (
     price_llm_worst_case,
     price_units,
 )
-from niyra import errors
 
 ROUTING_PRICE_KEYS = [
     "claude-sonnet-4",

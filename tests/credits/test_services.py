@@ -11,6 +11,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accounts.models import AuditEvent
+from core import errors
 from credits.models import BillingAccount, CreditHold, HoldStatus, KeySource, LedgerEntry
 from credits.pricing import LlmUsage, price_llm_call, price_llm_worst_case
 from credits.selectors import ledger_mismatches
@@ -26,7 +27,6 @@ from credits.services import (
     credit_usage_record,
     credit_void,
 )
-from niyra import errors
 from tests.credits.conftest import CREDIT
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("ledger_path")]

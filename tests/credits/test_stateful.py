@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule, run_state_machine_as_test
 
 from accounts.services import user_create
+from core.errors import NiyraError
 from credits.models import BillingAccount, HoldStatus
 from credits.pricing import price_units
 from credits.selectors import ledger_mismatches
@@ -28,7 +29,6 @@ from credits.services import (
     credit_settle,
     credit_void,
 )
-from niyra.errors import NiyraError
 
 _emails = itertools.count()
 

@@ -18,9 +18,9 @@ from accounts.models import ApiToken
 from accounts.support import support_group_sync
 from byok.keytext import key_hint
 from byok.models import KeyStatus, ProviderKey
+from core.pages import KEY_INVALID_HELP
 from credits.models import BillingAccount
 from credits.services import credit_charge
-from niyra.dashboard import KEY_INVALID_HELP
 from routing.models import RoutedCall
 from routing.sandbox import anthropic_key
 

@@ -28,10 +28,10 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from core.errors import CATALOGUE, INTERNAL_ERROR, error_body
 from credits.models import BillingAccount, Category, CreditHold, HoldStatus, LedgerEntry
 from credits.services import credit_holds_expire
 from credits.tasks import expire_holds
-from niyra.errors import CATALOGUE, INTERNAL_ERROR, error_body
 from routing.sandbox import anthropic_key, openai_key
 from tests.faults.conftest import PROMPT, Headers, assert_books_balance, pooled_connections_in_use, wait_for
 from tests.routing.conftest import STARTING_CREDITS_MC

@@ -21,9 +21,9 @@ import httpx2
 import pytest
 from django.db import connection
 
+from core import errors
 from credits.models import BillingAccount, CreditHold, HoldStatus, LedgerEntry
 from credits.pricing import price_llm_call
-from niyra import errors
 from routing import catalog
 from routing.models import RoutedCall
 from routing.sandbox import SandboxServer, anthropic_key, openai_key

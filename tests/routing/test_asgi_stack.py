@@ -52,8 +52,8 @@ def test_csrf_in_the_session_keeps_djangos_own_middleware(settings: Any) -> None
     settings.CSRF_USE_SESSIONS = True
     chain = middleware_classes(get_asgi_application())
     assert "django.middleware.csrf.CsrfViewMiddleware" in chain
-    assert "niyra.middleware.CsrfViewMiddleware" not in chain
-    assert "niyra.middleware.SessionMiddleware" in chain
+    assert "core.middleware.CsrfViewMiddleware" not in chain
+    assert "core.middleware.SessionMiddleware" in chain
 
 
 def test_every_swapped_class_is_a_subclass_of_the_one_it_replaces() -> None:
@@ -132,7 +132,7 @@ def test_database_hops_leave_the_request_thread_only_under_the_asgi_server(
     Django's test client they stay on the caller's thread, inside its transaction."""
     import threading
 
-    from niyra import db
+    from core import db
 
     seen: list[str] = []
     original = db.release_connections

@@ -498,8 +498,8 @@ def test_models_list_says_why_a_model_is_unavailable(
 
 
 def test_a_stream_abandoned_before_it_starts_releases_its_hold(make_account: Any) -> None:
+    from providers.types import ChatMessage
     from routing.dispatcher import LLMDispatcher
-    from routing.providers.types import ChatMessage
 
     user = make_account(plan="free")
     before = balance(user)

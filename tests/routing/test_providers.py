@@ -15,9 +15,9 @@ import openai
 import pytest
 from django.utils import timezone
 
-from niyra import errors
-from routing.providers import PROBE_MODELS, ProbeResult, get_adapter, map_provider_error
-from routing.providers.errors import retry_after_seconds
+from core import errors
+from providers import PROBE_MODELS, ProbeResult, get_adapter, map_provider_error
+from providers.errors import retry_after_seconds
 from routing.sandbox import SandboxServer, anthropic_key, openai_key
 
 KEYS = {"anthropic": anthropic_key, "openai": openai_key}

@@ -307,7 +307,7 @@ def _forced_500(
         patch.setattr(services, "audit_event_record", audit_store_down)
         response = stack.seen.keep(api.put("/api/keys/anthropic", json={"key": canary_key("anthropic", canary)}))
     assert response.status_code == 500
-    failure = [r for r in trap.records if r.exc_info and r.name == "niyra.exception_handler"][-1]
+    failure = [r for r in trap.records if r.exc_info and r.name == "core.exception_handler"][-1]
     requests = [r.request for r in trap.records if r.name == "django.request" and hasattr(r, "request")]
     assert failure.exc_info is not None
     request = requests[-1] if requests else None
@@ -407,8 +407,8 @@ def test_no_secret_appears_anywhere_after_every_flow(
     reports = _forced_500(stack, api, canary, trap, monkeypatch)
 
     # A marker task held by the worker (its ETA is an hour away): a message in flight.
-    celery_app.send_task("niyra.tasks.echo", kwargs={"value": control, "cache_key": "control"}, countdown=3600)
-    wait_for(lambda: stack.worker.executed("niyra.tasks.echo", "received"), timeout=30, what="the marker held")
+    celery_app.send_task("core.tasks.echo", kwargs={"value": control, "cache_key": "control"}, countdown=3600)
+    wait_for(lambda: stack.worker.executed("core.tasks.echo", "received"), timeout=30, what="the marker held")
     in_flight = list(stack.redis.keyspace())
 
     # Disconnect everything (the OAuth ones revoke at the provider).

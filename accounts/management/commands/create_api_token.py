@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.models import User
 from accounts.services import api_token_create
-from niyra.errors import NiyraError
+from core.errors import NiyraError
 
 
 class Command(BaseCommand):

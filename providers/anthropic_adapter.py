@@ -10,8 +10,8 @@ import httpx2
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
-from routing.providers.base import PROBE_MAX_TOKENS, PROBE_MODELS, PROBE_PROMPT, ProviderAdapter, field_of
-from routing.providers.types import ChatRequest, ChatResult, StreamEnd, StreamEvent, TextDelta, Usage, UsageUpdate
+from providers.base import PROBE_MAX_TOKENS, PROBE_MODELS, PROBE_PROMPT, ProviderAdapter, field_of
+from providers.types import ChatRequest, ChatResult, StreamEnd, StreamEvent, TextDelta, Usage, UsageUpdate
 
 
 class AnthropicAdapter(ProviderAdapter):

@@ -16,10 +16,10 @@ import httpx2
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
-from niyra.errors import KEY_QUOTA_EXHAUSTED, KEY_RATE_LIMITED, NiyraError
-from routing.providers.errors import map_provider_error
-from routing.providers.http import shared_http_client
-from routing.providers.types import ChatRequest, ChatResult, EmbeddingResult, StreamEvent
+from core.errors import KEY_QUOTA_EXHAUSTED, KEY_RATE_LIMITED, NiyraError
+from providers.errors import map_provider_error
+from providers.http import shared_http_client
+from providers.types import ChatRequest, ChatResult, EmbeddingResult, StreamEvent
 
 logger = logging.getLogger(__name__)
 

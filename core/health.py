@@ -1,4 +1,8 @@
-"""Liveness (`/healthz`) and readiness (`/readyz`: database, broker, keyring)."""
+"""Liveness (`/healthz`) and readiness (`/readyz`: database, broker, and what the apps add).
+
+Apps add their own readiness checks with `readiness_check_register` from their
+`AppConfig.ready()` (byok adds the keyring), so this base module imports no app.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from kombu import Connection
 
-from byok.crypto import KeyringError, get_keyring
-from niyra.tasks import HEARTBEAT_CACHE_KEY
+from core.tasks import HEARTBEAT_CACHE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -48,15 +51,19 @@ def check_broker() -> None:
         conn.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT_SECONDS)
 
 
-def check_keyring() -> None:
-    get_keyring()
-
-
 CHECKS: dict[str, Callable[[], None]] = {
     "database": check_database,
     "broker": check_broker,
-    "keyring": check_keyring,
 }
+
+
+class ReadinessError(Exception):
+    """A check's failure whose cause must not be logged (e.g. anything about the keyring)."""
+
+
+def readiness_check_register(name: str, check: Callable[[], None]) -> None:
+    """Add a dependency to `/readyz`: ``check`` raises when it is unusable."""
+    CHECKS[name] = check
 
 
 @never_cache
@@ -67,9 +74,9 @@ def readyz(request: HttpRequest) -> JsonResponse:
     for name, check in CHECKS.items():
         try:
             check()
-        except KeyringError:
+        except ReadinessError:
             results[name] = "down"
-            logger.error("readiness: keyring unusable")
+            logger.error("readiness: %s unusable", name)
         except Exception as exc:  # any failure means "not ready"; say which, never why in detail
             results[name] = "down"
             logger.warning("readiness: %s is down (%s)", name, exc.__class__.__name__)

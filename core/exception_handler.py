@@ -11,7 +11,7 @@ from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_default_handler
 
-from niyra.errors import (
+from core.errors import (
     AUTHENTICATION_FAILED,
     INTERNAL_ERROR,
     INVALID_INPUT,

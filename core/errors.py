@@ -1,7 +1,7 @@
 """The error catalogue: one stable `code`, HTTP status and user-facing message per error.
 
 The API, the dashboard and the logs use the same words. Domain code raises `NiyraError(ERR)`;
-`niyra.exception_handler.api_exception_handler` turns it (and DRF's own exceptions) into
+`core.exception_handler.api_exception_handler` turns it (and DRF's own exceptions) into
 `{"code", "message", "detail"}`.
 Messages for BYOK and routing are the product page's troubleshooting text, word for word.
 """

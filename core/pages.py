@@ -20,8 +20,7 @@ from django.shortcuts import resolve_url
 from django.template.response import TemplateResponse
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from accounts.models import User
-from niyra.errors import NiyraError
+from core.errors import NiyraError
 
 View = TypeVar("View", bound=Callable[..., Any])
 
@@ -148,10 +147,3 @@ def dashboard_login_required(view: View | None = None, *, return_to: str | None 
     if view is not None:
         return decorate(view)
     return decorate
-
-
-def dashboard_user(request: HttpRequest) -> User:
-    """The signed-in user of a dashboard view (after `dashboard_login_required`)."""
-    user = request.user
-    assert isinstance(user, User)
-    return user

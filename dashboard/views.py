@@ -13,11 +13,12 @@ from django.templatetags.static import static
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
+from accounts.auth import request_user
 from byok.models import KeyStatus, Provider
 from byok.selectors import provider_key_effective_status, provider_key_list
+from core.pages import dashboard_login_required
 from credits.models import Category
 from credits.selectors import billing_account_for, credit_balance, usage_breakdown
-from niyra.dashboard import dashboard_login_required, dashboard_user
 from routing.selectors import routed_call_recent
 
 SPEND_WINDOW = timedelta(days=30)
@@ -44,7 +45,7 @@ class SpendRow:
 @require_GET
 @dashboard_login_required
 def home(request: HttpRequest) -> HttpResponse:
-    user = dashboard_user(request)
+    user = request_user(request)
     now = timezone.now()
     usage = usage_breakdown(user=user, start=now - SPEND_WINDOW, end=now)
     spend = [

@@ -1,8 +1,5 @@
-"""Template filters for the dashboard (`{% load dashboard %}`; registered in settings.TEMPLATES).
-
-Money is integers in millicredits everywhere; pages show credits with three decimals, the same
-format as the admin ("1,234.567").
-"""
+"""Template filters for the dashboard pages (`{% load dashboard %}`): shares, ages, status tones.
+Money has its own filter in credits (`{% load money %}`)."""
 
 from __future__ import annotations
 
@@ -13,29 +10,7 @@ from django import template
 from django.utils import timezone
 from django.utils.timesince import timesince
 
-from credits.pricing import MILLICREDITS_PER_CREDIT
-
 register = template.Library()
-
-
-@register.filter
-def credits(millicredits: int | None) -> str:
-    """1234567 -> "1,234.567"; -1500 -> "\u22121.500" (a real minus sign, U+2212)."""
-    if millicredits is None:
-        return ""
-    value = int(millicredits)
-    sign = "\u2212" if value < 0 else ""
-    whole, fraction = divmod(abs(value), MILLICREDITS_PER_CREDIT)
-    return f"{sign}{whole:,}.{fraction:03d}"
-
-
-@register.filter
-def signed_credits(millicredits: int | None) -> str:
-    """Ledger amounts: "+12.500" for credits in, "\u22120.123" for charges."""
-    if millicredits is None:
-        return ""
-    value = int(millicredits)
-    return ("+" if value > 0 else "") + credits(value)
 
 
 @register.filter

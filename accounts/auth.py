@@ -47,7 +47,7 @@ def request_user(request: Request | HttpRequest) -> User:
 
 
 class ApiTokenScheme(OpenApiAuthenticationExtension):
-    target_class = "niyra.auth.ApiTokenAuthentication"
+    target_class = "accounts.auth.ApiTokenAuthentication"
     name = "bearerAuth"
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:

@@ -23,4 +23,4 @@ urlpatterns = [
     path("api/plain-boom", plain_boom),
 ]
 
-handler500 = "niyra.errors.handler500"
+handler500 = "core.errors.handler500"

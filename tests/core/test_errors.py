@@ -8,7 +8,7 @@ import pytest
 from django.test import override_settings
 from rest_framework.test import APIClient
 
-from niyra import errors
+from core import errors
 
 pytestmark = pytest.mark.django_db
 
@@ -66,7 +66,7 @@ def test_validation_error_carries_field_detail(api_client: APIClient, user: Any)
     assert "name" in body["detail"]
 
 
-@override_settings(ROOT_URLCONF="tests.niyra.urls_broken", DEBUG=False)
+@override_settings(ROOT_URLCONF="tests.core.urls_broken", DEBUG=False)
 def test_unhandled_exception_is_json_500_without_traceback(caplog: pytest.LogCaptureFixture) -> None:
     client = APIClient(raise_request_exception=False)
 

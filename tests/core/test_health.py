@@ -39,7 +39,7 @@ def test_readyz_names_the_keyring_when_it_is_unusable(client: Client) -> None:
 
 
 def test_readyz_names_the_database_when_it_is_down(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
-    from niyra import health
+    from core import health
 
     def broken() -> None:
         raise ConnectionError("database went away")
@@ -55,7 +55,7 @@ def test_readyz_names_the_database_when_it_is_down(client: Client, monkeypatch: 
 def test_readyz_reports_when_a_worker_last_ran_the_heartbeat(client: Client) -> None:
     from django.core.cache import cache
 
-    from niyra.tasks import HEARTBEAT_CACHE_KEY, heartbeat
+    from core.tasks import HEARTBEAT_CACHE_KEY, heartbeat
 
     cache.delete(HEARTBEAT_CACHE_KEY)
     assert client.get("/readyz").json()["worker_last_seen"] is None

@@ -36,7 +36,7 @@ def test_every_beat_entry_names_a_registered_task_and_expires() -> None:
 def test_round_trip_through_redis() -> None:
     from celery.contrib.testing.worker import start_worker
 
-    from niyra.tasks import echo
+    from core.tasks import echo
 
     assert settings.CELERY_BROKER_URL.startswith("redis://")
     cache_key = f"test-echo-{uuid.uuid4()}"

@@ -17,7 +17,7 @@ import anthropic
 import openai
 from django.utils import timezone
 
-from niyra.errors import (
+from core.errors import (
     KEY_INVALID,
     KEY_QUOTA_EXHAUSTED,
     KEY_RATE_LIMITED,

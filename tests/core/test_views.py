@@ -15,9 +15,11 @@ from django.utils import timezone
 from byok.crypto import get_keyring
 from byok.keytext import key_fingerprint, key_hint
 from byok.models import KeyStatus, ProviderKey, provider_key_purpose
+from core.templatetags.dashboard import percent
 from credits.models import BillingAccount
+from credits.money import credits_text
 from credits.services import credit_charge, credit_grant, credit_hold
-from niyra.dashboard_tags import credits, percent, signed_credits
+from credits.templatetags.money import credits
 from routing.sandbox import SandboxServer, anthropic_key
 
 pytestmark = pytest.mark.django_db
@@ -120,8 +122,12 @@ def test_money_filters() -> None:
     assert credits(1_234_567) == "1,234.567"
     assert credits(-1_500) == "\u22121.500"
     assert credits(0) == "0.000"
-    assert signed_credits(12_500) == "+12.500"
-    assert signed_credits(-123) == "\u22120.123"
+    assert credits(12_500, "signed") == "+12.500"
+    assert credits(-123, "signed") == "\u22120.123"
+    assert credits(None) == ""
+    # Programs (API fields, CSV) get no separators and a plain minus, from the same function.
+    assert credits_text(-1_234_567, for_people=False) == "-1234.567"
+    assert credits_text(5, for_people=False) == "0.005"
     assert percent(0.9234) == "92%"
     assert percent(0.001) == "<1%"
     assert percent(0) == "0%"

@@ -8,15 +8,15 @@ keeps, logs or returns an API key.
 
 from __future__ import annotations
 
-from routing.providers.anthropic_adapter import AnthropicAdapter
-from routing.providers.base import (
+from providers.anthropic_adapter import AnthropicAdapter
+from providers.base import (
     PROBE_MODELS,
     PROVIDERS,
     ProbeResult,
     ProviderAdapter,
 )
-from routing.providers.errors import map_provider_error
-from routing.providers.openai_adapter import OpenAIAdapter
+from providers.errors import map_provider_error
+from providers.openai_adapter import OpenAIAdapter
 
 _ADAPTERS: dict[str, type[ProviderAdapter]] = {
     AnthropicAdapter.provider: AnthropicAdapter,

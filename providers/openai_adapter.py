@@ -10,8 +10,8 @@ import openai
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
-from routing.providers.base import PROBE_MAX_TOKENS, PROBE_MODELS, PROBE_PROMPT, ProviderAdapter, field_of
-from routing.providers.types import (
+from providers.base import PROBE_MAX_TOKENS, PROBE_MODELS, PROBE_PROMPT, ProviderAdapter, field_of
+from providers.types import (
     ChatRequest,
     ChatResult,
     EmbeddingResult,

@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class CoreConfig(AppConfig):
+    """The base every app builds on (errors, API fields, pages, health, middleware); no models."""
+
+    name = "core"
+    verbose_name = "Core"
