@@ -10,7 +10,6 @@ from django.utils import timezone
 
 from accounts.models import ApiToken, User
 from accounts.services import hash_token
-from niyra import rawsql
 
 # Record use at most this often, so authenticating is a read, not a write, on the hot path.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -35,23 +34,7 @@ def api_token_authenticate(*, plaintext: str) -> ApiToken | None:
 
 def _active_token_with_user(*, prefix: str) -> ApiToken | None:
     """The unrevoked token with this prefix, its user loaded with it (every API request)."""
-    if not rawsql.enabled():
-        return ApiToken.objects.select_related("user").filter(prefix=prefix, revoked_at__isnull=True).first()
-    token_fields, token_columns = rawsql.select_list(ApiToken, "t")
-    user_fields, user_columns = rawsql.select_list(User, "u")
-    sql = (
-        f"SELECT {token_columns}, {user_columns} FROM {rawsql.quote(ApiToken._meta.db_table)} t"  # noqa: S608 - identifiers from model metadata; values are bound
-        f" JOIN {rawsql.quote(User._meta.db_table)} u ON u.id = t.user_id"
-        " WHERE t.prefix = %s AND t.revoked_at IS NULL"
-    )
-    with rawsql.db().cursor() as cursor:
-        cursor.execute(sql, [prefix])
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    token = rawsql.from_row(ApiToken, token_fields, row[: len(token_fields)])
-    token.user = rawsql.from_row(User, user_fields, row[len(token_fields) :])
-    return token
+    return ApiToken.objects.select_related("user").filter(prefix=prefix, revoked_at__isnull=True).first()
 
 
 def api_token_list(*, user: User) -> QuerySet[ApiToken]:

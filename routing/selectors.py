@@ -12,7 +12,6 @@ from byok.selectors import provider_key_effective_status, provider_key_list
 from core import errors
 from credits.models import BillingAccount
 from credits.selectors import billing_account_for
-from niyra import rawsql
 from routing.catalog import MODELS, CatalogModel, Kind
 from routing.models import KeySource, RoutedCall, RoutingPreference
 
@@ -64,10 +63,6 @@ def routed_call_recent(*, user: User, limit: int = 20) -> QuerySet[RoutedCall]:
     return RoutedCall.objects.filter(user=user).order_by("-created_at")[:limit]
 
 
-def routing_fallback_enabled(*, user: User) -> bool:
-    return RoutingPreference.objects.filter(user=user, fallback_to_credits=True).exists()
-
-
 @dataclass(frozen=True, slots=True)
 class RoutingSnapshot:
     """What the dispatcher needs to choose a credential: the billing account (None until the
@@ -87,34 +82,9 @@ class RoutingSnapshot:
 
 
 def routing_snapshot(*, user_id: int) -> RoutingSnapshot:
-    """One read for the whole routing decision (one statement on PostgreSQL, three elsewhere)."""
-    if not rawsql.enabled():
-        return RoutingSnapshot(
-            account=BillingAccount.objects.filter(user_id=user_id).first(),
-            keys={key.provider: key for key in ProviderKey.objects.filter(user_id=user_id)},
-            fallback_to_credits=RoutingPreference.objects.filter(user_id=user_id, fallback_to_credits=True).exists(),
-        )
-    account_fields, account_columns = rawsql.select_list(BillingAccount, "a")
-    key_fields, key_columns = rawsql.select_list(ProviderKey, "k")
-    sql = (
-        f"SELECT COALESCE(p.fallback_to_credits, FALSE), a.id IS NOT NULL, {account_columns}, k.id IS NOT NULL,"  # noqa: S608 - identifiers from model metadata; values are bound
-        f" {key_columns} FROM {rawsql.quote(User._meta.db_table)} u"
-        f" LEFT JOIN {rawsql.quote(BillingAccount._meta.db_table)} a ON a.user_id = u.id"
-        f" LEFT JOIN {rawsql.quote(RoutingPreference._meta.db_table)} p ON p.user_id = u.id"
-        f" LEFT JOIN {rawsql.quote(ProviderKey._meta.db_table)} k ON k.user_id = u.id"
-        " WHERE u.id = %s"
+    """Everything the credential decision needs, read together."""
+    return RoutingSnapshot(
+        account=BillingAccount.objects.filter(user_id=user_id).first(),
+        keys={key.provider: key for key in ProviderKey.objects.filter(user_id=user_id)},
+        fallback_to_credits=RoutingPreference.objects.filter(user_id=user_id, fallback_to_credits=True).exists(),
     )
-    with rawsql.db().cursor() as cursor:
-        cursor.execute(sql, [user_id])
-        rows = cursor.fetchall()
-    if not rows:
-        return RoutingSnapshot(account=None, keys={}, fallback_to_credits=False)
-    first = rows[0]
-    key_start = 2 + len(account_fields) + 1
-    account = rawsql.from_row(BillingAccount, account_fields, first[2 : key_start - 1]) if first[1] else None
-    keys = {}
-    for row in rows:
-        if row[key_start - 1]:
-            key = rawsql.from_row(ProviderKey, key_fields, row[key_start:])
-            keys[key.provider] = key
-    return RoutingSnapshot(account=account, keys=keys, fallback_to_credits=bool(first[0]))

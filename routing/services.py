@@ -8,7 +8,6 @@ from django.db import transaction
 
 from accounts.models import User
 from accounts.services import audit_event_record
-from niyra import rawsql
 from routing.models import RoutedCall, RoutingPreference
 
 
@@ -28,7 +27,7 @@ def routed_call_record(
     latency_ms: int,
     outcome: str,
 ) -> RoutedCall:
-    """Append the call to the log (one autocommit INSERT: the hot path's cheapest write)."""
+    """Append the call to the log ."""
     call = RoutedCall(
         id=call_id,
         user=user,
@@ -44,10 +43,7 @@ def routed_call_record(
         latency_ms=latency_ms,
         outcome=outcome,
     )
-    if rawsql.enabled():
-        rawsql.insert(call)
-    else:
-        call.save(force_insert=True)
+    call.save(force_insert=True)
     return call
 
 

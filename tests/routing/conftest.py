@@ -32,16 +32,6 @@ def _providers_are_the_sandbox(settings: Any, sandbox: SandboxServer) -> Sandbox
     return sandbox
 
 
-@pytest.fixture(params=[pytest.param("raw", marks=pytest.mark.postgres), "orm"])
-def sql_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a routing test on both database paths: PostgreSQL's raw statements (`niyra.rawsql`,
-    `credits.ledger_sql`) and the portable ORM path that SQLite always takes."""
-    from niyra import rawsql
-
-    monkeypatch.setattr(rawsql, "ENABLED", request.param == "raw")
-    return str(request.param)
-
-
 @pytest.fixture
 def make_account(make_user: Callable[..., Any]) -> Callable[..., Any]:
     def make(

@@ -56,7 +56,7 @@ def sse_events(response: Any) -> list[tuple[str, dict[str, Any]]]:
 # --- Who pays ------------------------------------------------------------------------------------
 
 
-def test_platform_path_charges_exactly_the_provider_usage(sql_path: str, make_account: Any, client_for: Any) -> None:
+def test_platform_path_charges_exactly_the_provider_usage(make_account: Any, client_for: Any) -> None:
     user = make_account(plan="free")
     before, _ = balance(user)
 
@@ -81,7 +81,7 @@ def test_platform_path_charges_exactly_the_provider_usage(sql_path: str, make_ac
 
 
 def test_byok_path_uses_the_users_key_and_charges_no_llm_credits(
-    sql_path: str, make_account: Any, client_for: Any, store_key: Any, sandbox: SandboxServer
+    make_account: Any, client_for: Any, store_key: Any, sandbox: SandboxServer
 ) -> None:
     user = make_account(plan="pro")
     key = anthropic_key()
@@ -101,7 +101,7 @@ def test_byok_path_uses_the_users_key_and_charges_no_llm_credits(
 
 
 def test_switching_to_byok_routes_the_very_next_message_through_the_key(
-    sql_path: str, make_account: Any, client_for: Any, store_key: Any
+    make_account: Any, client_for: Any, store_key: Any
 ) -> None:
     user = make_account(plan="pro")
     client = client_for(user)
@@ -167,7 +167,7 @@ def test_apex_is_hidden_and_refused_without_the_entitlement(make_account: Any, c
 
 
 def test_apex_needs_the_users_own_key_and_never_falls_back_to_credits(
-    sql_path: str, make_account: Any, client_for: Any, store_key: Any, sandbox: SandboxServer
+    make_account: Any, client_for: Any, store_key: Any, sandbox: SandboxServer
 ) -> None:
     user = make_account(plan="alpha", apex=True)
     client = client_for(user)
@@ -230,7 +230,7 @@ def test_unsupported_models_are_refused_with_the_pages_words(
 
 
 def test_a_401_on_a_routed_call_marks_the_key_invalid_and_says_so(
-    sql_path: str, make_account: Any, client_for: Any, store_key: Any, sandbox: SandboxServer
+    make_account: Any, client_for: Any, store_key: Any, sandbox: SandboxServer
 ) -> None:
     user = make_account(plan="pro")
     key = anthropic_key("invalid")
@@ -267,7 +267,7 @@ def test_rate_limited_key_passes_retry_after_on_and_costs_nothing(
 
 
 def test_opt_in_fallback_serves_a_rate_limited_byok_call_on_credits(
-    sql_path: str, make_account: Any, client_for: Any, store_key: Any
+    make_account: Any, client_for: Any, store_key: Any
 ) -> None:
     user = make_account(plan="pro")
     store_key(user, "openai", openai_key("noquota"))
@@ -329,9 +329,7 @@ def test_a_hanging_provider_times_out_cleanly(make_account: Any, client_for: Any
 # --- Streaming ----------------------------------------------------------------------------------
 
 
-def test_streaming_platform_call_charges_from_the_final_usage(
-    sql_path: str, make_account: Any, client_for: Any
-) -> None:
+def test_streaming_platform_call_charges_from_the_final_usage(make_account: Any, client_for: Any) -> None:
     user = make_account(plan="free")
     before, _ = balance(user)
 
@@ -351,7 +349,7 @@ def test_streaming_platform_call_charges_from_the_final_usage(
     assert balance(user) == (before - expected, 0)
 
 
-def test_streaming_byok_call_charges_nothing(sql_path: str, make_account: Any, client_for: Any, store_key: Any) -> None:
+def test_streaming_byok_call_charges_nothing(make_account: Any, client_for: Any, store_key: Any) -> None:
     user = make_account(plan="pro")
     store_key(user, "openai", openai_key())
     before = balance(user)
