@@ -1,4 +1,5 @@
-"""REST: who am I, and my API tokens (one small view per operation)."""
+"""REST: my API tokens (one small view per operation). "Who am I" (`/api/me`, with the plan)
+is credits' `MeApi`."""
 
 from __future__ import annotations
 
@@ -12,27 +13,6 @@ from accounts.auth import request_user
 from accounts.selectors import api_token_list
 from accounts.services import api_token_create, api_token_revoke
 from core.fields import StrictCharField
-from credits.selectors import billing_account_for
-
-
-class MeApi(APIView):
-    class OutputSerializer(serializers.Serializer):
-        id = serializers.IntegerField()
-        email = serializers.EmailField()
-        plan = serializers.CharField()
-        apex_enabled = serializers.BooleanField()
-
-    @extend_schema(responses=OutputSerializer)
-    def get(self, request: Request) -> Response:
-        user = request_user(request)
-        account = billing_account_for(user=user)
-        data = {
-            "id": user.pk,
-            "email": user.email,
-            "plan": account.plan,
-            "apex_enabled": account.apex_enabled,
-        }
-        return Response(self.OutputSerializer(data).data)
 
 
 class TokenOutputSerializer(serializers.Serializer):

@@ -1,4 +1,5 @@
-"""API-token authentication for DRF: `Authorization: Bearer niy_<prefix>_<secret>`."""
+"""Who is calling: the one resolver of `Authorization: Bearer niy_<prefix>_<secret>` API tokens
+(used by DRF's authentication and by the LLM routing endpoints), and the signed-in user of a view."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from accounts.models import ApiToken, User
-from accounts.selectors import api_token_authenticate
+from accounts.services import api_token_authenticate
+from core.errors import AUTHENTICATION_FAILED, NiyraError
 
 
 def bearer_token(request: HttpRequest | Request) -> str | None:
@@ -21,16 +23,31 @@ def bearer_token(request: HttpRequest | Request) -> str | None:
     return credentials.strip() or None
 
 
+def bearer_api_token(request: HttpRequest | Request) -> ApiToken | None:
+    """The API token the request presents, with its user; None if it presents none.
+
+    A presented token that is unknown, revoked or of an inactive user is an error
+    (`authentication_failed`), never a fall-back to the session.
+    """
+    plaintext = bearer_token(request)
+    if plaintext is None:
+        return None
+    token = api_token_authenticate(plaintext=plaintext)
+    if token is None:
+        raise NiyraError(AUTHENTICATION_FAILED)
+    return token
+
+
 class ApiTokenAuthentication(authentication.BaseAuthentication):
     keyword = "Bearer"
 
     def authenticate(self, request: Request) -> tuple[User, ApiToken] | None:
-        plaintext = bearer_token(request)
-        if plaintext is None:
-            return None  # not ours: let session auth try
-        token = api_token_authenticate(plaintext=plaintext)
+        try:
+            token = bearer_api_token(request)
+        except NiyraError:
+            raise exceptions.AuthenticationFailed() from None  # DRF adds WWW-Authenticate
         if token is None:
-            raise exceptions.AuthenticationFailed()
+            return None  # not ours: let session auth try
         return token.user, token
 
     def authenticate_header(self, request: Request) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
@@ -14,6 +16,8 @@ from accounts.models import ApiToken, AuditEvent, TokenKind, User
 from core import errors
 
 TOKEN_PREFIX_LENGTH = 8
+# Record a token's use at most this often, so authenticating is a read, not a write, on most calls.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 def hash_token(token: str) -> str:
@@ -84,4 +88,24 @@ def api_token_revoke(*, user: User, token_id: int, actor: User | None = None) ->
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
         audit_event_record(actor=actor or user, subject=user, event="api_token.revoked", target=f"niy_{token.prefix}")
+    return token
+
+
+def api_token_authenticate(*, plaintext: str) -> ApiToken | None:
+    """The active token matching `plaintext` (its user loaded with it), or None; records its use.
+
+    Hashes are compared in constant time. A service, not a selector: it stamps `last_used_at`
+    (at most once per `LAST_USED_RESOLUTION`, with a guarded UPDATE of that one column).
+    """
+    parts = plaintext.split("_")
+    if len(parts) < 3 or parts[0] != "niy" or not parts[1]:
+        return None
+    token = ApiToken.objects.select_related("user").filter(prefix=parts[1], revoked_at__isnull=True).first()
+    if token is None or not hmac.compare_digest(token.token_hash, hash_token(plaintext)):
+        return None
+    if not token.user.is_active:
+        return None
+    now = timezone.now()
+    if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
     return token

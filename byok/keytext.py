@@ -11,8 +11,8 @@ import re
 from django.utils.crypto import salted_hmac
 from django.views.decorators.debug import sensitive_variables
 
-from byok.models import Provider
 from core.errors import KEY_INVALID, KEY_WRONG_PROVIDER, NiyraError
+from providers import Provider
 
 ANTHROPIC_PREFIX = "sk-ant-"
 OPENAI_PREFIXES = ("sk-proj-", "sk-")
@@ -24,8 +24,6 @@ HINT_TAIL = 4
 _WRAPPING = " \t\r\n\v\f\u00a0\u200b\ufeff\"'`\u2018\u2019\u201c\u201d"
 _KEY_CHARS = re.compile(r"^[A-Za-z0-9_\-]+$")
 _FINGERPRINT_SALT = "niyra.byok.provider_key.fingerprint"
-
-_PROVIDER_NAMES = {Provider.ANTHROPIC: "Anthropic", Provider.OPENAI: "OpenAI"}
 
 
 @sensitive_variables()
@@ -56,9 +54,9 @@ def check_key_format(*, provider: str, key: str) -> None:
         raise NiyraError(
             KEY_WRONG_PROVIDER,
             message=(
-                f"That looks like an {_PROVIDER_NAMES[Provider(owner)]} key. "
-                f"Add it under {_PROVIDER_NAMES[Provider(owner)]}, or paste your "
-                f"{_PROVIDER_NAMES[Provider(provider)]} key here."
+                f"That looks like an {Provider(owner).label} key. "
+                f"Add it under {Provider(owner).label}, or paste your "
+                f"{Provider(provider).label} key here."
             ),
             detail={"provider": provider, "key_provider": owner},
         )

@@ -9,10 +9,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-
-class Provider(models.TextChoices):
-    ANTHROPIC = "anthropic", "Anthropic"
-    OPENAI = "openai", "OpenAI"
+from providers import Provider
 
 
 class KeyStatus(models.TextChoices):

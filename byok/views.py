@@ -27,7 +27,7 @@ from accounts.auth import request_user
 from accounts.models import User
 from byok import oauth
 from byok.apis import ByokRateThrottle
-from byok.keytext import MAX_KEY_LENGTH
+from byok.keytext import ANTHROPIC_PREFIX, MAX_KEY_LENGTH, OPENAI_PREFIXES
 from byok.models import ConnectionStatus, KeyStatus, OAuthConnection, Provider, ProviderKey
 from byok.selectors import connection_get, connection_list, provider_key_effective_status, provider_key_get
 from byok.services import (
@@ -45,7 +45,7 @@ from credits.selectors import billing_account_for
 
 # Longer than any key could be, even wrapped in quotes and whitespace; the field's maxlength.
 MAX_PASTE_LENGTH = MAX_KEY_LENGTH * 2
-PROVIDER_PREFIXES = {Provider.ANTHROPIC: ("sk-ant-",), Provider.OPENAI: ("sk-proj-", "sk-")}
+PROVIDER_PREFIXES = {Provider.ANTHROPIC: (ANTHROPIC_PREFIX,), Provider.OPENAI: OPENAI_PREFIXES}
 _ERROR_STATUSES = {KeyStatus.INVALID, KeyStatus.RATE_LIMITED, KeyStatus.QUOTA_EXHAUSTED, KeyStatus.NEEDS_REENTRY}
 
 

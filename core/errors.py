@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views.csrf import csrf_failure as django_csrf_failure
 from django.views.decorators.csrf import csrf_exempt
+from django.views.defaults import page_not_found, server_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,16 +166,12 @@ def wants_json(request: HttpRequest) -> bool:
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if wants_json(request):
         return JsonResponse(error_body(NOT_FOUND), status=404)
-    from django.views.defaults import page_not_found
-
     return page_not_found(request, exception or Http404())
 
 
 def handler500(request: HttpRequest) -> HttpResponse:
     if wants_json(request):
         return JsonResponse(error_body(INTERNAL_ERROR), status=500)
-    from django.views.defaults import server_error
-
     return server_error(request)
 
 
@@ -236,6 +234,4 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     """CSRF_FAILURE_VIEW: JSON for the API, Django's page for the dashboard."""
     if wants_json(request):
         return JsonResponse(error_body(PERMISSION_DENIED, message="CSRF token missing or incorrect."), status=403)
-    from django.views.csrf import csrf_failure as django_csrf_failure
-
     return django_csrf_failure(request, reason=reason)

@@ -17,11 +17,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.auth import request_user
 from accounts.models import ApiToken, TokenKind, User
 from core import errors
 from core.fields import QueryParamsSerializer, StrictIntegerField
 from credits.models import Category
-from credits.selectors import credit_balance, ledger_entries_for, usage_breakdown
+from credits.selectors import billing_account_for, credit_balance, ledger_entries_for, usage_breakdown
 from credits.services import credit_charge
 
 DEFAULT_USAGE_PERIOD = timedelta(days=30)
@@ -198,3 +199,25 @@ def _user_from(reference: str) -> User:
     if user is None:
         raise errors.NiyraError(errors.INVALID_INPUT, detail={"user": ["No such user (give an id or an email)."]})
     return user
+
+
+class MeApi(APIView):
+    """Who am I: the signed-in user with their plan and entitlements."""
+
+    class OutputSerializer(serializers.Serializer):
+        id = serializers.IntegerField()
+        email = serializers.EmailField()
+        plan = serializers.CharField()
+        apex_enabled = serializers.BooleanField()
+
+    @extend_schema(responses=OutputSerializer)
+    def get(self, request: Request) -> Response:
+        user = request_user(request)
+        account = billing_account_for(user=user)
+        data = {
+            "id": user.pk,
+            "email": user.email,
+            "plan": account.plan,
+            "apex_enabled": account.apex_enabled,
+        }
+        return Response(self.OutputSerializer(data).data)

@@ -14,11 +14,12 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from accounts.auth import request_user
-from byok.models import KeyStatus, Provider
+from byok.models import KeyStatus
 from byok.selectors import provider_key_effective_status, provider_key_list
 from core.pages import dashboard_login_required
 from credits.models import Category
 from credits.selectors import billing_account_for, credit_balance, usage_breakdown
+from providers import Provider
 from routing.selectors import routed_call_recent
 
 SPEND_WINDOW = timedelta(days=30)

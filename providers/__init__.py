@@ -11,8 +11,8 @@ from __future__ import annotations
 from providers.anthropic_adapter import AnthropicAdapter
 from providers.base import (
     PROBE_MODELS,
-    PROVIDERS,
     ProbeResult,
+    Provider,
     ProviderAdapter,
 )
 from providers.errors import map_provider_error
@@ -35,10 +35,10 @@ def get_adapter(provider: str) -> ProviderAdapter:
 
 __all__ = [
     "PROBE_MODELS",
-    "PROVIDERS",
     "AnthropicAdapter",
     "OpenAIAdapter",
     "ProbeResult",
+    "Provider",
     "ProviderAdapter",
     "get_adapter",
     "map_provider_error",

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Final
 
 import httpx2
 from django.conf import settings
+from django.db import models
 from django.views.decorators.debug import sensitive_variables
 
 from core.errors import KEY_QUOTA_EXHAUSTED, KEY_RATE_LIMITED, NiyraError
@@ -23,7 +24,13 @@ from providers.types import ChatRequest, ChatResult, EmbeddingResult, StreamEven
 
 logger = logging.getLogger(__name__)
 
-PROVIDERS: Final = ("anthropic", "openai")
+
+class Provider(models.TextChoices):
+    """The providers Niyra speaks to. First-party only: the product page refuses third-party ones."""
+
+    ANTHROPIC = "anthropic", "Anthropic"
+    OPENAI = "openai", "OpenAI"
+
 
 # The cheapest current model of each provider that answers a one-token request. For OpenAI that
 # is gpt-4.1-nano rather than the (cheaper per input token) gpt-5-nano: GPT-5 models spend the
@@ -33,8 +40,8 @@ PROVIDERS: Final = ("anthropic", "openai")
 # the provider" with the 404 logged: change the id here, in this one place.
 PROBE_MODELS: Final[Mapping[str, str]] = MappingProxyType(
     {
-        "anthropic": "claude-haiku-4-5",
-        "openai": "gpt-4.1-nano",
+        Provider.ANTHROPIC: "claude-haiku-4-5",
+        Provider.OPENAI: "gpt-4.1-nano",
     }
 )
 PROBE_PROMPT: Final = "ping"

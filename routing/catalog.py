@@ -11,10 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-
-class Provider(StrEnum):
-    ANTHROPIC = "anthropic"
-    OPENAI = "openai"
+from providers import Provider
 
 
 class Kind(StrEnum):

@@ -41,16 +41,15 @@ from django.db import DatabaseError
 from django.views.decorators.debug import sensitive_variables
 
 from accounts.models import User
-from byok.models import KeyStatus
-from byok.selectors import provider_key_effective_status, provider_key_plaintext
+from byok.selectors import provider_key_plaintext
 from byok.services import provider_key_mark_invalid, provider_key_mark_needs_reentry
 from core import errors
 from core.db import db_sync_to_async
 from core.errors import NiyraError
-from credits.models import BillingAccount, CreditHold
+from credits.models import BillingAccount, CreditHold, KeySource
 from credits.pricing import LlmUsage
 from credits.services import credit_hold, credit_settle, credit_usage_record, credit_void
-from providers import get_adapter
+from providers import Provider, get_adapter
 from providers.types import (
     ChatMessage,
     ChatRequest,
@@ -63,8 +62,8 @@ from providers.types import (
 )
 from routing import catalog
 from routing.catalog import CatalogModel, Kind
-from routing.models import KeySource
-from routing.selectors import RoutingSnapshot, routing_snapshot
+from routing.credentials import RoutingSnapshot, credential_decide
+from routing.selectors import routing_snapshot
 from routing.services import routed_call_record
 
 logger = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ MESSAGE_OVERHEAD_TOKENS = 8
 
 
 def _platform_key(provider: str) -> str:
-    return str(settings.ANTHROPIC_API_KEY if provider == catalog.Provider.ANTHROPIC else settings.OPENAI_API_KEY)
+    return str(settings.ANTHROPIC_API_KEY if provider == Provider.ANTHROPIC else settings.OPENAI_API_KEY)
 
 
 def resolve_model(model_id: object) -> CatalogModel:
@@ -392,42 +391,27 @@ class LLMDispatcher:
         """Choose the credential from the request's snapshot. BYOK needs no database work here
         (the key is decrypted in memory); the platform path takes one hop to hold credits."""
         snapshot = await self.snapshot(user)
-        if model.requires_apex and not snapshot.apex_enabled:
-            raise NiyraError(errors.APEX_NOT_ENABLED)
+        credential = credential_decide(model=model, snapshot=snapshot, platform_only=platform_only)
         route = Route(
             call_id=uuid.uuid4(),
             user=user,
             model=model,
-            key_source=KeySource.PLATFORM,
+            key_source=credential.key_source,
             started=time.monotonic(),
             account=snapshot.account,
         )
-        if model.kind == Kind.CHAT and not platform_only:
-            provider_key = snapshot.keys.get(model.provider)
-            if provider_key is not None:
-                if not snapshot.allows_byok:
-                    raise NiyraError(errors.PLAN_KEY_UNUSABLE, detail={"provider": model.provider})
-                status = provider_key_effective_status(provider_key)
-                if status == KeyStatus.INVALID:
-                    raise NiyraError(errors.KEY_REJECTED, detail={"provider": model.provider})
-                if status == KeyStatus.NEEDS_REENTRY:
-                    raise NiyraError(errors.KEY_NEEDS_REENTRY, detail={"provider": model.provider})
-                try:
-                    api_key = provider_key_plaintext(provider_key)
-                except NiyraError:
-                    await db_sync_to_async(provider_key_mark_needs_reentry)(
-                        user=user, provider=model.provider, fingerprint=provider_key.fingerprint
-                    )
-                    raise
-                route.key_source = KeySource.BYOK
-                route.key_fingerprint = provider_key.fingerprint
-                route.fallback_allowed = not model.byok_only and snapshot.fallback_to_credits
-                return route, api_key
-            if model.byok_only:
-                spec = errors.APEX_NEEDS_KEY if snapshot.allows_byok else errors.PLAN_NO_BYOK
-                raise NiyraError(spec)
-        elif model.byok_only:
-            raise NiyraError(errors.APEX_NEEDS_KEY)
+        provider_key = credential.provider_key
+        if provider_key is not None:
+            try:
+                api_key = provider_key_plaintext(provider_key)
+            except NiyraError:
+                await db_sync_to_async(provider_key_mark_needs_reentry)(
+                    user=user, provider=model.provider, fingerprint=provider_key.fingerprint
+                )
+                raise
+            route.key_fingerprint = provider_key.fingerprint
+            route.fallback_allowed = credential.fallback_allowed
+            return route, api_key
         route.hold = await db_sync_to_async(credit_hold)(
             user=user,
             idempotency_key=f"routed:{route.call_id}",

@@ -10,19 +10,17 @@ from collections.abc import Awaitable
 
 from django.http import HttpRequest, HttpResponse
 
-from accounts.auth import bearer_token
+from accounts.auth import bearer_api_token, bearer_token
 from accounts.models import User
-from accounts.selectors import api_token_authenticate
 from core.db import db_sync_to_async
-from core.errors import AUTHENTICATION_FAILED, NiyraError
 from core.middleware import AsyncCapableMiddleware
 from routing.dispatcher import Caller, LLMDispatcher
 from routing.selectors import routing_snapshot
 
 
-def _token_caller(plaintext: str) -> Caller | None:
-    """The token's user and their routing snapshot: one thread hop, two statements."""
-    token = api_token_authenticate(plaintext=plaintext)
+def _token_caller(request: HttpRequest) -> Caller | None:
+    """The API token's user and their routing snapshot, read in one database hop."""
+    token = bearer_api_token(request)
     if token is None:
         return None
     return Caller(user=token.user, snapshot=routing_snapshot(user_id=token.user_id))
@@ -30,12 +28,8 @@ def _token_caller(plaintext: str) -> Caller | None:
 
 async def request_caller(request: HttpRequest) -> Caller | User | None:
     """The caller: a Bearer API token if one is sent (a bad one is an error), else the session."""
-    plaintext = bearer_token(request)
-    if plaintext is not None:
-        caller = await db_sync_to_async(_token_caller)(plaintext)
-        if caller is None:
-            raise NiyraError(AUTHENTICATION_FAILED)
-        return caller
+    if bearer_token(request) is not None:
+        return await db_sync_to_async(_token_caller)(request)
     session_user = await request.auser()
     return session_user if isinstance(session_user, User) and session_user.is_active else None
 

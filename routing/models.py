@@ -7,10 +7,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 
-
-class KeySource(models.TextChoices):
-    BYOK = "byok", "Your key"
-    PLATFORM = "platform", "Niyra credits"
+from credits.models import KeySource
 
 
 class RoutedCall(models.Model):

@@ -18,11 +18,11 @@ from byok.selectors import provider_key_get
 from core.db import db_sync_to_async
 from core.errors import NiyraError
 from core.pages import ShownError, dashboard_login_required, is_htmx, shown_error
+from credits.models import KeySource
 from credits.selectors import credit_balance
 from providers.types import ChatMessage
 from routing.catalog import Kind
 from routing.dispatcher import LLMDispatcher, RoutedMessage
-from routing.models import KeySource
 from routing.selectors import ModelAvailability, model_availability_list
 
 MAX_PROMPT_CHARACTERS = 20_000
