@@ -157,9 +157,9 @@ class ProviderAdapter(ABC):
     @staticmethod
     async def _post_json(client: Any, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         """A non-streaming call through the SDK client's own request path (auth headers, base
-        URL, timeout, retry policy, typed status errors), answered as the raw HTTP response:
-        the typed-params transform and the pydantic response models cost ~40% of the SDK's CPU
-        on a call here (benchmarks/README.md, "Routing"), and a routed call reads four fields.
+        URL, timeout, retry policy, typed status errors), answered as the raw HTTP response: a
+        routed call reads four fields, so the typed params and response models would be work
+        for nothing.
         Returns the JSON object and the provider's request id. A body that is not a JSON object
         raises, and is reported as provider unavailable, like any malformed answer."""
         response = await client.post(path, body=body, cast_to=httpx2.Response)
