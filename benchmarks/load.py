@@ -589,7 +589,7 @@ def measure(args: argparse.Namespace, web_log: IO[bytes]) -> dict[str, Any]:
         seconds[name] = round(time.monotonic() - started - sum(seconds.values()), 1)
 
     create_database(args)
-    sandbox_command = [sys.executable, "manage.py", "sandbox", "--port", str(sandbox_port)]
+    sandbox_command = [sys.executable, "-m", "sandbox", "--port", str(sandbox_port)]
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
     web_command = [gunicorn, "niyra.asgi:application", "--config", "gunicorn.conf.py"]
     # The web server boots while the set-up runs: it touches no table until the first request.

@@ -94,7 +94,7 @@ def seed(sandbox: Any, *, connections: int, due: int) -> set[int]:
         oauth_access_token_purpose,
         oauth_refresh_token_purpose,
     )
-    from routing.sandbox import parse_behaviour
+    from sandbox import parse_behaviour
 
     keyring = get_keyring()
     rng = random.Random(6)
@@ -204,7 +204,7 @@ def main() -> None:
     if not 0 < args.due <= args.connections:
         sys.exit("--due must be between 1 and --connections")
 
-    from routing.sandbox import SandboxServer
+    from sandbox import SandboxServer
 
     sandbox = SandboxServer(log_maxlen=args.due * 4).start()  # served by a thread of this process
     env = environment(sandbox.url)

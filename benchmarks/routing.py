@@ -318,7 +318,7 @@ def main() -> None:
     try:
         processes.append(
             subprocess.Popen(
-                [sys.executable, "manage.py", "sandbox", "--port", str(sandbox_port)],
+                [sys.executable, "-m", "sandbox", "--port", str(sandbox_port)],
                 cwd=ROOT,
                 env=env,
                 stdout=subprocess.DEVNULL,

@@ -112,7 +112,7 @@ def main() -> None:
         "LOG_LEVEL": "WARNING",
     }
     sandbox_process = subprocess.Popen(
-        [sys.executable, "manage.py", "sandbox", "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL
+        [sys.executable, "-m", "sandbox", "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL
     )
     try:
         harness.wait_http(f"{sandbox}/_sandbox/log")

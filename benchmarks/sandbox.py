@@ -42,7 +42,7 @@ def serve(cpu: int | None) -> None:
     """Child process: pin, serve on a free loopback port, print the URL, run until killed."""
     if cpu is not None:
         _pin({cpu})
-    from routing.sandbox import SandboxServer
+    from sandbox import SandboxServer
 
     def ready(server: SandboxServer) -> None:
         print(server.url, flush=True)

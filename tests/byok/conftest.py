@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from credits.models import BillingAccount
 from credits.selectors import billing_account_for
-from routing.sandbox import SandboxServer
+from sandbox import SandboxServer
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ from django.test import Client
 from accounts.models import AuditEvent, User
 from byok.models import ProviderKey
 from byok.services import provider_key_save
-from routing.sandbox import anthropic_key, openai_key
+from sandbox import anthropic_key, openai_key
 
 pytestmark = pytest.mark.django_db
 

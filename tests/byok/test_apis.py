@@ -15,7 +15,7 @@ from accounts.services import api_token_create
 from byok.crypto import Keyring, generate_key_spec, get_keyring
 from byok.models import KeyStatus, ProviderKey, provider_key_purpose
 from core import errors
-from routing.sandbox import SandboxServer, anthropic_key, openai_key
+from sandbox import SandboxServer, anthropic_key, openai_key
 
 pytestmark = pytest.mark.django_db
 

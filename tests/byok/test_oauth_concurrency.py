@@ -23,7 +23,7 @@ from byok.models import OAuthConnection
 from byok.selectors import connection_access_token
 from byok.services import connection_disconnect
 from byok.tasks import oauth_connection_refresh, oauth_refresh_tick
-from routing.sandbox import SandboxServer
+from sandbox import SandboxServer
 from tests.byok import test_oauth_helpers as helpers
 from tests.byok.test_oauth_helpers import (
     Clock,

@@ -26,7 +26,7 @@ from core.errors import (
     OAUTH_TOKEN_RESPONSE_MALFORMED,
     NiyraError,
 )
-from routing.sandbox import SandboxServer
+from sandbox import SandboxServer
 from tests.byok import test_oauth_helpers as helpers
 from tests.byok.test_oauth_helpers import (
     REDIRECT_BASE,

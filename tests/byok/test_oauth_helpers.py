@@ -22,7 +22,7 @@ from byok import oauth, tasks
 from byok.crypto import get_keyring
 from byok.models import OAuthConnection
 from byok.services import connection_connect_complete, connection_connect_start
-from routing.sandbox import SandboxServer, client_secret_for, oauth_client_id
+from sandbox import SandboxServer, client_secret_for, oauth_client_id
 
 # The project's URLconf (it includes the callback from byok.urls_web), named for the tests.
 urlpatterns = [path("", include("niyra.urls"))]

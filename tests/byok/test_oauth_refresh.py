@@ -31,7 +31,7 @@ from core.errors import (
     NiyraError,
 )
 from niyra.celery import app
-from routing.sandbox import SandboxServer
+from sandbox import SandboxServer
 from tests.byok import test_oauth_helpers as helpers
 from tests.byok.test_oauth_helpers import (
     T0,

@@ -32,7 +32,7 @@ import pytest
 from byok import oauth, tasks
 from byok.models import ConnectionStatus, OAuthConnection
 from byok.services import connection_refresh
-from routing.sandbox import SandboxServer
+from sandbox import SandboxServer
 from tests.byok import test_oauth_helpers as helpers
 from tests.byok.test_oauth_helpers import (
     T0,

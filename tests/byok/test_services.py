@@ -21,7 +21,7 @@ from byok.services import (
 )
 from core import errors
 from providers import PROBE_MODELS
-from routing.sandbox import SandboxServer, anthropic_key, openai_key
+from sandbox import SandboxServer, anthropic_key, openai_key
 
 pytestmark = pytest.mark.django_db
 

@@ -19,7 +19,7 @@ from byok.services import provider_key_disconnect
 from byok.views import MAX_PASTE_LENGTH
 from core.pages import KEY_INVALID_HELP, SESSION_ENDED
 from credits.models import BillingAccount
-from routing.sandbox import SandboxServer, anthropic_key, openai_key
+from sandbox import SandboxServer, anthropic_key, openai_key
 
 pytestmark = pytest.mark.django_db
 

@@ -20,7 +20,7 @@ from credits.models import BillingAccount
 from credits.money import credits_text
 from credits.services import credit_charge, credit_grant, credit_hold
 from credits.templatetags.money import credits
-from routing.sandbox import SandboxServer, anthropic_key
+from sandbox import SandboxServer, anthropic_key
 
 pytestmark = pytest.mark.django_db
 

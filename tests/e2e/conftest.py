@@ -25,7 +25,7 @@ from django.core.cache import cache
 from accounts.models import User
 from accounts.services import user_create
 from credits.services import billing_plan_set, credit_grant
-from routing.sandbox import SandboxServer
+from sandbox import SandboxServer
 from tests.conftest import DEFAULT_PASSWORD
 
 CHROMIUM = Path(os.environ.get("NIYRA_CHROMIUM", "/usr/bin/chromium"))

@@ -22,7 +22,7 @@ from core.pages import KEY_INVALID_HELP
 from credits.models import BillingAccount
 from credits.services import credit_charge
 from routing.models import RoutedCall
-from routing.sandbox import anthropic_key
+from sandbox import anthropic_key
 
 try:
     from playwright.sync_api import expect

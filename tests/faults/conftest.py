@@ -19,7 +19,7 @@ from accounts.services import api_token_create
 from credits.models import BillingAccount, CreditHold, HoldStatus
 from credits.pricing import price_llm_call
 from credits.selectors import ledger_mismatches
-from routing.sandbox import SandboxServer
+from sandbox import SandboxServer
 from tests.routing.conftest import live_asgi, make_account, store_key  # noqa: F401 - fixtures, shared
 
 PROMPT = "Say hello to the whole world"  # 6 words: the sandbox counts 6 input tokens

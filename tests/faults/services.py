@@ -27,7 +27,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from routing.sandbox import SandboxServer
+from sandbox import SandboxServer
 
 BASE_DIR = Path(settings.BASE_DIR)
 START_TIMEOUT_SECONDS = 30.0  # a bound for waiting (two shared cores), never a speed assertion

@@ -32,7 +32,7 @@ from core.errors import CATALOGUE, INTERNAL_ERROR, error_body
 from credits.models import BillingAccount, Category, CreditHold, HoldStatus, LedgerEntry
 from credits.services import credit_holds_expire
 from credits.tasks import expire_holds
-from routing.sandbox import anthropic_key, openai_key
+from sandbox import anthropic_key, openai_key
 from tests.faults.conftest import PROMPT, Headers, assert_books_balance, pooled_connections_in_use, wait_for
 from tests.routing.conftest import STARTING_CREDITS_MC
 

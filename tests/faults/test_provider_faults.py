@@ -26,7 +26,7 @@ from credits.models import BillingAccount, CreditHold, HoldStatus, LedgerEntry
 from credits.pricing import price_llm_call
 from routing import catalog
 from routing.models import RoutedCall
-from routing.sandbox import SandboxServer, anthropic_key, openai_key
+from sandbox import SandboxServer, anthropic_key, openai_key
 from tests.faults.conftest import PROMPT, REPLY_WORDS, Headers, wait_until_quiet
 from tests.routing.conftest import STARTING_CREDITS_MC
 

@@ -22,7 +22,7 @@ from django.utils import timezone
 from byok.models import ConnectionStatus, OAuthConnection
 from byok.services import connection_connect_start
 from byok.tasks import oauth_refresh_tick
-from routing.sandbox import SandboxServer, anthropic_key, key_id, openai_key
+from sandbox import SandboxServer, anthropic_key, key_id, openai_key
 from tests.byok.test_oauth_helpers import REDIRECT_BASE, authorize, connect, sandbox_integration, tokens_of
 from tests.faults.conftest import PROMPT, Headers
 from tests.faults.services import (

@@ -33,7 +33,7 @@ from byok import oauth
 from byok.models import ConnectionStatus, OAuthConnection
 from byok.tasks import oauth_connection_refresh, oauth_refresh_tick
 from core.errors import OAUTH_NEEDS_REAUTH
-from routing.sandbox import SandboxServer, key_id
+from sandbox import SandboxServer, key_id
 from tests.byok.test_oauth_helpers import connect, sandbox_integration, tokens_of
 from tests.faults.services import (
     RedisServer,

@@ -20,7 +20,7 @@ from credits.models import BillingAccount
 from credits.selectors import billing_account_for
 from credits.services import credit_grant
 from niyra.handlers import get_asgi_application
-from routing.sandbox import SandboxServer
+from sandbox import SandboxServer
 
 STARTING_CREDITS_MC = 10_000_000
 

@@ -15,7 +15,7 @@ from byok.models import KeyStatus, ProviderKey
 from credits.models import BillingAccount, CreditHold, LedgerEntry
 from credits.pricing import price_llm_call
 from routing.models import RoutedCall
-from routing.sandbox import SandboxServer, anthropic_key, openai_key
+from sandbox import SandboxServer, anthropic_key, openai_key
 from routing.services import routing_preference_set
 
 pytestmark = pytest.mark.django_db

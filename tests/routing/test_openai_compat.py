@@ -13,7 +13,7 @@ from accounts.services import api_token_create
 from credits.models import BillingAccount
 from credits.pricing import price_llm_call
 from routing.models import RoutedCall
-from routing.sandbox import anthropic_key, openai_key
+from sandbox import anthropic_key, openai_key
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

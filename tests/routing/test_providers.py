@@ -18,7 +18,7 @@ from django.utils import timezone
 from core import errors
 from providers import PROBE_MODELS, ProbeResult, get_adapter, map_provider_error
 from providers.errors import retry_after_seconds
-from routing.sandbox import SandboxServer, anthropic_key, openai_key
+from sandbox import SandboxServer, anthropic_key, openai_key
 
 KEYS = {"anthropic": anthropic_key, "openai": openai_key}
 PROVIDERS = ("anthropic", "openai")

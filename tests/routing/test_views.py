@@ -12,7 +12,7 @@ from django.test import AsyncClient, Client
 from byok.models import KeyStatus
 from credits.models import BillingAccount
 from routing.models import RoutedCall
-from routing.sandbox import REPLY_TEXT, SandboxServer, anthropic_key
+from sandbox import REPLY_TEXT, SandboxServer, anthropic_key
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

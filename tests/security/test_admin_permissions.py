@@ -38,7 +38,7 @@ from byok.models import OAuthAuthorizationRequest, OAuthConnection, ProviderKey
 from byok.services import provider_key_save
 from credits.models import BillingAccount, CreditHold, LedgerEntry
 from credits.services import credit_charge, credit_hold
-from routing.sandbox import SandboxServer, anthropic_key
+from sandbox import SandboxServer, anthropic_key
 from tests.security.test_idor import (
     Route,
     all_routes,

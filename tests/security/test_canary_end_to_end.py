@@ -58,7 +58,7 @@ from byok import services
 from byok.models import OAuthConnection, ProviderKey
 from byok.selectors import connection_access_token
 from niyra.celery import app as celery_app
-from routing.sandbox import SandboxServer, client_secret_for, oauth_client_id
+from sandbox import SandboxServer, client_secret_for, oauth_client_id
 from tests import conftest as root_conftest
 from tests.byok import test_never_leaked
 from tests.byok.test_never_leaked import LeakTrap, canary_key

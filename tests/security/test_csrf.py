@@ -27,7 +27,7 @@ from accounts.services import api_token_create
 from byok.models import OAuthAuthorizationRequest, OAuthConnection, ProviderKey
 from byok.services import provider_key_save
 from routing.models import RoutedCall, RoutingPreference
-from routing.sandbox import SandboxServer, anthropic_key
+from sandbox import SandboxServer, anthropic_key
 from tests.security.test_idor import (
     INTEGRATION,
     Route,

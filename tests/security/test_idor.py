@@ -45,7 +45,7 @@ from credits.models import BillingAccount, CreditHold, LedgerEntry
 from credits.selectors import billing_account_for, credit_balance
 from credits.services import credit_charge, credit_grant, credit_hold
 from routing.models import RoutedCall, RoutingPreference
-from routing.sandbox import SandboxServer, anthropic_key, openai_key
+from sandbox import SandboxServer, anthropic_key, openai_key
 from routing.services import routed_call_record, routing_preference_set
 
 pytestmark = pytest.mark.django_db

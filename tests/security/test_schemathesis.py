@@ -36,7 +36,7 @@ from accounts.models import TokenKind
 from accounts.services import api_token_create
 from niyra.wsgi import application
 from routing.catalog import MODELS, Kind
-from routing.sandbox import anthropic_key, openai_key
+from sandbox import anthropic_key, openai_key
 from tests.routing.conftest import (  # noqa: F401 - fixtures
     _providers_are_the_sandbox,
     client_for,

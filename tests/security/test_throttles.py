@@ -31,7 +31,7 @@ from byok.models import ProviderKey
 from byok.services import provider_key_save
 from credits.models import BillingAccount
 from credits.selectors import billing_account_for
-from routing.sandbox import SandboxServer, anthropic_key
+from sandbox import SandboxServer, anthropic_key
 
 pytestmark = pytest.mark.django_db
 

@@ -13,13 +13,9 @@ from typing import Self
 
 from aiohttp import web
 
-from .server import (
-    DEFAULT_ACCESS_TOKEN_TTL,
-    DEFAULT_CODE_TTL,
-    OAuthState,
-    RequestLog,
-    build_app,
-)
+from .app import build_app
+from .oauth import DEFAULT_ACCESS_TOKEN_TTL, DEFAULT_CODE_TTL, OAuthState
+from .requestlog import RequestLog
 
 __all__ = ["SandboxServer", "is_loopback_host"]
 

@@ -1,4 +1,4 @@
-"""Pytest fixtures for the provider sandbox; load with ``-p routing.sandbox.pytest_plugin``.
+"""Pytest fixtures for the provider sandbox; load with ``-p sandbox.pytest_plugin``.
 
 * ``sandbox_server`` (session): one started :class:`SandboxServer` per test process.
 * ``sandbox`` (function): the same server, with its request log and OAuth state cleared.

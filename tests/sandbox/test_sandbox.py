@@ -1,6 +1,6 @@
 """The provider sandbox, exercised through the real anthropic / openai SDKs and plain httpx2.
 
-Run: .venv/bin/pytest tests/routing/test_sandbox.py -p routing.sandbox.pytest_plugin -q
+Run: .venv/bin/pytest tests/sandbox/test_sandbox.py -q (pyproject loads ``-p sandbox.pytest_plugin``)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import httpx2
 import openai
 import pytest
 
-from routing.sandbox import (
+from sandbox import (
     CREDIT_BALANCE_MESSAGE,
     NORMAL,
     OPENAI_QUOTA_MESSAGE,
@@ -31,6 +31,7 @@ from routing.sandbox import (
     Behaviour,
     SandboxServer,
     anthropic_key,
+    cli,
     client_secret_for,
     count_words,
     embedding_for,
@@ -958,7 +959,7 @@ def test_log_is_thread_safe(sandbox: SandboxServer) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Runner and management command
+# Runner and the python -m sandbox entry point
 # --------------------------------------------------------------------------------------
 
 
@@ -974,20 +975,14 @@ def test_start_stop_context_manager() -> None:
         httpx2.get(url + "/_sandbox/log", timeout=1)
 
 
-def test_management_command_refuses_non_loopback() -> None:
-    from django.core.management.base import CommandError
-
-    from routing.management.commands.sandbox import Command
-
-    with pytest.raises(CommandError, match="loopback"):
-        Command().handle(host="0.0.0.0", port=8765)  # noqa: S104 - must be refused, as tested
-    with pytest.raises(CommandError, match="loopback"):
-        Command().handle(host="10.1.2.3", port=8765)
+def test_entry_point_refuses_non_loopback() -> None:
+    with pytest.raises(SystemExit, match="loopback"):
+        cli.serve(host="0.0.0.0", port=8765)  # noqa: S104 - must be refused, as tested
+    with pytest.raises(SystemExit, match="loopback"):
+        cli.main(["--host", "10.1.2.3", "--port", "8765"])
 
 
-def test_management_command_serves_in_foreground(monkeypatch: pytest.MonkeyPatch) -> None:
-    from routing.management.commands import sandbox as sandbox_command
-
+def test_entry_point_serves_in_foreground(monkeypatch: pytest.MonkeyPatch) -> None:
     created: list[SandboxServer] = []
 
     class Recording(SandboxServer):
@@ -995,11 +990,9 @@ def test_management_command_serves_in_foreground(monkeypatch: pytest.MonkeyPatch
             super().__init__(*args, **kwargs)
             created.append(self)
 
-    monkeypatch.setattr(sandbox_command, "SandboxServer", Recording)
+    monkeypatch.setattr(cli, "SandboxServer", Recording)
     out = io.StringIO()
-    worker = threading.Thread(
-        target=sandbox_command.Command(stdout=out).handle, kwargs={"host": "127.0.0.1", "port": 0}
-    )
+    worker = threading.Thread(target=cli.serve, kwargs={"host": "127.0.0.1", "port": 0, "out": out})
     worker.start()
     deadline = time.monotonic() + 5
     while "OAuth base URL" not in out.getvalue() and time.monotonic() < deadline:

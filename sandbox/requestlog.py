@@ -1,0 +1,135 @@
+"""The sandbox's request log: what each API and OAuth request asked for, and how it was answered.
+
+Keys and tokens are only stored as ``sha256(value)[:16]`` (:func:`key_id`); plaintext secrets
+are never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import deque
+from typing import Any, Final
+
+__all__ = ["LOG_FIELDS", "LogRecord", "RequestLog", "key_id"]
+
+
+def key_id(secret: str) -> str:
+    """Log-safe identifier of a key or token: ``sha256(secret)[:16]``."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+LOG_FIELDS: Final = (
+    "api",
+    "path",
+    "method",
+    "key_id",
+    "model",
+    "stream",
+    "grant_type",
+    "client_id",
+    "refresh_token_id",
+    "status",
+    "at",
+)
+
+
+class LogRecord:
+    """One request. ``status`` is ``None`` while the request is pending (or never answered)."""
+
+    __slots__ = LOG_FIELDS
+
+    def __init__(
+        self,
+        api: str,
+        path: str,
+        method: str,
+        key_id: str | None = None,
+        model: str | None = None,
+        stream: bool | None = None,
+        grant_type: str | None = None,
+        client_id: str | None = None,
+        refresh_token_id: str | None = None,
+    ) -> None:
+        self.api = api
+        self.path = path
+        self.method = method
+        self.key_id = key_id
+        self.model = model
+        self.stream = stream
+        self.grant_type = grant_type
+        self.client_id = client_id
+        self.refresh_token_id = refresh_token_id
+        self.status: int | None = None
+        self.at = time.time()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in LOG_FIELDS}
+
+
+class RequestLog:
+    """Thread-safe, bounded log of requests; never holds plaintext keys or tokens.
+
+    Records are dicts with keys ``api`` ("anthropic" | "openai" | "oauth"), ``path``,
+    ``method``, ``key_id`` (sha256(key)[:16] or None), ``model``, ``stream``, ``grant_type``,
+    ``client_id``, ``refresh_token_id`` (sha256(refresh token)[:16] or None), ``status`` (None
+    while pending / for requests that were never answered) and ``at`` (epoch seconds).
+    """
+
+    def __init__(self, maxlen: int = 100_000) -> None:
+        self._lock = threading.Lock()
+        self._records: deque[LogRecord] = deque(maxlen=maxlen)
+
+    def add(self, record: LogRecord) -> LogRecord:
+        with self._lock:
+            self._records.append(record)
+        return record
+
+    def records(self) -> list[dict[str, Any]]:
+        """A copy of all records, oldest first."""
+        with self._lock:
+            snapshot = list(self._records)
+        return [r.as_dict() for r in snapshot]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._records.clear()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _snapshot(self) -> list[LogRecord]:
+        with self._lock:
+            return list(self._records)
+
+    def count(
+        self,
+        key: str | None = None,
+        api: str | None = None,
+        path: str | None = None,
+        status: int | None = None,
+    ) -> int:
+        """Number of records matching all given filters.
+
+        ``key`` is the plaintext key (hashed for the lookup); ``path`` matches the full path or
+        a suffix of it (``"/v1/messages"`` matches ``"/anthropic/v1/messages"``).
+        """
+        kid = key_id(key) if key is not None else None
+        n = 0
+        for r in self._snapshot():
+            if kid is not None and r.key_id != kid:
+                continue
+            if api is not None and r.api != api:
+                continue
+            if path is not None and not (r.path == path or r.path.endswith(path)):
+                continue
+            if status is not None and r.status != status:
+                continue
+            n += 1
+        return n
+
+    def count_refresh(self, refresh_token: str) -> int:
+        """How many token requests presented this refresh token."""
+        rid = key_id(refresh_token)
+        return sum(1 for r in self._snapshot() if r.refresh_token_id == rid)
