@@ -3,7 +3,8 @@ FROM python:3.11-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DJANGO_SETTINGS_MODULE=niyra.settings.production
 
 WORKDIR /app
 COPY requirements.txt ./
@@ -11,10 +12,11 @@ RUN pip install -r requirements.txt
 
 COPY . .
 # collectstatic must run with production settings (DEBUG off: the hashed, compressed manifest
-# storage), which refuse to load without their secrets: throwaway values for this step only.
-RUN DEBUG=False NIYRA_READ_DOTENV=0 SECRET_KEY=build-only ALLOWED_HOSTS=build \
+# storage), which refuse to load without their secrets: throwaway values for this step only
+# (nothing connects to the database or Redis here).
+RUN DEBUG=False SECRET_KEY=build-only ALLOWED_HOSTS=build \
     NIYRA_ENCRYPTION_KEYS="build:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" \
-    DATABASE_URL=sqlite:////tmp/build.sqlite3 REDIS_URL=redis://127.0.0.1:6379/0 \
+    DATABASE_URL=postgres://build@127.0.0.1:5432/build REDIS_URL=redis://127.0.0.1:6379/0 \
     ANTHROPIC_API_KEY=build-only OPENAI_API_KEY=build-only \
     python manage.py collectstatic --noinput \
  && useradd --system --uid 10001 niyra && mkdir -p /app/var && chown -R niyra /app/var

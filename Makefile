@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck check bench clean
+.PHONY: run serve test lint typecheck check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,15 +17,24 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $(VENV)/.installed $@
 
-## run: venv + install + dev secrets in .env + migrate + demo user, then web, worker, beat and sandbox
+# `make run` and `make serve` run the development settings.
+run serve: export DJANGO_SETTINGS_MODULE = niyra.settings.development
+
+## run: venv + install + dev secrets in .env, then `serve` on the embedded PostgreSQL (var/postgres,
+## stopped when this ends) unless DATABASE_URL is set
 run: $(VENV)/.installed
 	$(BIN)/python scripts/dev_env.py .env
+	$(BIN)/python scripts/local_postgres.py $(MAKE) --no-print-directory serve
+
+## serve: migrate + demo user, then web, worker, beat and sandbox (honcho) on DATABASE_URL
+serve: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py demo_setup
 	@echo "Niyra: http://127.0.0.1:$${NIYRA_WEB_PORT:-8000}/  (API docs: /api/docs/, admin: /admin/)"
 	$(BIN)/honcho -f Procfile.dev start
 
-## test: the whole suite (PostgreSQL/Redis on 127.0.0.1 when they answer, else SQLite and skips)
+## test: the whole suite on DATABASE_URL, or on an embedded PostgreSQL under var/ started for the
+## run (tests/local_postgres.py); Redis on 127.0.0.1 when it answers, else Redis-only tests skip
 test: $(VENV)/.installed-dev
 	$(BIN)/pytest $(PYTEST_ARGS)
 

@@ -6,7 +6,7 @@ import sys
 
 
 def main() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "niyra.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "niyra.settings.development")
     from django.core.exceptions import ImproperlyConfigured
 
     try:

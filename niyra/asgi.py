@@ -5,7 +5,7 @@ import sys
 
 from django.core.exceptions import ImproperlyConfigured
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "niyra.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "niyra.settings.production")
 
 try:
     from niyra.handlers import get_asgi_application

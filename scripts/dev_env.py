@@ -18,7 +18,6 @@ SANDBOX_PORT = int(os.environ.get("NIYRA_SANDBOX_PORT", "8765"))
 def defaults() -> dict[str, str]:
     sandbox = f"http://127.0.0.1:{SANDBOX_PORT}"
     return {
-        "DEBUG": "True",
         "SECRET_KEY": "dev-" + secrets.token_urlsafe(40),
         "NIYRA_ENCRYPTION_KEYS": "dev1:" + base64.b64encode(os.urandom(32)).decode(),
         # The platform keys only ever reach the local provider sandbox.

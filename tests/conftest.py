@@ -1,7 +1,8 @@
-"""Shared fixtures, and the rule for tests that need real PostgreSQL or Redis.
+"""Shared fixtures, and the rule for tests that need a real Redis.
 
-Marked tests (`@pytest.mark.postgres`, `@pytest.mark.redis`) are skipped, with the reason
-printed, when the server isn't there; with NIYRA_REQUIRE_SERVICES=1 (CI) they fail instead.
+Tests marked `@pytest.mark.redis` are skipped, with the reason printed, when no Redis answers on
+127.0.0.1; with NIYRA_REQUIRE_SERVICES=1 (CI) they fail instead. PostgreSQL is always there: CI's
+system server through DATABASE_URL, or the embedded one (tests/local_postgres.py).
 """
 
 from __future__ import annotations
@@ -19,19 +20,16 @@ DEFAULT_PASSWORD = "correct-horse-battery"
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    db = "PostgreSQL" if settings.USING_POSTGRES else "SQLite (PostgreSQL-only tests skipped)"
     broker = "Redis" if settings.USING_REDIS else "in-memory (Redis-only tests skipped)"
-    return [f"niyra: database={db}; broker={broker}; require services={REQUIRE_SERVICES}"]
+    return [f"niyra: broker={broker}; require services={REQUIRE_SERVICES}"]
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    available = {"postgres": settings.USING_POSTGRES, "redis": settings.USING_REDIS}
-    for marker, present in available.items():
-        if not present and item.get_closest_marker(marker):
-            reason = f"needs {marker}, which is not reachable on 127.0.0.1"
-            if REQUIRE_SERVICES:
-                pytest.fail(f"NIYRA_REQUIRE_SERVICES=1 but this test {reason}", pytrace=False)
-            pytest.skip(reason)
+    if not settings.USING_REDIS and item.get_closest_marker("redis"):
+        reason = "needs redis, which is not reachable on 127.0.0.1"
+        if REQUIRE_SERVICES:
+            pytest.fail(f"NIYRA_REQUIRE_SERVICES=1 but this test {reason}", pytrace=False)
+        pytest.skip(reason)
 
 
 @pytest.fixture

@@ -15,7 +15,11 @@ FLY = tomllib.loads((ROOT / "fly.toml").read_text())
 
 def module_of(command: str) -> str:
     argv = shlex.split(command)
+    while "=" in argv[0]:  # leading NAME=value environment assignments
+        argv = argv[1:]
     program = Path(argv[0]).name
+    if program.startswith("python") and argv[1] == "-m":
+        return argv[2]
     if program == "gunicorn":
         return argv[1].split(":")[0]
     if program == "celery":

@@ -1,54 +1,32 @@
-"""Niyra settings: everything comes from the environment (12-factor, django-environ).
+"""Settings every environment shares; `development`, `test` and `production` build on them.
 
-Development defaults just work (SQLite, Celery's filesystem transport, the provider sandbox);
-with DEBUG off, every production secret must be set or start-up stops naming what is missing.
+Everything comes from the environment (12-factor, django-environ). This module reads no secret
+and holds no development default: each environment module sets the secrets, the database and
+what DEBUG changes (production: mandatory, no defaults; development: defaults that just work).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import csp.constants as csp
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = BASE_DIR / "var"  # ignored by git: SQLite file, Celery filesystem queue, beat state
+BASE_DIR = Path(__file__).resolve().parents[2]
+VAR_DIR = BASE_DIR / "var"  # ignored by git: embedded PostgreSQL data, Celery filesystem queue, beat state
 
 env = environ.Env()
-# `make run` writes generated development secrets here; production uses real env vars (Fly secrets).
-if env.bool("NIYRA_READ_DOTENV", default=True) and (BASE_DIR / ".env").is_file():
-    env.read_env(str(BASE_DIR / ".env"), overwrite=False)
 
-DEBUG = env.bool("DEBUG", default=False)
+DEBUG = False
 
-# Secrets have no real-looking defaults. Outside DEBUG they are mandatory; in DEBUG a missing
-# one gets an obviously fake development value so a fresh checkout can still start.
-_REQUIRED_IN_PRODUCTION = (
-    "SECRET_KEY",
-    "NIYRA_ENCRYPTION_KEYS",
-    "DATABASE_URL",
-    "REDIS_URL|CELERY_BROKER_URL",
-    "ALLOWED_HOSTS",
-    "ANTHROPIC_API_KEY",
-    "OPENAI_API_KEY",
-)
-if not DEBUG:
-    _missing = [
-        names.replace("|", " or ")
-        for names in _REQUIRED_IN_PRODUCTION
-        if not any(env.str(name, default="") for name in names.split("|"))
-    ]
-    if _missing:
-        raise ImproperlyConfigured("missing required environment variables (DEBUG is off): " + ", ".join(_missing))
-
-SECRET_KEY = env.str("SECRET_KEY", default="dev-insecure-not-for-production")
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
+# SECRET_KEY, ALLOWED_HOSTS, NIYRA_ENCRYPTION_KEYS (parsed and checked by the keyring's system
+# check and /readyz, never stored in the database), DATABASES and the platform provider keys
+# are set by each environment module.
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 CSRF_FAILURE_VIEW = "core.errors.csrf_failure"
-
-# The keyring is parsed and checked by byok.crypto (system check + /readyz), never stored in the DB.
-NIYRA_ENCRYPTION_KEYS = env.str("NIYRA_ENCRYPTION_KEYS", default="")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -67,6 +45,7 @@ INSTALLED_APPS = [
     "accounts",
     "credits",
     "byok",
+    "connections",
     "routing",
     "dashboard",
     "support",
@@ -110,29 +89,35 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------------
 VAR_DIR.mkdir(exist_ok=True)
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'niyra.sqlite3'}")}
-if DATABASES["default"].get("ENGINE") not in ("django.db.backends.postgresql", "django.db.backends.sqlite3"):
-    raise ImproperlyConfigured("DATABASE_URL must start with postgres:// (production) or sqlite:/// (development)")
-DATABASES["default"]["ATOMIC_REQUESTS"] = False
-DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env.bool("DB_POOL", default=True):
-    # Under ASGI every request runs its ORM work in a fresh thread, so without a pool each
-    # request would open a new PostgreSQL connection (~3 ms). psycopg's pool hands one over warm.
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+# Under ASGI every request runs its ORM work in a fresh thread, so without a pool each request
+# would open a new PostgreSQL connection (~3 ms). psycopg's pool hands one over warm.
+DB_POOL = (
+    {
         "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
         "max_size": env.int("DB_POOL_MAX_SIZE", default=20),
         "timeout": env.float("DB_POOL_TIMEOUT_SECONDS", default=10.0),
     }
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # WAL + a busy timeout let the web process, worker and beat share the dev database.
-    DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE"}
-    )
-# Threads that run async views' database work under the ASGI server (niyra/db.py): as many as
+    if env.bool("DB_POOL", default=True)
+    else None
+)
+
+
+def database(url: str) -> dict[str, Any]:
+    """DATABASES["default"] for DATABASE_URL. Niyra runs on PostgreSQL only, in every environment."""
+    config: dict[str, Any] = env.db_url_config(url)
+    if config.get("ENGINE") != "django.db.backends.postgresql":
+        raise ImproperlyConfigured("DATABASE_URL must be a postgres:// URL (Niyra runs on PostgreSQL only)")
+    config["ATOMIC_REQUESTS"] = False
+    config.setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
+    if DB_POOL is not None:
+        config["CONN_MAX_AGE"] = 0
+        config.setdefault("OPTIONS", {})["pool"] = dict(DB_POOL)
+    return config
+
+
+# Threads that run async views' database work under the ASGI server (core/db.py): as many as
 # the pool has connections, so a hop never waits for one.
-_pool = DATABASES["default"].get("OPTIONS", {}).get("pool")
-DB_HOP_THREADS = env.int("DB_HOP_THREADS", default=_pool["max_size"] if isinstance(_pool, dict) else 8)
+DB_HOP_THREADS = env.int("DB_HOP_THREADS", default=DB_POOL["max_size"] if DB_POOL is not None else 8)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
@@ -157,11 +142,8 @@ STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").is_dir() else 
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
-        "BACKEND": (
-            "django.contrib.staticfiles.storage.StaticFilesStorage"
-            if DEBUG
-            else "servestatic.storage.CompressedManifestStaticFilesStorage"
-        )
+        # Hashed, compressed names: collectstatic writes the manifest (the Docker build runs it).
+        "BACKEND": "servestatic.storage.CompressedManifestStaticFilesStorage"
     },
 }
 
@@ -215,9 +197,8 @@ CACHES = {
     )
 }
 
-# --- Providers (platform keys pay for hosted calls; base URLs point at the sandbox in dev) -----
-ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
-OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+# --- Providers (platform keys, set per environment, pay for hosted calls; base URLs point at
+# the sandbox in development) ------------------------------------------------------------------
 ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="") or None
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="") or None
 PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=60.0)
@@ -232,25 +213,10 @@ OAUTH_REFRESH_MARGIN_SECONDS = max(60, env.int("OAUTH_REFRESH_MARGIN_SECONDS", d
 # "-" -> "_") OAUTH_<NAME>_CLIENT_ID, _CLIENT_SECRET, _AUTHORIZE_URL, _TOKEN_URL (required) and
 # _REVOKE_URL, _SCOPES (space/comma separated), _LABEL, _REDIRECT_URI, _DEFAULT_EXPIRES_IN,
 # _TIMEOUT_SECONDS, _CLIENT_AUTH_METHOD (client_secret_basic | client_secret_post) (optional).
-# A configured name with a required value missing stops start-up. In DEBUG with no names, the
-# local provider sandbox is the one integration ("sandbox"; its documented fake client secret).
+# A configured name with a required value missing stops start-up. Development adds the local
+# provider sandbox when no name is configured.
 def _oauth_integrations() -> dict[str, dict[str, object]]:
-    import re
-
     names = env.list("OAUTH_INTEGRATION_NAMES", default=[])
-    if not names and DEBUG:
-        sandbox = f"http://127.0.0.1:{env.int('NIYRA_SANDBOX_PORT', default=8765)}/oauth"
-        return {
-            "sandbox": {
-                "label": "Provider sandbox",
-                "client_id": "sandbox-app",
-                "client_secret": "secret-sandbox-app",  # the sandbox's documented fake rule, not a secret
-                "authorize_url": f"{sandbox}/authorize",
-                "token_url": f"{sandbox}/token",
-                "revoke_url": f"{sandbox}/revoke",
-                "scopes": ["profile", "email"],
-            }
-        }
     integrations: dict[str, dict[str, object]] = {}
     missing: list[str] = []
     for name in names:
@@ -306,8 +272,8 @@ SPECTACULAR_SETTINGS = {
 
 # --- Security -------------------------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
-SESSION_COOKIE_SECURE = not DEBUG
-CSRF_COOKIE_SECURE = not DEBUG
+SESSION_COOKIE_SECURE = True
+CSRF_COOKIE_SECURE = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
@@ -343,13 +309,6 @@ LOGIN_FAILURES_PER_IP_EMAIL = env.int("LOGIN_FAILURES_PER_IP_EMAIL", default=5)
 LOGIN_FAILURES_PER_IP = env.int("LOGIN_FAILURES_PER_IP", default=50)
 LOGIN_THROTTLE_WINDOW_SECONDS = env.int("LOGIN_THROTTLE_WINDOW_SECONDS", default=15 * 60)
 CLIENT_IP_HEADER = env.str("CLIENT_IP_HEADER", default="")
-if not DEBUG:
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]  # Fly's checks speak plain HTTP
-    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=60 * 60 * 24 * 365)
-    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
-    SECURE_HSTS_PRELOAD = True
 
 # --- Logging: provider keys and bearer tokens are redacted from every record ------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
