@@ -9,11 +9,12 @@ What support does (DESIGN.md, "Surfaces"), and the permission each thing takes:
 * grant / adjust credits with a reason                    credits.grant_credits
 * change plan; grant (or revoke) Apex                     credits.change_plan, credits.manage_apex
 * see keys (status and hint) and disconnect one           byok.view_providerkey, byok.delete_providerkey
-* see connections and "refresh now"                       byok.view_oauthconnection, byok.change_oauthconnection
+* see connections and "refresh now"                       connections.view_oauthconnection,
+                                                          connections.change_oauthconnection
 
-The two byok "delete"/"change" permissions only unlock the admin *actions* (which call the
-services and write audit rows): those admins refuse raw change and delete for everyone, so no
-key material, ledger row or audit row can be edited. Users are view-only (no password reset, no
+The byok "delete" and connections "change" permissions only unlock the admin *actions* (which
+call the services and write audit rows): those admins refuse raw change and delete for everyone,
+so no key material, ledger row or audit row can be edited. Users are view-only (no password reset, no
 staff flag, no groups), API tokens are not visible at all.
 
 `support_group_sync` is used by the data migration that creates the group and by
@@ -41,18 +42,22 @@ SUPPORT_PERMISSIONS: tuple[tuple[str, str, str], ...] = (
     ("credits", "credithold", "view_credithold"),
     ("byok", "providerkey", "view_providerkey"),
     ("byok", "providerkey", "delete_providerkey"),
-    ("byok", "oauthconnection", "view_oauthconnection"),
-    ("byok", "oauthconnection", "change_oauthconnection"),
+    ("connections", "oauthconnection", "view_oauthconnection"),
+    ("connections", "oauthconnection", "change_oauthconnection"),
 )
 
 
-def support_group_sync(*, apps: Any = global_apps) -> Any:
-    """Create the Support group if needed and set its permissions to exactly SUPPORT_PERMISSIONS.
+def support_group_sync(
+    *, apps: Any = global_apps, permissions: tuple[tuple[str, str, str], ...] = SUPPORT_PERMISSIONS
+) -> Any:
+    """Create the Support group if needed and set its permissions to exactly `permissions`.
 
-    `apps` is the migration's historical registry when called from a migration. Permissions are
-    normally created after all migrations ran (post_migrate), so they are created here first.
+    `apps` is the migration's historical registry when called from a migration, which passes the
+    list as it was when the migration was written (the models it names may have moved since).
+    Permissions are normally created after all migrations ran (post_migrate), so they are
+    created here first.
     """
-    for label in sorted({label for label, _, _ in SUPPORT_PERMISSIONS}):
+    for label in sorted({label for label, _, _ in permissions}):
         app_config = apps.get_app_config(label)
         models_module = getattr(app_config, "models_module", None)
         app_config.models_module = models_module or True  # historical app configs have none
@@ -63,9 +68,10 @@ def support_group_sync(*, apps: Any = global_apps) -> Any:
     group_model = apps.get_model("auth", "Group")
     permission_model = apps.get_model("auth", "Permission")
     group, _ = group_model.objects.get_or_create(name=SUPPORT_GROUP)
-    permissions = [
-        permission_model.objects.get(content_type__app_label=label, content_type__model=model, codename=codename)
-        for label, model, codename in SUPPORT_PERMISSIONS
-    ]
-    group.permissions.set(permissions)
+    group.permissions.set(
+        [
+            permission_model.objects.get(content_type__app_label=label, content_type__model=model, codename=codename)
+            for label, model, codename in permissions
+        ]
+    )
     return group

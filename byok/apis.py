@@ -1,5 +1,4 @@
-"""REST for provider keys (list, add/rotate (PUT), test, disconnect (DELETE)) and OAuth
-connections (integrations, list, connect, disconnect).
+"""REST for provider keys: list, add/rotate (PUT), test, disconnect (DELETE).
 
 No response has a key field: output serializers only know the hint and fingerprint. Save and
 test are throttled per user, since a key-checking endpoint is an oracle worth abusing.
@@ -8,9 +7,7 @@ test are throttled per user, since a key-checking endpoint is an oracle worth ab
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from django.urls import reverse
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from drf_spectacular.utils import extend_schema
@@ -23,17 +20,10 @@ from rest_framework.throttling import BaseThrottle, ScopedRateThrottle
 from rest_framework.views import APIView
 
 from accounts.auth import request_user
-from byok import oauth
 from byok.keytext import MAX_KEY_LENGTH
-from byok.models import KeyStatus, OAuthConnection, ProviderKey
-from byok.selectors import connection_list, provider_key_effective_status, provider_key_list
-from byok.services import (
-    connection_connect_start,
-    connection_disconnect,
-    provider_key_disconnect,
-    provider_key_save,
-    provider_key_test,
-)
+from byok.models import KeyStatus, ProviderKey
+from byok.selectors import provider_key_effective_status, provider_key_list
+from byok.services import provider_key_disconnect, provider_key_save, provider_key_test
 from core.errors import CATALOGUE, KEY_NEEDS_REENTRY
 
 logger = logging.getLogger(__name__)
@@ -132,81 +122,3 @@ class ProviderKeyTestApi(APIView):
     def post(self, request: Request, provider: str) -> Response:
         provider_key = provider_key_test(user=request_user(request), provider=provider)
         return Response(ProviderKeyOutputSerializer(provider_key).data)
-
-
-# --- OAuth connections ------------------------------------------------------------------------
-
-
-class OAuthIntegrationOutputSerializer(serializers.Serializer):
-    name = serializers.CharField()
-    display_name = serializers.CharField(source="label")
-    scopes = serializers.ListField(child=serializers.CharField())
-    supports_revocation = serializers.BooleanField()
-
-
-class OAuthConnectionOutputSerializer(serializers.Serializer):
-    """What a user may know about a connection: never a token, never a ciphertext."""
-
-    integration = serializers.CharField()
-    status = serializers.CharField(help_text="active, needs_reauth (reconnect) or error (gave up refreshing).")
-    scopes = serializers.SerializerMethodField()
-    expires_at = serializers.DateTimeField(allow_null=True, help_text="When the current access token expires.")
-    last_refreshed_at = serializers.DateTimeField(allow_null=True)
-    consecutive_failures = serializers.IntegerField()
-    last_error = serializers.SerializerMethodField(help_text="{code, message, reason, at} of the last problem or null.")
-    connected_at = serializers.DateTimeField()
-
-    def get_scopes(self, connection: OAuthConnection) -> list[str]:
-        return connection.scopes.split()
-
-    def get_last_error(self, connection: OAuthConnection) -> dict[str, Any] | None:
-        spec = CATALOGUE.get(connection.last_error_code)
-        if spec is None:
-            return None
-        return {
-            "code": spec.code,
-            "message": spec.message,
-            "reason": connection.last_error_reason,
-            "at": serializers.DateTimeField().to_representation(connection.last_error_at)
-            if connection.last_error_at
-            else None,
-        }
-
-
-class OAuthIntegrationListApi(APIView):
-    @extend_schema(responses=OAuthIntegrationOutputSerializer(many=True))
-    def get(self, request: Request) -> Response:
-        return Response(OAuthIntegrationOutputSerializer(list(oauth.integrations().values()), many=True).data)
-
-
-class OAuthConnectionListApi(APIView):
-    @extend_schema(responses=OAuthConnectionOutputSerializer(many=True))
-    def get(self, request: Request) -> Response:
-        connections = connection_list(user=request_user(request))
-        return Response(OAuthConnectionOutputSerializer(connections, many=True).data)
-
-
-class OAuthConnectionApi(APIView):
-    """DELETE disconnects (and revokes the grant at the provider when it supports revocation)."""
-
-    @extend_schema(responses={204: None})
-    def delete(self, request: Request, integration: str) -> Response:
-        connection_disconnect(user=request_user(request), integration=integration)
-        return Response(status=status.HTTP_204_NO_CONTENT)
-
-
-class OAuthConnectStartApi(APIView):
-    """Start connecting (or reconnecting): returns the provider URL to send the browser to.
-
-    The provider redirects back to `/oauth/callback/<integration>`, which finishes the flow in
-    the browser (signed in as the same user) and lands on the dashboard.
-    """
-
-    class OutputSerializer(serializers.Serializer):
-        authorize_url = serializers.URLField()
-
-    @extend_schema(request=None, responses=OutputSerializer)
-    def post(self, request: Request, integration: str) -> Response:
-        redirect_uri = request.build_absolute_uri(reverse("oauth-callback", kwargs={"integration": integration}))
-        url = connection_connect_start(user=request_user(request), integration=integration, redirect_uri=redirect_uri)
-        return Response(self.OutputSerializer({"authorize_url": url}).data, headers={"Cache-Control": "no-store"})

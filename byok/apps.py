@@ -1,17 +1,14 @@
 from django.apps import AppConfig
 
+from core.encrypted_fields import register_encrypted_field
+
 
 class ByokConfig(AppConfig):
     name = "byok"
     verbose_name = "BYOK vault"
 
     def ready(self) -> None:
-        from byok import checks  # registers the keyring system check on import
-        from byok.encrypted_fields import register_encrypted_field
-        from core.health import readiness_check_register
-
-        readiness_check_register("keyring", checks.keyring_ready)
-
+        # Every column sealed with the keyring, for reencrypt_secrets.
         register_encrypted_field(
             "byok.ProviderKey",
             "ciphertext",

@@ -1,4 +1,4 @@
-"""Dashboard pages of byok: Settings → BYOK (one card per provider) and Connections.
+"""Dashboard pages of byok: Settings → BYOK (one card per provider).
 
 Thin: every change goes through `byok.services`; errors are the catalogue's words with the
 product page's troubleshooting text, shown in the card they belong to. A pasted key is read
@@ -15,28 +15,19 @@ from types import SimpleNamespace
 from typing import Any
 
 from django.contrib import messages
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
-from django.urls import reverse
-from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.auth import request_user
 from accounts.models import User
-from byok import oauth
 from byok.apis import ByokRateThrottle
 from byok.keytext import ANTHROPIC_PREFIX, MAX_KEY_LENGTH, OPENAI_PREFIXES
-from byok.models import ConnectionStatus, KeyStatus, OAuthConnection, Provider, ProviderKey
-from byok.selectors import connection_get, connection_list, provider_key_effective_status, provider_key_get
-from byok.services import (
-    connection_connect_start,
-    connection_disconnect,
-    provider_key_disconnect,
-    provider_key_save,
-    provider_key_test,
-)
+from byok.models import KeyStatus, Provider, ProviderKey
+from byok.selectors import provider_key_effective_status, provider_key_get
+from byok.services import provider_key_disconnect, provider_key_save, provider_key_test
 from core import errors
 from core.errors import NiyraError
 from core.pages import ShownError, dashboard_login_required, is_htmx, render_part, shown_error
@@ -246,119 +237,3 @@ def byok_key_disconnect(request: HttpRequest, provider: str) -> HttpResponse:
             messages.info(request, f"{card.label}: {error.message}")
         return redirect("dashboard:byok")
     return _card_response(request, card)
-
-
-# --- Connections (OAuth integrations) ---------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionRow:
-    name: str
-    label: str
-    configured: bool
-    connection: OAuthConnection | None
-    status_label: str
-    problem: str
-    error: ShownError | None = None
-    notice: str = ""
-    confirming: bool = False
-
-    @property
-    def needs_reconnect(self) -> bool:
-        return self.connection is not None and self.connection.status != ConnectionStatus.ACTIVE
-
-
-def _connection_row(
-    user: User, name: str, *, error: ShownError | None = None, notice: str = "", confirming: bool = False
-) -> ConnectionRow:
-    integration = oauth.find_integration(name)
-    connection = connection_get(user=user, integration=name)
-    if integration is None and connection is None:
-        raise Http404
-    problem = ""
-    if connection is not None and connection.status != ConnectionStatus.ACTIVE:
-        spec = errors.CATALOGUE.get(connection.last_error_code) or (
-            errors.OAUTH_NEEDS_REAUTH
-            if connection.status == ConnectionStatus.NEEDS_REAUTH
-            else errors.OAUTH_CONNECTION_ERROR
-        )
-        problem = spec.message
-    return ConnectionRow(
-        name=name,
-        label=integration.label if integration else name,
-        configured=integration is not None,
-        connection=connection,
-        status_label=ConnectionStatus(connection.status).label if connection else "Not connected",
-        problem=problem,
-        error=error,
-        notice=notice,
-        confirming=confirming and connection is not None,
-    )
-
-
-def _connections_context(user: User, *, row: ConnectionRow | None = None) -> dict[str, Any]:
-    names = list(oauth.integrations())
-    names += [c.integration for c in connection_list(user=user) if c.integration not in names]
-    rows = [row if row is not None and row.name == name else _connection_row(user, name) for name in names]
-    return {"rows": rows}
-
-
-def _row_response(request: HttpRequest, row: ConnectionRow) -> TemplateResponse:
-    context = _connections_context(request_user(request), row=row)
-    context["row"] = row
-    return render_part(
-        request, page="dashboard/connections.html", part="dashboard/_connection_row.html", context=context
-    )
-
-
-@require_GET
-@dashboard_login_required
-def connections(request: HttpRequest) -> HttpResponse:
-    return TemplateResponse(request, "dashboard/connections.html", _connections_context(request_user(request)))
-
-
-@never_cache
-@require_POST
-@dashboard_login_required(return_to="dashboard:connections")
-def connection_connect(request: HttpRequest, integration: str) -> HttpResponse:
-    """Connect or Reconnect: off to the provider's consent screen; it sends the browser back to
-    the OAuth callback (byok.views_oauth), which finishes the flow."""
-    user = request_user(request)
-    redirect_uri = request.build_absolute_uri(reverse("oauth-callback", kwargs={"integration": integration}))
-    try:
-        url = connection_connect_start(user=user, integration=integration, redirect_uri=redirect_uri)
-    except NiyraError as exc:
-        if is_htmx(request):
-            return _row_response(request, _connection_row(user, integration, error=shown_error(exc)))
-        messages.error(request, exc.message)
-        return redirect("dashboard:connections")
-    if is_htmx(request):
-        response = HttpResponse(status=200)
-        response["HX-Redirect"] = url
-        return response
-    return HttpResponseRedirect(url)
-
-
-@require_http_methods(["GET", "POST"])
-@dashboard_login_required(return_to="dashboard:connections")
-def connection_disconnect_view(request: HttpRequest, integration: str) -> HttpResponse:
-    """GET asks for confirmation; POST deletes the tokens and revokes the grant at the provider."""
-    user = request_user(request)
-    if request.method == "GET":
-        row = _connection_row(user, integration, confirming=True)
-        if row.connection is None:
-            row = _connection_row(user, integration, error=shown_error(NiyraError(errors.OAUTH_CONNECTION_NOT_FOUND)))
-        return _row_response(request, row)
-    error: ShownError | None = None
-    try:
-        connection_disconnect(user=user, integration=integration)
-    except NiyraError as exc:
-        error = shown_error(exc)
-    row = _connection_row(user, integration, error=error, notice="" if error else "Disconnected.")
-    if not is_htmx(request):
-        if error is None:
-            messages.success(request, f"{row.label}: disconnected.")
-        else:
-            messages.info(request, f"{row.label}: {error.message}")
-        return redirect("dashboard:connections")
-    return _row_response(request, row)

@@ -1,7 +1,7 @@
 """Liveness (`/healthz`) and readiness (`/readyz`: database, broker, and what the apps add).
 
 Apps add their own readiness checks with `readiness_check_register` from their
-`AppConfig.ready()` (byok adds the keyring), so this base module imports no app.
+`AppConfig.ready()` (core adds the keyring), so this base module imports no app.
 """
 
 from __future__ import annotations

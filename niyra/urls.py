@@ -10,6 +10,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from accounts import login
 from accounts import views as accounts_views
 from byok import views as byok_views
+from connections import views as connections_views
 from core import errors, health
 from credits import views as credits_views
 from dashboard import views
@@ -25,11 +26,15 @@ dashboard_patterns = [
     path("settings/byok/<slug:provider>/save", byok_views.byok_key_save, name="byok-save"),
     path("settings/byok/<slug:provider>/test", byok_views.byok_key_test, name="byok-test"),
     path("settings/byok/<slug:provider>/disconnect", byok_views.byok_key_disconnect, name="byok-disconnect"),
-    path("settings/connections/", byok_views.connections, name="connections"),
-    path("settings/connections/<slug:integration>/connect", byok_views.connection_connect, name="connection-connect"),
+    path("settings/connections/", connections_views.connections, name="connections"),
+    path(
+        "settings/connections/<slug:integration>/connect",
+        connections_views.connection_connect,
+        name="connection-connect",
+    ),
     path(
         "settings/connections/<slug:integration>/disconnect",
-        byok_views.connection_disconnect_view,
+        connections_views.connection_disconnect_view,
         name="connection-disconnect",
     ),
     path("settings/tokens/", accounts_views.tokens, name="tokens"),
@@ -44,13 +49,14 @@ urlpatterns = [
     path("login/", login.LoginView.as_view(), name="login"),  # throttled sign-in
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include((dashboard_patterns, "dashboard"))),
-    path("", include("byok.urls_web")),  # the OAuth callback (a browser redirect from the provider)
+    path("", include("connections.urls_web")),  # the OAuth callback (a browser redirect from the provider)
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # The split view serves its start-up script as a file: the CSP allows no inline script.
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", include("accounts.urls")),
     path("api/", include("byok.urls")),
+    path("api/", include("connections.urls")),
     path("api/", include("credits.urls")),
     path("", include("routing.urls")),
     # Anything else under the API prefixes is a JSON 404, whatever DEBUG says.

@@ -23,8 +23,10 @@ from django.utils.safestring import SafeString
 
 from accounts.admin import UserAdmin
 from accounts.models import AuditEvent, User
-from byok.models import ConnectionStatus, KeyStatus
-from byok.selectors import connection_list, provider_key_effective_status, provider_key_list
+from byok.models import KeyStatus
+from byok.selectors import provider_key_effective_status, provider_key_list
+from connections.models import ConnectionStatus
+from connections.selectors import connection_list
 from credits.models import BillingAccount
 from credits.money import credits_text
 from credits.selectors import ledger_entries_for
@@ -167,8 +169,8 @@ class SupportUserAdmin(UserAdmin):
             ("Integration", "Status", "Expires at", "Last refreshed", "Last error"), rows, empty="No connections."
         )
         link = _link(
-            "byok.view_oauthconnection",
-            "admin:byok_oauthconnection_changelist",
+            "connections.view_oauthconnection",
+            "admin:connections_oauthconnection_changelist",
             f"user__id__exact={user.pk}",
             "Connections (Refresh now) →",
         )

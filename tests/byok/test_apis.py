@@ -12,9 +12,9 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 
 from accounts.services import api_token_create
-from byok.crypto import Keyring, generate_key_spec, get_keyring
 from byok.models import KeyStatus, ProviderKey, provider_key_purpose
 from core import errors
+from core.crypto import Keyring, generate_key_spec, get_keyring
 from sandbox import SandboxServer, anthropic_key, openai_key
 
 pytestmark = pytest.mark.django_db

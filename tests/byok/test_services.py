@@ -10,7 +10,6 @@ from django.db import transaction
 
 from accounts.models import AuditEvent
 from byok import services
-from byok.crypto import Keyring, generate_key_spec, get_keyring
 from byok.models import KeyStatus, ProviderKey, provider_key_purpose
 from byok.selectors import provider_key_effective_status, provider_key_plaintext, provider_key_usable
 from byok.services import (
@@ -20,6 +19,7 @@ from byok.services import (
     provider_key_test,
 )
 from core import errors
+from core.crypto import Keyring, generate_key_spec, get_keyring
 from providers import PROBE_MODELS
 from sandbox import SandboxServer, anthropic_key, openai_key
 

@@ -19,11 +19,11 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from byok.models import ConnectionStatus, OAuthConnection
-from byok.services import connection_connect_start
-from byok.tasks import oauth_refresh_tick
+from connections.models import ConnectionStatus, OAuthConnection
+from connections.services import connection_connect_start
+from connections.tasks import oauth_refresh_tick
 from sandbox import SandboxServer, anthropic_key, key_id, openai_key
-from tests.byok.test_oauth_helpers import REDIRECT_BASE, authorize, connect, sandbox_integration, tokens_of
+from tests.connections.test_oauth_helpers import REDIRECT_BASE, authorize, connect, sandbox_integration, tokens_of
 from tests.faults.conftest import PROMPT, Headers
 from tests.faults.services import (
     RedisServer,
@@ -226,7 +226,7 @@ def test_a_frozen_redis_fails_fast_instead_of_hanging_requests(
 
     from django.core.cache import cache
 
-    from byok.tasks import oauth_connection_refresh
+    from connections.tasks import oauth_connection_refresh
 
     app_on(private_redis)
     user = make_account(plan="free")

@@ -29,12 +29,12 @@ import pytest
 from django.utils import timezone
 
 from accounts.models import AuditEvent
-from byok import oauth
-from byok.models import ConnectionStatus, OAuthConnection
-from byok.tasks import oauth_connection_refresh, oauth_refresh_tick
+from connections import oauth
+from connections.models import ConnectionStatus, OAuthConnection
+from connections.tasks import oauth_connection_refresh, oauth_refresh_tick
 from core.errors import OAUTH_NEEDS_REAUTH
 from sandbox import SandboxServer, key_id
-from tests.byok.test_oauth_helpers import connect, sandbox_integration, tokens_of
+from tests.connections.test_oauth_helpers import connect, sandbox_integration, tokens_of
 from tests.faults.services import (
     RedisServer,
     Worker,
@@ -90,7 +90,7 @@ def test_a_worker_killed_mid_refresh_is_redelivered_and_refreshes_exactly_once(
     with in_process_broker(private_redis.url()):
         assert oauth_refresh_tick() == 1
     wait_for(lambda: refreshes_presenting(sandbox, refresh) == [None], timeout=30, what="the refresh in flight")
-    (running,) = [worker for worker in workers if "Task byok.tasks.oauth_connection_refresh[" in worker.log()]
+    (running,) = [worker for worker in workers if "Task connections.tasks.oauth_connection_refresh[" in worker.log()]
     running.kill()
 
     # Then the provider never answered it (and so rotated nothing)

@@ -24,8 +24,9 @@ from rest_framework.test import APIClient
 
 from accounts.models import ApiToken, AuditEvent, User
 from accounts.services import api_token_create
-from byok.models import OAuthAuthorizationRequest, OAuthConnection, ProviderKey
+from byok.models import ProviderKey
 from byok.services import provider_key_save
+from connections.models import OAuthAuthorizationRequest, OAuthConnection
 from routing.models import RoutedCall, RoutingPreference
 from sandbox import SandboxServer, anthropic_key
 from tests.security.test_idor import (

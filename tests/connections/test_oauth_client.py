@@ -1,4 +1,4 @@
-"""byok.oauth: integrations from the environment, the authorization URL, token responses."""
+"""connections.oauth: integrations from the environment, the authorization URL, token responses."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
-from byok import oauth
+from connections import oauth
 from core.errors import OAUTH_INTEGRATION_UNKNOWN, NiyraError
 from tests.core.test_startup import GOOD_KEY, PRODUCTION_ENV, ROOT
 
@@ -20,8 +20,10 @@ PRINT_INTEGRATIONS = "import json; from django.conf import settings; print(json.
 
 
 def load_settings(**env: str) -> subprocess.CompletedProcess[str]:
-    """Load niyra.settings in a fresh interpreter with exactly this environment (plus PATH)."""
-    clean = {"PATH": os.environ.get("PATH", ""), "DJANGO_SETTINGS_MODULE": "niyra.settings", "NIYRA_READ_DOTENV": "0"}
+    """Load the settings in a fresh interpreter with exactly this environment (plus PATH):
+    niyra.settings.development for DEBUG=True, else niyra.settings.production."""
+    module = "niyra.settings.development" if env.get("DEBUG") == "True" else "niyra.settings.production"
+    clean = {"PATH": os.environ.get("PATH", ""), "DJANGO_SETTINGS_MODULE": module, "NIYRA_READ_DOTENV": "0"}
     return subprocess.run(
         [sys.executable, "-c", PRINT_INTEGRATIONS],
         cwd=ROOT,

@@ -1,18 +1,17 @@
 """The keyring checks: a system check (start-up refuses a missing or unusable keyring) and the
-`/readyz` check."""
+`/readyz` check. Both are registered by `CoreConfig.ready()`."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, register
+from django.core.checks import CheckMessage, Error
 
-from byok.crypto import Keyring, KeyringError, get_keyring
+from core.crypto import Keyring, KeyringError, get_keyring
 from core.health import ReadinessError
 
 
-@register()
 def check_keyring(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     try:
         Keyring.parse(settings.NIYRA_ENCRYPTION_KEYS)
@@ -22,7 +21,7 @@ def check_keyring(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                 f"NIYRA_ENCRYPTION_KEYS is unusable: {exc}",
                 hint='Generate one with: python -c "import base64,os;'
                 "print('k1:'+base64.b64encode(os.urandom(32)).decode())\"",
-                id="byok.E001",
+                id="core.E001",
             )
         ]
     return []

@@ -11,9 +11,9 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 
 from accounts.models import AuditEvent, User
-from byok.models import ConnectionStatus, OAuthConnection
-from tests.byok import test_oauth_helpers as helpers
-from tests.byok.test_oauth_helpers import (
+from connections.models import ConnectionStatus, OAuthConnection
+from tests.connections import test_oauth_helpers as helpers
+from tests.connections.test_oauth_helpers import (
     Queue,
     connect,
     tokens_of,
@@ -26,7 +26,7 @@ queued = helpers.queued
 
 pytestmark = pytest.mark.django_db
 
-CHANGELIST = "/admin/byok/oauthconnection/"
+CHANGELIST = "/admin/connections/oauthconnection/"
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_refresh_now_queues_the_task_and_is_audited(
     assert (event.actor.email, event.subject, event.target) == ("support@niyra.ai", stored.user, "gmail")
 
     # The task it queued brings the connection back (the provider answers again).
-    from byok.tasks import oauth_connection_refresh
+    from connections.tasks import oauth_connection_refresh
 
     assert oauth_connection_refresh(**queued.calls[0][0]) == "refreshed"
     stored.refresh_from_db()

@@ -1,4 +1,4 @@
-"""`manage.py reencrypt_secrets`: batched, resumable, counts per key id, safe next to live traffic."""
+"""`manage.py reencrypt_secrets` (core): batched, resumable, counts per key id, safe next to live traffic."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from django.core.management import CommandError, call_command
 from django.db import connection, transaction
 
 from accounts.models import AuditEvent
-from byok.crypto import Keyring, generate_key_spec
-from byok.encrypted_fields import encrypted_fields
 from byok.models import ProviderKey, provider_key_purpose
 from byok.selectors import provider_key_plaintext
+from core.crypto import Keyring, generate_key_spec
+from core.encrypted_fields import encrypted_fields
 
 pytestmark = pytest.mark.django_db
 
@@ -38,14 +38,14 @@ def run(*args: str) -> str:
 
 
 @pytest.fixture
-def old_rows(make_byok_user: Callable[..., Any], settings: Any) -> dict[int, str]:
+def old_rows(make_user: Callable[..., Any], settings: Any) -> dict[int, str]:
     """Five keys sealed with 'old'; then 'new' becomes primary and 'old' stays to decrypt."""
     old = generate_key_spec("old")
     settings.NIYRA_ENCRYPTION_KEYS = old
     keyring = Keyring.parse(old)
     plaintexts = {}
     for i in range(5):
-        user = make_byok_user("pro")
+        user = make_user()
         key = f"sk-ant-api03-rotation-test-{i:04d}-abcdefghijkl"
         plaintexts[seal(user, "anthropic", key, keyring).pk] = key
     settings.NIYRA_ENCRYPTION_KEYS = f"{generate_key_spec('new')},{old}"
@@ -63,6 +63,16 @@ def kids() -> dict[str, int]:
 
 def test_provider_keys_are_registered() -> None:
     assert "byok.ProviderKey.ciphertext" in [entry.label for entry in encrypted_fields()]
+
+
+def test_every_app_registers_its_own_encrypted_columns() -> None:
+    """Each app registers from its AppConfig.ready(); core knows none of them by name."""
+    assert {entry.label for entry in encrypted_fields()} == {
+        "byok.ProviderKey.ciphertext",
+        "connections.OAuthConnection.access_token_ciphertext",
+        "connections.OAuthConnection.refresh_token_ciphertext",
+        "connections.OAuthAuthorizationRequest.code_verifier_ciphertext",
+    }
 
 
 def test_reencrypts_everything_under_the_primary_in_batches(old_rows: dict[int, str]) -> None:
@@ -118,11 +128,9 @@ def test_an_interrupted_run_resumes_where_it_stopped(old_rows: dict[int, str], m
 
 
 def test_rows_that_do_not_open_are_reported_and_left_alone(
-    old_rows: dict[int, str], make_byok_user: Callable[..., Any]
+    old_rows: dict[int, str], make_user: Callable[..., Any]
 ) -> None:
-    lost = seal(
-        make_byok_user("pro"), "openai", "sk-proj-lost-key-000000000000", Keyring.parse(generate_key_spec("gone"))
-    )
+    lost = seal(make_user(), "openai", "sk-proj-lost-key-000000000000", Keyring.parse(generate_key_spec("gone")))
     before = bytes(lost.ciphertext)
 
     output = run()

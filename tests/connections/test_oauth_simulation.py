@@ -7,7 +7,7 @@ short-lived tokens) runs at its simulated time, with 5% of token requests failin
 then at no moment is an active connection's token expired, every connection is still active,
 and the sandbox saw each refresh token exactly once.
 
-The clock is injected (byok.oauth.now); the tasks run in simulated time order on one thread
+The clock is injected (connections.oauth.now); the tasks run in simulated time order on one thread
 (the concurrency test covers racing workers). Each refresh is a real one (PostgreSQL row lock,
 sandbox round trip), a few milliseconds, so the default run is 1,000 connections over one
 simulated hour (~3,800 refreshes; every lifetime through a full cycle, the short ones through
@@ -29,12 +29,12 @@ from typing import Any
 
 import pytest
 
-from byok import oauth, tasks
-from byok.models import ConnectionStatus, OAuthConnection
-from byok.services import connection_refresh
+from connections import oauth, tasks
+from connections.models import ConnectionStatus, OAuthConnection
+from connections.services import connection_refresh
 from sandbox import SandboxServer
-from tests.byok import test_oauth_helpers as helpers
-from tests.byok.test_oauth_helpers import (
+from tests.connections import test_oauth_helpers as helpers
+from tests.connections.test_oauth_helpers import (
     T0,
     Clock,
     connect,
@@ -58,7 +58,7 @@ def test_a_simulated_day_never_lets_an_active_token_expire(
     settings: Any,
     sandbox: SandboxServer,
     clock: Clock,
-    make_byok_user: Callable[..., Any],
+    make_plan_user: Callable[..., Any],
     monkeypatch: pytest.MonkeyPatch,
     django_capture_on_commit_callbacks: Any,
 ) -> None:
@@ -68,7 +68,7 @@ def test_a_simulated_day_never_lets_an_active_token_expire(
         f"sim{n}": sandbox_integration(sandbox, f"ttl{lifetime}", name=f"sim{n}")
         for n, lifetime in enumerate(lifetimes)
     }
-    user = make_byok_user("pro")
+    user = make_plan_user("pro")
 
     # The event queue: (simulated time, order, connection id). Everything the code queues for the
     # refresh task lands here at its countdown; transient failures are injected 5% of the time.

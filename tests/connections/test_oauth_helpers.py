@@ -2,7 +2,7 @@
 
 The provider sandbox is the OAuth server: integrations are configured to point at it, with the
 behaviour words in the client id (`revoked`, `norotate`, `ttl300`, ...). The clock of the OAuth
-code (`byok.oauth.now`) is injected; the sandbox keeps real time, which only matters for its
+code (`connections.oauth.now`) is injected; the sandbox keeps real time, which only matters for its
 own access-token expiry (never checked by a refresh).
 """
 
@@ -18,15 +18,15 @@ import httpx2
 import pytest
 from django.urls import include, path
 
-from byok import oauth, tasks
-from byok.crypto import get_keyring
-from byok.models import OAuthConnection
-from byok.services import connection_connect_complete, connection_connect_start
+from connections import oauth, tasks
+from connections.models import OAuthConnection
+from connections.services import connection_connect_complete, connection_connect_start
+from core.crypto import get_keyring
 from sandbox import SandboxServer, client_secret_for, oauth_client_id
 
-# The project's URLconf (it includes the callback from byok.urls_web), named for the tests.
+# The project's URLconf (it includes the callback from connections.urls_web), named for the tests.
 urlpatterns = [path("", include("niyra.urls"))]
-URLCONF = "tests.byok.test_oauth_helpers"
+URLCONF = "tests.connections.test_oauth_helpers"
 REDIRECT_BASE = "http://testserver/oauth/callback/"
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -62,7 +62,7 @@ def integrations(settings: Any, sandbox: SandboxServer) -> Callable[..., str]:
 
 @dataclass
 class Clock:
-    """The injected clock of byok.oauth."""
+    """The injected clock of connections.oauth."""
 
     at: datetime = T0
 

@@ -19,13 +19,12 @@ import httpx2
 import pytest
 from django.db import connections
 
-from byok.models import OAuthConnection
-from byok.selectors import connection_access_token
-from byok.services import connection_disconnect
-from byok.tasks import oauth_connection_refresh, oauth_refresh_tick
+from connections.models import OAuthConnection
+from connections.services import connection_access_token_obtain, connection_disconnect
+from connections.tasks import oauth_connection_refresh, oauth_refresh_tick
 from sandbox import SandboxServer
-from tests.byok import test_oauth_helpers as helpers
-from tests.byok.test_oauth_helpers import (
+from tests.connections import test_oauth_helpers as helpers
+from tests.connections.test_oauth_helpers import (
     Clock,
     Queue,
     connect,
@@ -80,14 +79,14 @@ def run_in_threads(work: list[Callable[[], Any]], workers: int = WORKERS) -> lis
 
 def test_two_ticks_and_four_workers_refresh_each_token_exactly_once(
     integrations: Callable[..., str],
-    make_byok_user: Callable[..., Any],
+    make_plan_user: Callable[..., Any],
     clock: Clock,
     queued: Queue,
     sandbox: SandboxServer,
 ) -> None:
     # Given 24 connections, all due
     integrations("gmail", "slow30")
-    conns = [connect(make_byok_user("pro")) for _ in range(24)]
+    conns = [connect(make_plan_user("pro")) for _ in range(24)]
     for connection in conns:
         set_expiry(connection, clock() + timedelta(seconds=90))
     old = {c.pk: tokens_of(c) for c in conns}
@@ -130,10 +129,10 @@ def _wait_for_pending_refresh(sandbox: SandboxServer) -> None:
 
 
 def test_on_demand_waits_for_the_daemons_refresh_instead_of_starting_a_second_one(
-    integrations: Callable[..., str], make_byok_user: Callable[..., Any], clock: Clock, sandbox: SandboxServer
+    integrations: Callable[..., str], make_plan_user: Callable[..., Any], clock: Clock, sandbox: SandboxServer
 ) -> None:
     integrations("gmail", "slow300")
-    connection = connect(make_byok_user("pro"))
+    connection = connect(make_plan_user("pro"))
     set_expiry(connection, clock() + timedelta(seconds=30))  # inside the margin: on demand refreshes too
     _, old_refresh = tokens_of(connection)
     sandbox.log.clear()
@@ -144,7 +143,7 @@ def test_on_demand_waits_for_the_daemons_refresh_instead_of_starting_a_second_on
     )
     daemon.start()
     _wait_for_pending_refresh(sandbox)  # the daemon holds the row lock now
-    token = connection_access_token(user=connection.user, integration="gmail")
+    token = connection_access_token_obtain(user=connection.user, integration="gmail")
     daemon.join(10)
 
     assert results == ["refreshed"]
@@ -154,10 +153,10 @@ def test_on_demand_waits_for_the_daemons_refresh_instead_of_starting_a_second_on
 
 
 def test_disconnect_during_a_refresh_waits_and_revokes_the_final_tokens(
-    integrations: Callable[..., str], make_byok_user: Callable[..., Any], clock: Clock, sandbox: SandboxServer
+    integrations: Callable[..., str], make_plan_user: Callable[..., Any], clock: Clock, sandbox: SandboxServer
 ) -> None:
     integrations("gmail", "slow300")
-    user = make_byok_user("pro")
+    user = make_plan_user("pro")
     connection = connect(user)
     set_expiry(connection, clock() + timedelta(seconds=90))
     old_access, _ = tokens_of(connection)

@@ -14,8 +14,8 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from accounts.models import AuditEvent
-from byok.models import ConnectionStatus, OAuthAuthorizationRequest, OAuthConnection
-from byok.services import connection_connect_complete, connection_connect_start
+from connections.models import ConnectionStatus, OAuthAuthorizationRequest, OAuthConnection
+from connections.services import connection_connect_complete, connection_connect_start
 from core.errors import (
     OAUTH_ACCESS_DENIED,
     OAUTH_CODE_MISSING,
@@ -27,8 +27,8 @@ from core.errors import (
     NiyraError,
 )
 from sandbox import SandboxServer
-from tests.byok import test_oauth_helpers as helpers
-from tests.byok.test_oauth_helpers import (
+from tests.connections import test_oauth_helpers as helpers
+from tests.connections.test_oauth_helpers import (
     REDIRECT_BASE,
     URLCONF,
     authorize,
@@ -109,14 +109,14 @@ def test_connect_end_to_end_stores_encrypted_tokens(
 
 
 def test_ciphertexts_are_bound_to_the_connection(
-    integrations: Callable[..., str], pro_user: Any, make_byok_user: Any
+    integrations: Callable[..., str], pro_user: Any, make_plan_user: Any
 ) -> None:
-    from byok.crypto import DecryptionError, get_keyring
-    from byok.models import oauth_access_token_purpose
+    from connections.models import oauth_access_token_purpose
+    from core.crypto import DecryptionError, get_keyring
 
     integrations("gmail")
     connection = connect(pro_user)
-    other = make_byok_user("pro")
+    other = make_plan_user("pro")
     with pytest.raises(DecryptionError):
         get_keyring().decrypt(
             connection.access_token_ciphertext,
@@ -199,11 +199,11 @@ def test_a_state_works_once(
 
 
 def test_someone_elses_state_is_refused(
-    integrations: Callable[..., str], pro_user: Any, make_byok_user: Any, client_for: Any
+    integrations: Callable[..., str], pro_user: Any, make_plan_user: Any, client_for: Any
 ) -> None:
     """A callback carrying another user's state (a link sent to a victim) connects nothing."""
     integrations("gmail")
-    attacker = make_byok_user("pro")
+    attacker = make_plan_user("pro")
     query = authorize(start(client_for(attacker)))
     victim_browser = Client()
     victim_browser.force_login(pro_user)
@@ -306,11 +306,11 @@ def test_disconnect_without_revocation_support(
 
 
 def test_only_your_own_connections(
-    integrations: Callable[..., str], pro_user: Any, make_byok_user: Any, client_for: Any
+    integrations: Callable[..., str], pro_user: Any, make_plan_user: Any, client_for: Any
 ) -> None:
     integrations("gmail")
     mine = connect(pro_user)
-    other_user = make_byok_user("pro")
+    other_user = make_plan_user("pro")
     other = client_for(other_user)
     before = snapshot()
 

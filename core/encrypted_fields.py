@@ -4,7 +4,7 @@ Every column sealed with the keyring registers here (from its app's `AppConfig.r
 the function that rebuilds the associated data ("purpose") for a row:
 
     register_encrypted_field(
-        "byok.OAuthConnection", "refresh_token_ciphertext",
+        "connections.OAuthConnection", "refresh_token_ciphertext",
         purpose=lambda row: f"niyra:v1:oauth_refresh:{row.user_id}:{row.integration}",
         key_id_field="encryption_key_id",
     )
@@ -50,7 +50,7 @@ def register_encrypted_field(
     purpose: Callable[[Any], str],
     key_id_field: str | None = None,
 ) -> EncryptedField:
-    """Register `app_label.Model` `field` (bytes, an envelope from byok.crypto). Idempotent."""
+    """Register `app_label.Model` `field` (bytes, an envelope from core.crypto). Idempotent."""
     entry = EncryptedField(model_label=model_label, field=field, purpose=purpose, key_id_field=key_id_field)
     _REGISTRY[entry.label] = entry
     return entry
@@ -58,25 +58,3 @@ def register_encrypted_field(
 
 def encrypted_fields() -> list[EncryptedField]:
     return list(_REGISTRY.values())
-
-
-# OAuth connections (byok.models): both tokens share one key id column; the PKCE verifier of a
-# connect flow in progress is short-lived, but it is a secret sealed with the keyring all the same.
-register_encrypted_field(
-    "byok.OAuthConnection",
-    "access_token_ciphertext",
-    purpose=lambda row: row.access_token_purpose,
-    key_id_field="encryption_key_id",
-)
-register_encrypted_field(
-    "byok.OAuthConnection",
-    "refresh_token_ciphertext",
-    purpose=lambda row: row.refresh_token_purpose,
-    key_id_field="encryption_key_id",
-)
-register_encrypted_field(
-    "byok.OAuthAuthorizationRequest",
-    "code_verifier_ciphertext",
-    purpose=lambda row: row.code_verifier_purpose,
-    key_id_field="encryption_key_id",
-)

@@ -2,7 +2,7 @@
 
 Tasks take ids only (never a token), re-read under the row lock and are idempotent: a
 duplicate (two beats, a redelivery after a worker died with `acks_late`) finds the token fresh
-and does nothing. The rules live in `byok.services.connection_refresh`.
+and does nothing. The rules live in `connections.services.connection_refresh`.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from django.conf import settings
 from django.db import transaction
 from kombu.exceptions import OperationalError
 
-from byok.selectors import connection_ids_due
-from byok.services import connection_refresh, oauth_authorization_requests_purge
+from connections.selectors import connection_ids_due
+from connections.services import REFRESH_TASK, connection_refresh, oauth_authorization_requests_purge
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="byok.tasks.oauth_refresh_tick", ignore_result=True)
+@shared_task(name="connections.tasks.oauth_refresh_tick", ignore_result=True)
 def oauth_refresh_tick() -> int:
     """Every `OAUTH_REFRESH_INTERVAL_SECONDS` (niyra/celery.py): queue a refresh for every active
     connection expiring before the next tick plus the margin. One indexed query; ids only."""
@@ -46,7 +46,7 @@ def oauth_refresh_tick() -> int:
     return len(ids)
 
 
-@shared_task(bind=True, name="byok.tasks.oauth_connection_refresh", ignore_result=True, max_retries=None)
+@shared_task(bind=True, name=REFRESH_TASK, ignore_result=True, max_retries=None)
 def oauth_connection_refresh(self: Task, connection_id: int, force: bool = False) -> str:
     """Refresh one connection if it is due. Transient failures retry with exponential backoff
     while the token still works (the service decides when, and when to give up)."""

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from byok.checks import check_keyring
-from byok.crypto import DecryptionError, Keyring, generate_key_spec, get_keyring
+from core.checks import check_keyring
+from core.crypto import DecryptionError, Keyring, generate_key_spec, get_keyring
 
 PURPOSE = "niyra:v1:provider_key:1:anthropic"
 
@@ -112,7 +112,7 @@ def test_the_system_check_rejects_unusable_keyrings(keys: str, complaint: str) -
     value = keys.replace("{a}", a).replace("{b}", b)
     with override_settings(NIYRA_ENCRYPTION_KEYS=value):
         messages: list[Any] = check_keyring()
-    assert [m.id for m in messages] == ["byok.E001"]
+    assert [m.id for m in messages] == ["core.E001"]
     assert complaint in messages[0].msg
     assert a not in messages[0].msg and b not in messages[0].msg
 

@@ -1,7 +1,7 @@
 """The refresh daemon: the tick's window, the per-connection task, failures, the on-demand selector.
 
 Given connections placed on an injected timeline, when the tick and its tasks run, then exactly
-the due tokens are refreshed against the sandbox, with the rules of byok.services.
+the due tokens are refreshed against the sandbox, with the rules of connections.services.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from django.db import connection as db_connection
 from django.test.utils import CaptureQueriesContext
 
 from accounts.models import AuditEvent
-from byok import oauth
-from byok.models import ConnectionStatus, OAuthConnection
-from byok.selectors import connection_access_token, connection_ids_due, connections_due
-from byok.services import connection_refresh, oauth_authorization_requests_purge
-from byok.tasks import oauth_connection_refresh, oauth_refresh_tick
+from connections import oauth
+from connections.models import ConnectionStatus, OAuthConnection
+from connections.selectors import connection_ids_due, connections_due
+from connections.services import connection_access_token_obtain, connection_refresh, oauth_authorization_requests_purge
+from connections.tasks import oauth_connection_refresh, oauth_refresh_tick
 from core.errors import (
     OAUTH_CONNECTION_ERROR,
     OAUTH_NEEDS_REAUTH,
@@ -32,8 +32,8 @@ from core.errors import (
 )
 from niyra.celery import app
 from sandbox import SandboxServer
-from tests.byok import test_oauth_helpers as helpers
-from tests.byok.test_oauth_helpers import (
+from tests.connections import test_oauth_helpers as helpers
+from tests.connections.test_oauth_helpers import (
     T0,
     Clock,
     Queue,
@@ -61,9 +61,9 @@ def gmail(integrations: Callable[..., str], clock: Clock) -> str:
 
 
 @pytest.fixture
-def make_connection(make_byok_user: Callable[..., Any], gmail: str) -> Callable[..., OAuthConnection]:
+def make_connection(make_plan_user: Callable[..., Any], gmail: str) -> Callable[..., OAuthConnection]:
     def make(integration: str = "gmail", user: Any = None) -> OAuthConnection:
-        return connect(user or make_byok_user("pro"), integration)
+        return connect(user or make_plan_user("pro"), integration)
 
     return make
 
@@ -172,13 +172,13 @@ def test_the_tick_query_uses_the_partial_index(make_connection: Callable[..., OA
 
 def test_the_beat_entry(settings: Any) -> None:
     entry = app.conf.beat_schedule["oauth-refresh-tick"]
-    assert entry["task"] == "byok.tasks.oauth_refresh_tick"
+    assert entry["task"] == "connections.tasks.oauth_refresh_tick"
     assert entry["schedule"] == settings.OAUTH_REFRESH_INTERVAL_SECONDS
     assert 0 < entry["options"]["expires"] < settings.OAUTH_REFRESH_INTERVAL_SECONDS
 
 
 def test_old_connect_flows_are_purged(make_connection: Callable[..., OAuthConnection], clock: Clock) -> None:
-    from byok.models import OAuthAuthorizationRequest
+    from connections.models import OAuthAuthorizationRequest
 
     make_connection()
     assert OAuthAuthorizationRequest.objects.count() == 1
@@ -236,7 +236,7 @@ def test_no_refresh_token_and_no_expiry_is_never_due(make_connection: Callable[.
     OAuthConnection.objects.filter(pk=connection.pk).update(expires_at=None, refresh_token_ciphertext=None)
     assert connection_ids_due() == []
     assert connection_refresh(connection_id=connection.pk, force=False).outcome == "fresh"
-    assert connection_access_token(user=connection.user, integration="gmail").startswith("sbx_at_")
+    assert connection_access_token_obtain(user=connection.user, integration="gmail").startswith("sbx_at_")
 
 
 def test_an_expiring_token_without_a_refresh_token_asks_for_a_reconnect(
@@ -283,7 +283,7 @@ def test_a_revoked_grant_needs_reauth_within_one_tick_audited_and_no_more_attemp
     assert oauth_connection_refresh(connection_id=connection.pk) == "inactive"
     assert len(refresh_requests(sandbox)) == 1
     with pytest.raises(NiyraError) as caught:
-        connection_access_token(user=connection.user, integration="gmail")
+        connection_access_token_obtain(user=connection.user, integration="gmail")
     assert caught.value.spec == OAUTH_NEEDS_REAUTH
 
 
@@ -427,7 +427,7 @@ def test_after_the_limit_the_connection_gives_up_into_error(
     assert connection_ids_due() == []
     assert connection_refresh(connection_id=connection.pk).outcome == "inactive"
     with pytest.raises(NiyraError) as caught:
-        connection_access_token(user=connection.user, integration="gmail")
+        connection_access_token_obtain(user=connection.user, integration="gmail")
     assert caught.value.spec == OAUTH_CONNECTION_ERROR
 
     # Support's "refresh now" (forced) brings it back once the provider answers again.
@@ -513,7 +513,7 @@ def test_on_demand_a_fresh_token_is_returned_as_is(
 ) -> None:
     connection = make_connection()
     sandbox.log.clear()
-    assert connection_access_token(user=connection.user, integration="gmail") == tokens_of(connection)[0]
+    assert connection_access_token_obtain(user=connection.user, integration="gmail") == tokens_of(connection)[0]
     assert sandbox.log.records() == []
 
 
@@ -524,7 +524,7 @@ def test_on_demand_a_token_within_the_margin_is_refreshed_first(
     old_access, old_refresh = tokens_of(connection)
     set_expiry(connection, at(90))  # the daemon is late
 
-    token = connection_access_token(user=connection.user, integration="gmail")
+    token = connection_access_token_obtain(user=connection.user, integration="gmail")
 
     assert token != old_access and token == tokens_of(connection)[0]
     assert old_refresh is not None and sandbox.log.count_refresh(old_refresh) == 1
@@ -538,9 +538,9 @@ def test_on_demand_with_the_provider_down(
     set_expiry(connection, at(90))
     monkeypatch.setattr(oauth, "_post", _raise_transient)
     # Still valid: the current token is better than nothing.
-    assert connection_access_token(user=connection.user, integration="gmail") == access
+    assert connection_access_token_obtain(user=connection.user, integration="gmail") == access
     # Expired: a clear error, not a dead token.
     clock.advance(100)
     with pytest.raises(NiyraError) as caught:
-        connection_access_token(user=connection.user, integration="gmail")
+        connection_access_token_obtain(user=connection.user, integration="gmail")
     assert caught.value.spec == OAUTH_PROVIDER_UNAVAILABLE

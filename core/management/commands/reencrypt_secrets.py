@@ -5,6 +5,8 @@ serves traffic: each batch is a short transaction that row-locks its rows with
 `SELECT ... FOR UPDATE SKIP LOCKED` (a row a request is writing right now is skipped and retried
 in a later pass), re-reads the ciphertext under the lock, and writes the new one. Resumable:
 only rows not yet under the primary key are touched, so an interrupted run just runs again.
+Generic over every column registered in `core.encrypted_fields` (each app registers its own);
+the audit row goes through `core.audit`.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import models, transaction
 
-from accounts.services import audit_event_record
-from byok.crypto import DecryptionError, Keyring, get_keyring
-from byok.encrypted_fields import EncryptedField, encrypted_fields
+from core.audit import audit_record
+from core.crypto import DecryptionError, Keyring, get_keyring
+from core.encrypted_fields import EncryptedField, encrypted_fields
 
 NOT_AN_ENVELOPE = "(not an envelope)"
 LOCKED_RETRY_PAUSE_SECONDS = 0.5
@@ -144,9 +146,7 @@ class Command(BaseCommand):
                 )
         remaining = self._print_counts("after", entries, keyring)
         with transaction.atomic():
-            audit_event_record(
-                actor=None,
-                subject=None,
+            audit_record(
                 event="secrets.reencrypted",
                 target=keyring.primary_kid,
                 outcome="ok" if not still_locked else "incomplete",

@@ -20,14 +20,14 @@ from django.views.debug import ExceptionReporter
 from rest_framework.test import APIClient
 
 from accounts.models import AuditEvent, User
-from byok import services
-from byok.models import OAuthConnection
-from byok.selectors import connection_access_token
-from byok.tasks import oauth_connection_refresh, oauth_refresh_tick
+from connections import services
+from connections.models import OAuthConnection
+from connections.services import connection_access_token_obtain
+from connections.tasks import oauth_connection_refresh, oauth_refresh_tick
 from tests.byok import test_never_leaked
-from tests.byok import test_oauth_helpers as helpers
 from tests.byok.test_never_leaked import LeakTrap, assert_never_leaked
-from tests.byok.test_oauth_helpers import (
+from tests.connections import test_oauth_helpers as helpers
+from tests.connections.test_oauth_helpers import (
     URLCONF,
     Clock,
     Queue,
@@ -92,7 +92,7 @@ def test_no_token_leaks_through_any_path(
         tokens.collect(connection)
     # On demand, within the margin.
     set_expiry(connection, clock() + timedelta(seconds=30))
-    connection_access_token(user=pro_user, integration="gmail")
+    connection_access_token_obtain(user=pro_user, integration="gmail")
     tokens.collect(connection)
 
     # Failures: a provider that is down, one that answers garbage, a revoked grant.
@@ -104,11 +104,13 @@ def test_no_token_leaks_through_any_path(
     tokens.collect(connection)
 
     # Admin: changelist, change page, "refresh now", the audit trail.
-    trap.keep(admin.get("/admin/byok/oauthconnection/"))
-    trap.keep(admin.get(f"/admin/byok/oauthconnection/{connection.pk}/change/"))
+    trap.keep(admin.get("/admin/connections/oauthconnection/"))
+    trap.keep(admin.get(f"/admin/connections/oauthconnection/{connection.pk}/change/"))
     with django_capture_on_commit_callbacks(execute=True):
         trap.keep(
-            admin.post("/admin/byok/oauthconnection/", {"action": "refresh_now", "_selected_action": [connection.pk]})
+            admin.post(
+                "/admin/connections/oauthconnection/", {"action": "refresh_now", "_selected_action": [connection.pk]}
+            )
         )
     trap.keep(admin.get("/admin/accounts/auditevent/"))
     for pk in AuditEvent.objects.values_list("pk", flat=True):
