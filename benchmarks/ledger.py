@@ -82,7 +82,7 @@ def prepare() -> list[int]:
     from django.db import connections
 
     from accounts.models import User
-    from credits.services import credit_grant
+    from credits.services.ledger import credit_grant
 
     call_command("migrate", verbosity=0)
     users = User.objects.bulk_create(
@@ -163,7 +163,7 @@ def _ledger_client(ids: list[int]) -> Callable[[int], None]:
     import random
 
     from accounts.models import User
-    from credits.services import credit_hold, credit_settle
+    from credits.services.holds import credit_hold, credit_settle
 
     users = [User(pk=pk) for pk in ids]  # the services only need the id
     pick = random.Random().choice

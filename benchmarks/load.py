@@ -137,7 +137,8 @@ import secrets, time, urllib.request
 from django.core.management import call_command
 from accounts.services import api_token_create, user_create
 from byok.services import provider_key_save
-from credits.services import billing_plan_set, credit_grant
+from credits.services.accounts import billing_plan_set
+from credits.services.ledger import credit_grant
 call_command("migrate", verbosity=0)
 for _ in range(600):
     try:

@@ -148,7 +148,8 @@ def setup_database(env: dict[str, str]) -> dict[str, str]:
     script = f"""
 from accounts.services import api_token_create, user_create
 from byok.services import provider_key_save
-from credits.services import billing_plan_set, credit_grant
+from credits.services.accounts import billing_plan_set
+from credits.services.ledger import credit_grant
 keys = {{"byok": "sk-proj-bench-{secrets.token_hex(6)}", "slow": "sk-proj-slow2000-{secrets.token_hex(6)}"}}
 for name, plan in (("credits", "free"), ("byok", "pro"), ("slow", "pro")):
     user = user_create(email=f"{{name}}@bench.local", password=None)

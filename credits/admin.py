@@ -27,7 +27,8 @@ from core.admin import ReadOnlyAdmin
 from core.errors import NiyraError
 from credits.models import BillingAccount, CreditHold, LedgerEntry, Plan
 from credits.money import MILLICREDITS_PER_CREDIT, credits_text
-from credits.services import billing_apex_set, billing_plan_set, credit_adjust, credit_grant
+from credits.services.accounts import billing_apex_set, billing_plan_set
+from credits.services.ledger import credit_adjust, credit_grant
 
 
 def _to_millicredits(credits: Decimal) -> int:

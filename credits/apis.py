@@ -23,7 +23,7 @@ from core import errors
 from core.fields import QueryParamsSerializer, StrictIntegerField
 from credits.models import Category
 from credits.selectors import billing_account_for, credit_balance, ledger_entries_for, usage_breakdown
-from credits.services import credit_charge
+from credits.services.ledger import credit_charge
 
 DEFAULT_USAGE_PERIOD = timedelta(days=30)
 MAX_USAGE_PERIOD = timedelta(days=366)

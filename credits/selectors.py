@@ -14,12 +14,14 @@ from credits.models import USAGE_CATEGORIES, BillingAccount, Category, CreditHol
 
 
 def billing_account_for(*, user: User) -> BillingAccount:
-    """The user's billing account, created (free plan, zero balance) on first use.
+    """The user's billing account; for a user who has none yet, an unsaved one as it would be
+    created (free plan, no Apex, zero balance), so callers read plan and balance either way.
 
-    Created lazily rather than by a signal: every path that needs it goes through here.
+    Only reads: the services that need the row (the first money movement, a plan change) create
+    it (`credits.services.accounts.billing_account_ensure`).
     """
-    account, _ = BillingAccount.objects.get_or_create(user=user)
-    return account
+    account = BillingAccount.objects.filter(user_id=user.pk).first()
+    return account if account is not None else BillingAccount(user=user)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +59,6 @@ def ledger_entries_for(
     if until is not None:
         entries = entries.filter(created_at__lt=until)
     return entries.order_by("-created_at", "-id")
-
-
-def credit_hold_get(*, hold_id: int) -> CreditHold | None:
-    return CreditHold.objects.select_related("account").filter(pk=hold_id).first()
 
 
 @dataclass(frozen=True, slots=True)

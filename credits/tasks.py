@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from credits.services import credit_holds_expire
+from credits.services.holds import credit_holds_expire
 
 
 @shared_task(name="credits.tasks.expire_holds", ignore_result=True)

@@ -46,9 +46,10 @@ from byok.services import provider_key_mark_invalid, provider_key_mark_needs_ree
 from core import errors
 from core.db import db_sync_to_async
 from core.errors import NiyraError
-from credits.models import BillingAccount, CreditHold, KeySource
+from credits.models import CreditHold, KeySource
 from credits.pricing import LlmUsage
-from credits.services import credit_hold, credit_settle, credit_usage_record, credit_void
+from credits.services.holds import credit_hold, credit_settle, credit_void
+from credits.services.ledger import credit_usage_record
 from providers import Provider, get_adapter
 from providers.types import (
     ChatMessage,
@@ -103,7 +104,6 @@ class Route:
     key_source: str
     started: float
     hold: CreditHold | None = None
-    account: BillingAccount | None = None
     key_fingerprint: str | None = None
     fallback_allowed: bool = False
     credits_charged: int = 0
@@ -398,7 +398,6 @@ class LLMDispatcher:
             model=model,
             key_source=credential.key_source,
             started=time.monotonic(),
-            account=snapshot.account,
         )
         provider_key = credential.provider_key
         if provider_key is not None:
@@ -453,7 +452,6 @@ class LLMDispatcher:
                     cached_tokens=usage.cached_tokens,
                     idempotency_key=f"routed:{route.call_id}",
                     details=details,
-                    account=route.account,
                 )
             if error is not None and error.spec is errors.KEY_INVALID:
                 provider_key_mark_invalid(user=route.user, provider=model.provider, fingerprint=route.key_fingerprint)

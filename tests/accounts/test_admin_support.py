@@ -22,7 +22,8 @@ from byok.crypto import get_keyring
 from byok.keytext import key_fingerprint, key_hint
 from byok.models import ConnectionStatus, KeyStatus, OAuthConnection, ProviderKey, provider_key_purpose
 from credits.models import BillingAccount, LedgerEntry
-from credits.services import billing_plan_set, credit_grant
+from credits.services.accounts import billing_plan_set
+from credits.services.ledger import credit_grant
 
 pytestmark = pytest.mark.django_db
 

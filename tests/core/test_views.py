@@ -18,7 +18,8 @@ from byok.models import KeyStatus, ProviderKey, provider_key_purpose
 from core.templatetags.dashboard import percent
 from credits.models import BillingAccount
 from credits.money import credits_text
-from credits.services import credit_charge, credit_grant, credit_hold
+from credits.services.holds import credit_hold
+from credits.services.ledger import credit_charge, credit_grant
 from credits.templatetags.money import credits
 from sandbox import SandboxServer, anthropic_key
 

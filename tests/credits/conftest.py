@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 from accounts.models import TokenKind
 from accounts.services import api_token_create
 from credits.models import BillingAccount, LedgerEntry
-from credits.services import credit_grant
+from credits.services.ledger import credit_grant
 
 CREDIT = 1_000  # millicredits
 
@@ -56,16 +56,6 @@ def service_client(make_user: Callable[..., Any]) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {issued.plaintext}")
     return client
-
-
-@pytest.fixture(params=[pytest.param("fast", marks=pytest.mark.postgres), "orm"])
-def ledger_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test on both write paths: PostgreSQL's one-statement fast path (`credits.ledger_sql`)
-    and the portable ORM path (what SQLite always uses)."""
-    from niyra import rawsql
-
-    monkeypatch.setattr(rawsql, "ENABLED", request.param == "fast")
-    return str(request.param)
 
 
 @pytest.fixture

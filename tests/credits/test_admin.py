@@ -11,7 +11,7 @@ from django.test import Client
 
 from accounts.models import AuditEvent
 from credits.models import BillingAccount, LedgerEntry
-from credits.services import credit_hold
+from credits.services.holds import credit_hold
 from tests.credits.conftest import CREDIT
 
 pytestmark = pytest.mark.django_db

@@ -11,7 +11,8 @@ from rest_framework.test import APIClient
 
 from credits.models import LedgerEntry
 from credits.pricing import LlmUsage, price_llm_call
-from credits.services import credit_charge, credit_hold, credit_settle, credit_usage_record
+from credits.services.holds import credit_hold, credit_settle
+from credits.services.ledger import credit_charge, credit_usage_record
 from tests.credits.conftest import CREDIT
 
 pytestmark = pytest.mark.django_db

@@ -18,7 +18,8 @@ from django.db.models import Min, Sum
 
 from core.errors import NiyraError
 from credits.models import BillingAccount, CreditHold, HoldStatus, LedgerEntry
-from credits.services import credit_charge, credit_grant, credit_hold, credit_settle, credit_void
+from credits.services.holds import credit_hold, credit_settle, credit_void
+from credits.services.ledger import credit_charge, credit_grant
 
 THREADS = 50
 OPS_PER_THREAD = 24
@@ -85,7 +86,6 @@ def _worker(index: int, user: Any, shared_holds: list[int], lock: threading.Lock
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.usefixtures("ledger_path")
 def test_fifty_threads_on_one_account(make_user: Any, connections_for: Callable[[int], None]) -> None:
     connections_for(THREADS)
     user = make_user()
@@ -139,7 +139,6 @@ def test_fifty_threads_on_one_account(make_user: Any, connections_for: Callable[
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.usefixtures("ledger_path")
 def test_twins_with_one_key_charge_once(make_user: Any, connections_for: Callable[[int], None]) -> None:
     """Many callers send the same request at the same moment (a retry storm): the unique
     constraint lets one insert win and every other call returns that same entry or hold."""

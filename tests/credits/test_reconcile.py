@@ -9,7 +9,8 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from credits.models import BillingAccount
-from credits.services import credit_charge, credit_hold
+from credits.services.holds import credit_hold
+from credits.services.ledger import credit_charge
 
 pytestmark = pytest.mark.django_db
 

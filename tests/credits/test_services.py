@@ -15,21 +15,12 @@ from core import errors
 from credits.models import BillingAccount, CreditHold, HoldStatus, KeySource, LedgerEntry
 from credits.pricing import LlmUsage, price_llm_call, price_llm_worst_case
 from credits.selectors import ledger_mismatches
-from credits.services import (
-    billing_apex_set,
-    billing_plan_set,
-    credit_adjust,
-    credit_charge,
-    credit_grant,
-    credit_hold,
-    credit_holds_expire,
-    credit_settle,
-    credit_usage_record,
-    credit_void,
-)
+from credits.services.accounts import billing_apex_set, billing_plan_set
+from credits.services.holds import credit_hold, credit_holds_expire, credit_settle, credit_void
+from credits.services.ledger import credit_adjust, credit_charge, credit_grant, credit_usage_record
 from tests.credits.conftest import CREDIT
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("ledger_path")]
+pytestmark = pytest.mark.django_db
 
 
 def _state(user: Any) -> tuple[int, int, int, int]:
@@ -509,7 +500,7 @@ def test_database_refuses_a_negative_available_balance(funded_user: Any) -> None
 
 
 @pytest.mark.postgres
-def test_fast_path_is_one_statement_per_write(funded_user: Any, ledger_path: str) -> None:
+def test_hold_and_settle_are_one_statement_each(funded_user: Any) -> None:
     from django.test.utils import CaptureQueriesContext
 
     def statements(queries: CaptureQueriesContext) -> list[str]:
@@ -519,10 +510,7 @@ def test_fast_path_is_one_statement_per_write(funded_user: Any, ledger_path: str
         hold = credit_hold(user=funded_user, amount=1_000, idempotency_key="h")
     with CaptureQueriesContext(connection) as settle_queries:
         credit_settle(hold_id=hold.pk, actual_amount=400, idempotency_key="h")
-    if ledger_path == "fast":
-        # hold: the reserving statement; settle: read the hold, then the settling statement.
-        assert [sql[:4] for sql in statements(hold_queries)] == ["WITH"]
-        assert [sql[:4] for sql in statements(settle_queries)] == ["SELE", "WITH"]
-    else:
-        assert not any(sql.startswith("WITH") for sql in statements(hold_queries) + statements(settle_queries))
+    # hold: the reserving statement; settle: read the hold, then the settling statement.
+    assert [sql[:4] for sql in statements(hold_queries)] == ["WITH"]
+    assert [sql[:4] for sql in statements(settle_queries)] == ["SELE", "WITH"]
     assert ledger_mismatches() == []

@@ -20,15 +20,8 @@ from core.errors import NiyraError
 from credits.models import BillingAccount, HoldStatus
 from credits.pricing import price_units
 from credits.selectors import ledger_mismatches
-from credits.services import (
-    credit_adjust,
-    credit_charge,
-    credit_grant,
-    credit_hold,
-    credit_holds_expire,
-    credit_settle,
-    credit_void,
-)
+from credits.services.holds import credit_hold, credit_holds_expire, credit_settle, credit_void
+from credits.services.ledger import credit_adjust, credit_charge, credit_grant
 
 _emails = itertools.count()
 
@@ -168,7 +161,6 @@ class Ledger(RuleBasedStateMachine):
 
 
 @pytest.mark.django_db
-@pytest.mark.usefixtures("ledger_path")
 def test_ledger_behaves_like_the_model() -> None:
     run_state_machine_as_test(
         Ledger,

@@ -12,7 +12,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from credits.services import credit_charge
+from credits.services.ledger import credit_charge
 from credits.views import PAGE_SIZE
 from tests.credits.conftest import CREDIT
 
@@ -112,7 +112,7 @@ def test_csv_export_follows_the_filters(browser: Client, funded_user: Any) -> No
 
 
 def test_csv_neutralises_formulas(browser: Client, funded_user: Any) -> None:
-    from credits.services import credit_grant
+    from credits.services.ledger import credit_grant
 
     credit_grant(user=funded_user, amount=1, reason="=HYPERLINK(1)", idempotency_key="f1")
 

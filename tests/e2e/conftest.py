@@ -24,7 +24,8 @@ from django.core.cache import cache
 
 from accounts.models import User
 from accounts.services import user_create
-from credits.services import billing_plan_set, credit_grant
+from credits.services.accounts import billing_plan_set
+from credits.services.ledger import credit_grant
 from sandbox import SandboxServer
 from tests.conftest import DEFAULT_PASSWORD
 

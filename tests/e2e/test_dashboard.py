@@ -20,7 +20,7 @@ from byok.keytext import key_hint
 from byok.models import KeyStatus, ProviderKey
 from core.pages import KEY_INVALID_HELP
 from credits.models import BillingAccount
-from credits.services import credit_charge
+from credits.services.ledger import credit_charge
 from routing.models import RoutedCall
 from sandbox import anthropic_key
 

@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from core.errors import CATALOGUE, INTERNAL_ERROR, error_body
 from credits.models import BillingAccount, Category, CreditHold, HoldStatus, LedgerEntry
-from credits.services import credit_holds_expire
+from credits.services.holds import credit_holds_expire
 from credits.tasks import expire_holds
 from sandbox import anthropic_key, openai_key
 from tests.faults.conftest import PROMPT, Headers, assert_books_balance, pooled_connections_in_use, wait_for

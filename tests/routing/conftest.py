@@ -17,8 +17,8 @@ from byok.crypto import get_keyring
 from byok.keytext import key_fingerprint, key_hint
 from byok.models import KeyStatus, ProviderKey, provider_key_purpose
 from credits.models import BillingAccount
-from credits.selectors import billing_account_for
-from credits.services import credit_grant
+from credits.services.accounts import billing_account_ensure
+from credits.services.ledger import credit_grant
 from niyra.handlers import get_asgi_application
 from sandbox import SandboxServer
 
@@ -38,7 +38,7 @@ def make_account(make_user: Callable[..., Any]) -> Callable[..., Any]:
         plan: str = "pro", credits_mc: int = STARTING_CREDITS_MC, apex: bool = False, email: str | None = None
     ) -> Any:
         user = make_user(email)
-        billing_account_for(user=user)
+        billing_account_ensure(user=user)
         BillingAccount.objects.filter(user=user).update(plan=plan, apex_enabled=apex)
         if credits_mc:
             credit_grant(user=user, amount=credits_mc, reason="test credits", idempotency_key=f"grant-{user.pk}")

@@ -37,7 +37,8 @@ from byok.crypto import get_keyring
 from byok.models import OAuthAuthorizationRequest, OAuthConnection, ProviderKey
 from byok.services import provider_key_save
 from credits.models import BillingAccount, CreditHold, LedgerEntry
-from credits.services import credit_charge, credit_hold
+from credits.services.holds import credit_hold
+from credits.services.ledger import credit_charge
 from sandbox import SandboxServer, anthropic_key
 from tests.security.test_idor import (
     Route,

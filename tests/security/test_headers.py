@@ -30,7 +30,7 @@ from django.urls import path
 
 from accounts.models import User
 from accounts.services import api_token_create
-from credits.services import credit_charge, credit_grant
+from credits.services.ledger import credit_charge, credit_grant
 from tests.conftest import DEFAULT_PASSWORD
 from tests.e2e.conftest import (  # noqa: F401 - make_customer is a fixture
     CHROMIUM,

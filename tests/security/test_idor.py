@@ -43,7 +43,9 @@ from byok.models import OAuthAuthorizationRequest, OAuthConnection, Provider, Pr
 from byok.services import connection_connect_complete, connection_connect_start, provider_key_save
 from credits.models import BillingAccount, CreditHold, LedgerEntry
 from credits.selectors import billing_account_for, credit_balance
-from credits.services import credit_charge, credit_grant, credit_hold
+from credits.services.accounts import billing_account_ensure
+from credits.services.holds import credit_hold
+from credits.services.ledger import credit_charge, credit_grant
 from routing.models import RoutedCall, RoutingPreference
 from sandbox import SandboxServer, anthropic_key, openai_key
 from routing.services import routed_call_record, routing_preference_set
@@ -183,7 +185,7 @@ def connect(user: User) -> OAuthConnection:
 
 def make_pro(make_user: Callable[..., Any], email: str, credits_mc: int) -> User:
     user: User = make_user(email)
-    BillingAccount.objects.filter(pk=billing_account_for(user=user).pk).update(plan="pro")
+    BillingAccount.objects.filter(pk=billing_account_ensure(user=user).pk).update(plan="pro")
     credit_grant(user=user, amount=credits_mc, reason=f"welcome {email}", idempotency_key=f"welcome-{email}")
     return user
 

@@ -30,7 +30,7 @@ from accounts.models import AuditEvent, User
 from byok.models import ProviderKey
 from byok.services import provider_key_save
 from credits.models import BillingAccount
-from credits.selectors import billing_account_for
+from credits.services.accounts import billing_account_ensure
 from sandbox import SandboxServer, anthropic_key
 
 pytestmark = pytest.mark.django_db
@@ -63,7 +63,7 @@ def byok_rates(settings: Any) -> dict[str, str]:
 @pytest.fixture
 def pro(make_user: Callable[..., Any]) -> User:
     user: User = make_user("pro@example.com")
-    billing_account_for(user=user)
+    billing_account_ensure(user=user)
     BillingAccount.objects.filter(user=user).update(plan="pro")
     return user
 
@@ -155,7 +155,7 @@ def test_the_save_budget_is_per_user(
     pro: User, make_user: Callable[..., Any], providers: SandboxServer, byok_rates: dict[str, str]
 ) -> None:
     other: User = make_user("other@example.com")
-    BillingAccount.objects.filter(pk=billing_account_for(user=other).pk).update(plan="pro")
+    BillingAccount.objects.filter(pk=billing_account_ensure(user=other).pk).update(plan="pro")
     client = _api(pro)
     for _ in range(3):
         client.put("/api/keys/anthropic", {"key": anthropic_key()}, format="json")

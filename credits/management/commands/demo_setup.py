@@ -10,7 +10,8 @@ from django.db import transaction
 
 from accounts.models import User
 from accounts.services import user_create
-from credits.services import billing_plan_set, credit_grant
+from credits.services.accounts import billing_plan_set
+from credits.services.ledger import credit_grant
 
 DEMO_EMAIL = "demo@niyra.local"
 DEMO_CREDITS_MC = 50_000_000  # 50,000 credits

@@ -1,0 +1,304 @@
+"""Holds: two-phase charging of hosted calls (reserve, then settle or void; the sweeper expires).
+
+Routing's use, for a hosted LLM call::
+
+    hold = credit_hold(user=u, model="claude-sonnet-4", input_tokens_estimate=1200, max_tokens=1024,
+                       idempotency_key=f"call:{call_id}", details={"routed_call_id": call_id})
+    # ... provider call, outside any transaction ...
+    credit_settle(hold_id=hold.pk, usage=LlmUsage(input_tokens=..., output_tokens=..., cached_tokens=...),
+                  idempotency_key=f"call:{call_id}")     # or, if the call failed:
+    credit_void(hold_id=hold.pk)
+
+A hold's idempotency key is unique per account among holds; its settlement's entry carries the
+hold's key and is unique per hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError
+from django.utils import timezone
+
+from accounts.models import User
+from core import errors
+from credits import ledger_sql
+from credits.models import USAGE_CATEGORIES, Category, CreditHold, HoldStatus, KeySource, LedgerEntry
+from credits.pricing import LlmUsage, model_price, price_llm_usage, price_llm_worst_case
+from credits.services.common import (
+    MAX_AMOUNT,
+    MAX_ATTEMPTS,
+    checked_amount,
+    checked_details,
+    checked_idempotency_key,
+    entry_draft,
+    fingerprint,
+    idempotency_conflict,
+    insufficient_credits,
+    invalid,
+    statement_fetch,
+    tokens_text,
+)
+
+DEFAULT_HOLD_TTL = timedelta(minutes=15)
+MAX_HOLD_TTL = timedelta(hours=24)
+DEFAULT_MAX_EXPIRED = 5_000
+
+
+def credit_hold(
+    *,
+    user: User,
+    idempotency_key: str,
+    amount: int | None = None,
+    model: str | None = None,
+    input_tokens_estimate: int | None = None,
+    max_tokens: int | None = None,
+    category: str | None = None,
+    details: dict[str, Any] | None = None,
+    expires_in: timedelta = DEFAULT_HOLD_TTL,
+) -> CreditHold:
+    """Reserve a worst-case amount before a hosted call; call it before talking to the provider.
+
+    Give either ``amount`` (millicredits; ``category`` defaults to ``llm``) or ``model`` with
+    ``input_tokens_estimate`` and ``max_tokens``: the hold is then the whole prompt at the
+    uncached input rate plus ``max_tokens`` of output (`price_llm_worst_case`), and the category
+    is the model's (``llm``, or ``embeddings`` for embedding models).
+
+    Raises ``insufficient_credits`` (402) if ``balance - reserved`` is below the amount. Resolve
+    the hold exactly once with `credit_settle` or `credit_void`; holds still open after
+    ``expires_in`` are released by the ``credits.tasks.expire_holds`` beat task — so make
+    ``expires_in`` longer than the call can take.
+    """
+    key = checked_idempotency_key(idempotency_key)
+    context = checked_details(details)
+    if not isinstance(expires_in, timedelta) or not timedelta(seconds=1) <= expires_in <= MAX_HOLD_TTL:
+        raise invalid("expires_in", f"Between 1 second and {MAX_HOLD_TTL}.")
+    if (amount is None) == (model is None):
+        raise invalid("amount", "Give either an amount or a model with token counts, not both.")
+    if model is not None:
+        price = model_price(model)
+        if input_tokens_estimate is None or max_tokens is None:
+            raise invalid("max_tokens", "A model hold needs input_tokens_estimate and max_tokens.")
+        held = price_llm_worst_case(model, input_tokens_estimate, max_tokens)
+        if held <= 0:
+            raise invalid("max_tokens", "Nothing to hold: the estimate and max_tokens are both zero.")
+        if category not in (None, price.category):
+            raise invalid("category", f"{model} is charged as {price.category}.")
+        hold_category = price.category
+        params = fingerprint(
+            op="hold", model=model, input=input_tokens_estimate, max_tokens=max_tokens, details=context
+        )
+    else:
+        held = checked_amount(amount)
+        hold_category = category or Category.LLM
+        if hold_category not in USAGE_CATEGORIES:
+            raise errors.NiyraError(errors.UNKNOWN_CATEGORY, detail={"category": [f"Not a usage category: {category}"]})
+        params = fingerprint(op="hold", amount=held, category=hold_category, details=context)
+
+    now = timezone.now()
+    draft = CreditHold(
+        category=hold_category,
+        amount=held,
+        idempotency_key=key,
+        fingerprint=params,
+        model=model or "",
+        input_tokens_estimate=input_tokens_estimate if model else None,
+        max_tokens=max_tokens if model else None,
+        details=context,
+        expires_at=now + expires_in,
+    )
+    available = 0
+    for _ in range(MAX_ATTEMPTS):
+        try:
+            reserved = statement_fetch(ledger_sql.hold_reserve(user_id=user.pk, hold=draft, now=now))
+        except IntegrityError:  # the key is taken: a replay, a conflict, or a twin that just won
+            if (replay := _replay(user, draft)) is None:
+                raise
+            return replay
+        if reserved is not None:
+            return ledger_sql.hold_from_row(reserved)
+        # Refused: say why.
+        if (replay := _replay(user, draft)) is not None:
+            return replay
+        account = ledger_sql.account_from_row(statement_fetch(ledger_sql.account_get(user_id=user.pk)))
+        available = account.available if account is not None else 0
+        if available < held:
+            break
+        now = timezone.now()  # enough now: credits arrived after the statement looked
+    raise insufficient_credits(available=available, required=held)
+
+
+def _replay(user: User, draft: CreditHold) -> CreditHold | None:
+    """The earlier hold with this key, if the parameters are the same; a conflict if not."""
+    earlier = ledger_sql.hold_from_row(
+        statement_fetch(ledger_sql.hold_by_key(user_id=user.pk, idempotency_key=draft.idempotency_key))
+    )
+    if earlier is not None and earlier.fingerprint != draft.fingerprint:
+        raise idempotency_conflict(draft.idempotency_key)
+    return earlier
+
+
+def _hold_id(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid("hold_id", "A hold id (whole number).")
+    return value
+
+
+def _hold_read(hold_id: int) -> CreditHold:
+    hold = ledger_sql.hold_from_row(statement_fetch(ledger_sql.hold_get(hold_id=hold_id)))
+    if hold is None:
+        raise errors.NiyraError(errors.HOLD_NOT_FOUND, detail={"hold_id": hold_id})
+    return hold
+
+
+def _already_resolved(hold: CreditHold) -> errors.NiyraError:
+    return errors.NiyraError(errors.HOLD_ALREADY_RESOLVED, detail={"hold_id": hold.pk, "status": hold.status})
+
+
+@dataclass(frozen=True, slots=True)
+class _Settlement:
+    """What a settle call asks for, checked before any statement: an amount, or token usage."""
+
+    actual_amount: int | None
+    usage: LlmUsage | None
+    key: str
+    extra: dict[str, Any]
+
+    def price(self, hold: CreditHold) -> tuple[int, str]:
+        """The actual cost and the parameters' fingerprint, for this hold."""
+        if self.usage is None:
+            actual = self.actual_amount or 0
+            return actual, fingerprint(op="settle", amount=actual, details=self.extra)
+        if not hold.model:
+            raise invalid("usage", "This hold has no model to price tokens with; give actual_amount.")
+        usage = self.usage
+        params = fingerprint(
+            op="settle",
+            input=usage.input_tokens,
+            output=usage.output_tokens,
+            cached=usage.cached_tokens,
+            details=self.extra,
+        )
+        return price_llm_usage(hold.model, usage), params
+
+    def entry(self, hold: CreditHold, *, actual: int, params: str) -> LedgerEntry:
+        """What the settlement's entry says; its statement adds what it charged and how."""
+        pricing: dict[str, Any] = {"hold_amount": hold.amount, "requested": actual}
+        if hold.model:
+            pricing["rate"] = model_price(hold.model).as_rate()
+        label = hold.model or Category(hold.category).label
+        return entry_draft(
+            amount=-actual,
+            category=hold.category,
+            idempotency_key=hold.idempotency_key,
+            fingerprint=params,
+            description=f"{label}: {tokens_text(self.usage)}" if self.usage else f"{label}: hold #{hold.pk} settled",
+            model=hold.model,
+            usage=self.usage,
+            key_source=KeySource.PLATFORM if hold.category == Category.LLM else "",
+            details=hold.details | self.extra,
+            pricing=pricing,
+        )
+
+
+def credit_settle(
+    *,
+    hold_id: int,
+    actual_amount: int | None = None,
+    usage: LlmUsage | None = None,
+    idempotency_key: str | None = None,
+    details: dict[str, Any] | None = None,
+    known_hold: CreditHold | None = None,
+) -> LedgerEntry:
+    """Post the actual cost of a held call and release the rest of the hold. Returns the entry.
+
+    Give either ``actual_amount`` (millicredits) or ``usage`` (token counts, priced with the
+    hold's model; use this for model holds, so the entry records the tokens). ``details`` are
+    added to the hold's details on the entry (e.g. the provider's request id).
+
+    * Actual ≤ held: charged in full; the remainder is released.
+    * Actual > held (the estimate was wrong): charged only up to what the account has available
+      (the hold plus the free balance), never below zero; the hold is marked ``overrun`` and
+      the entry ``flagged`` if anything was left uncollected.
+    * A hold resolves exactly once: settling a voided hold, or a settled one again, raises
+      ``hold_already_resolved`` (409) — unless this is a replay: the same ``idempotency_key``
+      and the same amount returns the first entry.
+    * Late settlement: if the sweeper already expired the hold (the call outlived
+      ``expires_in``), the call still happened, so it is settled once against the free balance
+      (flagged ``late`` in the entry's pricing, and ``flagged`` if not fully collected).
+
+    ``known_hold``: the hold as `credit_hold` returned it to this caller, which saves reading it
+    again (what the settlement needs of it never changes; its status is checked as it is
+    settled).
+    """
+    hold_id = _hold_id(hold_id)
+    if known_hold is not None and known_hold.pk != hold_id:
+        raise invalid("known_hold", "Not the hold with this hold_id.")
+    if (actual_amount is None) == (usage is None):
+        raise invalid("actual_amount", "Give either actual_amount or usage, not both.")
+    if usage is not None and not isinstance(usage, LlmUsage):
+        raise invalid("usage", "An LlmUsage(input_tokens, output_tokens, cached_tokens).")
+    if actual_amount is not None and (
+        isinstance(actual_amount, bool) or not isinstance(actual_amount, int) or not 0 <= actual_amount <= MAX_AMOUNT
+    ):
+        raise invalid("actual_amount", "A whole number of millicredits, zero or more.")
+    request = _Settlement(
+        actual_amount=actual_amount,
+        usage=usage,
+        key=checked_idempotency_key(idempotency_key) if idempotency_key is not None else "",
+        extra=checked_details(details),
+    )
+
+    hold = known_hold if known_hold is not None else _hold_read(hold_id)
+    actual, params = request.price(hold)
+    statement = ledger_sql.hold_settle(
+        hold_id=hold_id,
+        requested=actual,
+        resolution_key=request.key,
+        resolution_fingerprint=params,
+        entry=request.entry(hold, actual=actual, params=params),
+        now=timezone.now(),
+    )
+    settled = statement_fetch(statement)
+    if settled is not None:
+        return ledger_sql.entry_from_row(settled)
+    # Refused: the hold was settled or voided already. A replay returns the first entry.
+    current = _hold_read(hold_id)
+    if (
+        current.status == HoldStatus.SETTLED
+        and request.key
+        and (request.key, params) == (current.resolution_key, current.resolution_fingerprint)
+    ):
+        entry = ledger_sql.entry_from_row(statement_fetch(ledger_sql.entry_of_hold(hold_id=hold_id)))
+        if entry is not None:
+            return entry
+    raise _already_resolved(current)
+
+
+def credit_void(*, hold_id: int) -> CreditHold:
+    """Release a hold without charging (the call failed: a failed call costs nothing).
+
+    Voiding a voided or expired hold is a no-op that returns it (and stops a late settlement);
+    voiding a settled hold raises ``hold_already_resolved`` (409).
+    """
+    hold_id = _hold_id(hold_id)
+    voided = statement_fetch(ledger_sql.hold_void(hold_id=hold_id, now=timezone.now()))
+    if voided is not None:
+        return ledger_sql.hold_from_row(voided)
+    current = _hold_read(hold_id)
+    if current.status == HoldStatus.VOIDED:
+        return current
+    raise _already_resolved(current)
+
+
+def credit_holds_expire(*, now: datetime | None = None, max_holds: int = DEFAULT_MAX_EXPIRED) -> int:
+    """Release every open hold past its ``expires_at`` (the beat task calls this), at most
+    ``max_holds`` per run. Returns how many it expired. One statement per hold, each its own
+    short transaction, so the sweep never holds up live traffic."""
+    now = now or timezone.now()
+    expired = 0
+    while expired < max_holds and statement_fetch(ledger_sql.hold_expire_next(now=now)) is not None:
+        expired += 1
+    return expired
