@@ -66,7 +66,7 @@ def _setup_django() -> None:
     # Each client keeps one connection for the whole run — what the pool would hand it too — and
     # a pool opened before the fork would be shared by every child, so: no pool here.
     os.environ["DB_POOL"] = "0"
-    os.environ["DJANGO_SETTINGS_MODULE"] = "niyra.settings_test"  # generated dev secrets, DEBUG off
+    os.environ["DJANGO_SETTINGS_MODULE"] = "niyra.settings.test"  # generated dev secrets, DEBUG off
     import django
 
     django.setup()

@@ -102,7 +102,7 @@ def stack_env(args: argparse.Namespace, *, sandbox_url: str, web_port: int) -> d
     database and Redis db, and the production database pool size."""
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "NIYRA_", "DATABASE_", "REDIS_"))},
-        "DJANGO_SETTINGS_MODULE": "niyra.settings",
+        "DJANGO_SETTINGS_MODULE": "niyra.settings.production",
         "NIYRA_READ_DOTENV": "0",
         "DEBUG": "False",
         "SECURE_SSL_REDIRECT": "False",

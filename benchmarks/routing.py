@@ -297,7 +297,7 @@ def main() -> None:
     sandbox_url, niyra_url = f"http://127.0.0.1:{sandbox_port}", f"http://127.0.0.1:{web_port}"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "NIYRA_", "DATABASE_", "REDIS_"))},
-        "DJANGO_SETTINGS_MODULE": "niyra.settings",
+        "DJANGO_SETTINGS_MODULE": "niyra.settings.production",
         "NIYRA_READ_DOTENV": "0",
         "DEBUG": "False",
         "SECURE_SSL_REDIRECT": "False",

@@ -96,7 +96,7 @@ def main() -> None:
     sandbox = f"http://127.0.0.1:{port}"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "NIYRA_", "DATABASE_", "REDIS_"))},
-        "DJANGO_SETTINGS_MODULE": "niyra.settings",
+        "DJANGO_SETTINGS_MODULE": "niyra.settings.production",
         "NIYRA_READ_DOTENV": "0",
         "DEBUG": "False",
         "SECURE_SSL_REDIRECT": "False",

@@ -4,7 +4,7 @@ in-process Celery app and cache pointed at it for the duration of a test.
 
 The shared Redis (the one in REDIS_URL, or 6379) is never touched: every test here starts its
 own server on a free port and stops it in teardown. Subprocesses get the settings a deployment
-would (`niyra.settings`, DEBUG off) from the environment: the test database, the private Redis,
+would (`niyra.settings.production`) from the environment: the test database, the private Redis,
 the sandbox as providers and OAuth server.
 """
 
@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from django.conf import settings
@@ -176,8 +177,10 @@ def current_database_url() -> str:
     db = connection.settings_dict
     assert db["ENGINE"].endswith("postgresql"), "subprocess fault tests need PostgreSQL"
     user = db.get("USER") or "postgres"
-    host = db.get("HOST") or "127.0.0.1"
+    host = db.get("HOST") or db.get("OPTIONS", {}).get("host") or "127.0.0.1"
     port = db.get("PORT") or 5432
+    if host.startswith("/"):  # a Unix socket directory: the embedded server (tests/local_postgres.py)
+        return f"postgres://{user}@/{db['NAME']}?host={quote(host)}"
     return f"postgres://{user}@{host}:{port}/{db['NAME']}"
 
 
@@ -200,7 +203,7 @@ def deployment_env(*, redis_url: str, sandbox: SandboxServer, **extra: str) -> d
     both sides can read what the other encrypted."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OAUTH_", "CELERY_", "PYTEST_"))}
     env.update(
-        DJANGO_SETTINGS_MODULE="niyra.settings",
+        DJANGO_SETTINGS_MODULE="niyra.settings.production",
         NIYRA_READ_DOTENV="0",
         DEBUG="False",
         DATABASE_URL=current_database_url(),

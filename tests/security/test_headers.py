@@ -1,4 +1,4 @@
-"""Security headers with the production settings (DEBUG off; niyra/settings_test.py only swaps
+"""Security headers with the production settings (DEBUG off; niyra/settings/test.py only swaps
 services and secrets), behind a TLS-terminating proxy as on Fly (`X-Forwarded-Proto: https`):
 HSTS, the Content-Security-Policy, X-Frame-Options, nosniff, Referrer-Policy,
 Cross-Origin-Opener-Policy and the cookie flags, on dashboard pages, API responses (sync DRF
