@@ -12,7 +12,7 @@ import os
 from celery import Celery
 from django.conf import settings
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "niyra.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "niyra.settings.production")
 
 app = Celery("niyra")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -32,10 +32,10 @@ app.conf.beat_schedule = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
-    # Refresh OAuth tokens expiring before the next tick + margin (byok.tasks). A tick that sat
-    # in the queue past most of an interval is dropped: the next one covers the same window.
+    # Refresh OAuth tokens expiring before the next tick + margin (connections.tasks). A tick
+    # that sat in the queue past most of an interval is dropped: the next one covers the same window.
     "oauth-refresh-tick": {
-        "task": "byok.tasks.oauth_refresh_tick",
+        "task": "connections.tasks.oauth_refresh_tick",
         "schedule": float(settings.OAUTH_REFRESH_INTERVAL_SECONDS),
         "options": {"expires": max(1, settings.OAUTH_REFRESH_INTERVAL_SECONDS * 9 // 10)},
     },
