@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# Start `make run` in the background (SQLite, filesystem broker), check that it serves
-# /healthz, /readyz and the login page, then stop the whole process group by pid.
+# Start `make run` in the background (embedded PostgreSQL under var/postgres, filesystem broker),
+# check that it serves /healthz, /readyz and the login page, then stop the whole process group by
+# pid and check that the embedded PostgreSQL stopped with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 port="${NIYRA_WEB_PORT:-8000}"
 log="$(mktemp)"
 env -u DATABASE_URL -u REDIS_URL -u CELERY_BROKER_URL setsid make run >"$log" 2>&1 &
 pid=$!
-cleanup() {
+stop() {
+  # Every process of the group gets SIGTERM; the embedded-PostgreSQL wrapper waits for its
+  # command to end, then stops the server (which runs in a session of its own).
   kill -TERM -- "-$pid" 2>/dev/null || true
-  for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  for _ in $(seq 1 40); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.5; done
   kill -KILL -- "-$pid" 2>/dev/null || true
 }
-trap cleanup EXIT
+trap stop EXIT
 
 for _ in $(seq 1 180); do
   curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
@@ -31,4 +34,9 @@ done
 [ "$ready" = "200" ] || fail "/readyz answered $ready"
 grep -q "Demo login: demo@niyra.local" "$log" || fail "no demo login printed"
 curl -fsS "http://127.0.0.1:${NIYRA_SANDBOX_PORT:-8765}/_sandbox/log" >/dev/null || fail "sandbox not serving"
-echo "quick start OK: /healthz, /readyz, /login/ and the sandbox answer; demo login printed"
+grep -q "embedded PostgreSQL in .*var/postgres" "$log" || fail "not on the embedded PostgreSQL"
+stop
+trap - EXIT
+if [ -e var/postgres/postmaster.pid ]; then fail "the embedded PostgreSQL is still running after make run ended"; fi
+grep -q "embedded PostgreSQL in .*var/postgres stopped" "$log" || fail "no stop of the embedded PostgreSQL logged"
+echo "quick start OK: on the embedded PostgreSQL, /healthz, /readyz, /login/ and the sandbox answer; demo login printed; everything stopped"
