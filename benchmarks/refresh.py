@@ -61,7 +61,7 @@ def _psql(sql: str, dbname: str = DB_NAME) -> None:
 def environment(sandbox_url: str) -> dict[str, str]:
     """What this process and the worker share: database, broker, keyring, the one integration."""
     return {
-        "DJANGO_SETTINGS_MODULE": "niyra.settings_test",  # DEBUG off, test placeholders for the rest
+        "DJANGO_SETTINGS_MODULE": "niyra.settings.test",  # DEBUG off, test placeholders for the rest
         "NIYRA_READ_DOTENV": "0",
         "DATABASE_URL": f"postgres://{PG['user']}@{PG['host']}:{PG['port']}/{DB_NAME}",
         "REDIS_URL": REDIS_URL,
@@ -87,13 +87,13 @@ def seed(sandbox: Any, *, connections: int, due: int) -> set[int]:
     from django.utils import timezone
 
     from accounts.models import User
-    from byok.crypto import get_keyring
-    from byok.models import (
+    from connections.models import (
         ConnectionStatus,
         OAuthConnection,
         oauth_access_token_purpose,
         oauth_refresh_token_purpose,
     )
+    from core.crypto import get_keyring
     from sandbox import parse_behaviour
 
     keyring = get_keyring()
@@ -219,11 +219,11 @@ def main() -> None:
     from django.db import connection
     from django.utils import timezone
 
-    from byok.crypto import get_keyring
-    from byok.models import OAuthConnection
-    from byok.oauth import refresh_window
-    from byok.selectors import connection_ids_due, connections_due
-    from byok.tasks import oauth_refresh_tick
+    from connections.models import OAuthConnection
+    from connections.oauth import refresh_window
+    from connections.selectors import connection_ids_due, connections_due
+    from connections.tasks import oauth_refresh_tick
+    from core.crypto import get_keyring
 
     redis.Redis.from_url(REDIS_URL).flushdb()
     call_command("migrate", verbosity=0)

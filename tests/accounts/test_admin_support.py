@@ -18,9 +18,10 @@ from django.utils import timezone
 from accounts.models import AuditEvent, User
 from accounts.services import api_token_create
 from accounts.support import SUPPORT_GROUP, SUPPORT_PERMISSIONS, support_group_sync
-from byok.crypto import get_keyring
 from byok.keytext import key_fingerprint, key_hint
-from byok.models import ConnectionStatus, KeyStatus, OAuthConnection, ProviderKey, provider_key_purpose
+from byok.models import KeyStatus, ProviderKey, provider_key_purpose
+from connections.models import ConnectionStatus, OAuthConnection
+from core.crypto import get_keyring
 from credits.models import BillingAccount, LedgerEntry
 from credits.services.accounts import billing_plan_set
 from credits.services.ledger import credit_grant
@@ -151,7 +152,7 @@ def test_user_page_shows_everything_on_one_page_and_no_secrets(support: Client, 
         "credits.granted",  # an audit row
         f"/admin/credits/billingaccount/?user__id__exact={customer.pk}",
         f"/admin/byok/providerkey/?user__id__exact={customer.pk}",
-        f"/admin/byok/oauthconnection/?user__id__exact={customer.pk}",
+        f"/admin/connections/oauthconnection/?user__id__exact={customer.pk}",
         f"/admin/accounts/auditevent/?subject__id__exact={customer.pk}",
     ):
         assert expected in html, expected
@@ -166,7 +167,7 @@ def test_linked_pages_open_filtered_to_the_user(support: Client, customer: User)
     for url in (
         f"/admin/credits/billingaccount/?user__id__exact={customer.pk}",
         f"/admin/byok/providerkey/?user__id__exact={customer.pk}",
-        f"/admin/byok/oauthconnection/?user__id__exact={customer.pk}",
+        f"/admin/connections/oauthconnection/?user__id__exact={customer.pk}",
         f"/admin/accounts/auditevent/?subject__id__exact={customer.pk}",
         f"/admin/credits/ledgerentry/?account__id__exact={account.pk}",
     ):
@@ -215,7 +216,7 @@ def test_refresh_a_connection_now(support: Client, customer: User, django_captur
     connection = OAuthConnection.objects.get(user=customer)
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        response = _action(support, "/admin/byok/oauthconnection/", "refresh_now", connection.pk)
+        response = _action(support, "/admin/connections/oauthconnection/", "refresh_now", connection.pk)
 
     assert response.status_code == 302
     assert len(callbacks) == 1  # the refresh task, queued once the audit row commits
@@ -253,14 +254,14 @@ def test_support_cannot_edit_ledger_audit_keys_or_accounts(support: Client, cust
         (f"/admin/accounts/auditevent/{audit.pk}/change/", {"outcome": "forged"}),
         (f"/admin/byok/providerkey/{key.pk}/change/", {"hint": "x"}),
         (f"/admin/credits/billingaccount/{account.pk}/change/", {"balance": "999999", "plan": "alpha"}),
-        (f"/admin/byok/oauthconnection/{connection.pk}/change/", {"status": "error"}),
+        (f"/admin/connections/oauthconnection/{connection.pk}/change/", {"status": "error"}),
     ):
         assert support.post(url, data).status_code == 403, url
     for url in (
         f"/admin/credits/ledgerentry/{entry.pk}/delete/",
         f"/admin/accounts/auditevent/{audit.pk}/delete/",
         f"/admin/byok/providerkey/{key.pk}/delete/",
-        f"/admin/byok/oauthconnection/{connection.pk}/delete/",
+        f"/admin/connections/oauthconnection/{connection.pk}/delete/",
         "/admin/byok/providerkey/add/",
         "/admin/credits/ledgerentry/add/",
     ):

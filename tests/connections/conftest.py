@@ -11,7 +11,7 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from credits.models import BillingAccount
-from credits.selectors import billing_account_for
+from credits.services.accounts import billing_account_ensure
 from sandbox import SandboxServer
 
 
@@ -34,7 +34,7 @@ def _fresh_cache() -> Iterator[None]:
 def make_plan_user(make_user: Callable[..., Any]) -> Callable[..., Any]:
     def make(plan: str = "pro", email: str | None = None) -> Any:
         user = make_user(email)
-        billing_account_for(user=user)
+        billing_account_ensure(user=user)
         BillingAccount.objects.filter(user=user).update(plan=plan)
         return user
 

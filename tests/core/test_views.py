@@ -12,9 +12,9 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from byok.crypto import get_keyring
 from byok.keytext import key_fingerprint, key_hint
 from byok.models import KeyStatus, ProviderKey, provider_key_purpose
+from core.crypto import get_keyring
 from core.templatetags.dashboard import percent
 from credits.models import BillingAccount
 from credits.money import credits_text

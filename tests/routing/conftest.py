@@ -13,9 +13,9 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.services import api_token_create
-from byok.crypto import get_keyring
 from byok.keytext import key_fingerprint, key_hint
 from byok.models import KeyStatus, ProviderKey, provider_key_purpose
+from core.crypto import get_keyring
 from credits.models import BillingAccount
 from credits.services.accounts import billing_account_ensure
 from credits.services.ledger import credit_grant

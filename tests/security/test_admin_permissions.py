@@ -33,9 +33,10 @@ from django.urls import reverse
 from accounts.models import ApiToken, AuditEvent, User
 from accounts.services import api_token_create
 from accounts.support import SUPPORT_PERMISSIONS, support_group_sync
-from byok.crypto import get_keyring
-from byok.models import OAuthAuthorizationRequest, OAuthConnection, ProviderKey
+from byok.models import ProviderKey
 from byok.services import provider_key_save
+from connections.models import OAuthAuthorizationRequest, OAuthConnection
+from core.crypto import get_keyring
 from credits.models import BillingAccount, CreditHold, LedgerEntry
 from credits.services.holds import credit_hold
 from credits.services.ledger import credit_charge
@@ -60,7 +61,7 @@ SUPPORT_ACTIONS: dict[str, set[str]] = {
     "credits.billingaccount": {"grant_credits", "adjust_credits", "change_plan", "grant_apex", "revoke_apex"},
     "credits.ledgerentry": {"export_csv"},
     "byok.providerkey": {"disconnect"},
-    "byok.oauthconnection": {"refresh_now"},
+    "connections.oauthconnection": {"refresh_now"},
 }
 
 
@@ -121,7 +122,7 @@ def site(make_user: Callable[..., Any], settings: Any, sandbox: SandboxServer) -
             "accounts.auditevent": AuditEvent.objects.filter(subject=customer).order_by("pk")[0],
             "auth.group": Group.objects.get(name="Support"),
             "byok.providerkey": ProviderKey.objects.get(user=customer),
-            "byok.oauthconnection": connection,
+            "connections.oauthconnection": connection,
             "credits.billingaccount": BillingAccount.objects.get(user=customer),
             "credits.ledgerentry": LedgerEntry.objects.filter(account__user=customer).order_by("pk")[0],
             "credits.credithold": CreditHold.objects.get(account__user=customer),

@@ -55,15 +55,16 @@ from accounts.models import AuditEvent
 from accounts.services import api_token_create
 from accounts.support import support_group_sync
 from byok import services
-from byok.models import OAuthConnection, ProviderKey
-from byok.selectors import connection_access_token
+from byok.models import ProviderKey
+from connections.models import OAuthConnection
+from connections.services import connection_access_token_obtain
 from niyra.celery import app as celery_app
 from sandbox import SandboxServer, client_secret_for, oauth_client_id
 from tests import conftest as root_conftest
 from tests.byok import test_never_leaked
 from tests.byok.test_never_leaked import LeakTrap, canary_key
-from tests.byok.test_oauth_helpers import authorize, sandbox_integration, set_expiry, tokens_of
-from tests.faults.services import in_process_broker, wait_for
+from tests.connections.test_oauth_helpers import authorize, sandbox_integration, set_expiry, tokens_of
+from tests.faults.services import current_database_url, in_process_broker, wait_for
 from tests.routing import conftest as routing_conftest
 from tests.security.canary_support import (
     CeleryWorker,
@@ -81,7 +82,7 @@ store_key = routing_conftest.store_key
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
-EXTRA_LOGGERS = ("celery", "kombu", "amqp", "niyra", "byok", "routing", "credits", "accounts", "uvicorn")
+EXTRA_LOGGERS = ("celery", "kombu", "amqp", "niyra", "byok", "connections", "routing", "credits", "accounts", "uvicorn")
 ROUTED_BEHAVIOURS = ("invalid", "ratelimit", "error", "cut")
 VALIDATION_FAILURES = (("invalid", 400), ("overloaded", 503), ("error", 503), ("malformed", 503), ("hang", 503))
 MODELS = {"anthropic": "claude-haiku-4-5", "openai": "gpt-4.1"}
@@ -198,11 +199,10 @@ def stack(
     ):
         cache_backend = "django.core.cache.backends.redis.RedisCache"
         settings.CACHES = {"default": {"BACKEND": cache_backend, "LOCATION": redis.url()}}
-        db = db_connection.settings_dict
         env = {name: value for name, value in os.environ.items() if name != "CELERY_BROKER_URL"}
         env |= {
-            "DJANGO_SETTINGS_MODULE": "niyra.settings_test",
-            "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+            "DJANGO_SETTINGS_MODULE": "niyra.settings.test",
+            "DATABASE_URL": current_database_url(),
             "REDIS_URL": redis.url(),
             "ANTHROPIC_BASE_URL": sandbox.anthropic_base_url,
             "OPENAI_BASE_URL": sandbox.openai_base_url,
@@ -365,7 +365,7 @@ def test_no_secret_appears_anywhere_after_every_flow(
         celery_app.send_task(entry["task"], **entry.get("options", {}))  # what beat sends
     wait_for(lambda: stack.refreshes("gmail", 200) >= 1, timeout=30, what="the worker's gmail refresh")
     wait_for(lambda: stack.refreshes("slack", 503) >= 1, timeout=30, what="the worker's slack refresh attempt")
-    retried = "byok.tasks.oauth_connection_refresh", "retry"
+    retried = "connections.tasks.oauth_connection_refresh", "retry"
     wait_for(lambda: stack.worker.executed(*retried), timeout=30, what="the worker to retry slack's refresh")
 
     # Support: every admin page a support user reads, then "refresh now" (through the worker)
@@ -379,19 +379,19 @@ def test_no_secret_appears_anywhere_after_every_flow(
         "/admin/accounts/user/?q=canary",
         f"/admin/accounts/user/{owner.pk}/change/",
         "/admin/byok/providerkey/",
-        "/admin/byok/oauthconnection/",
+        "/admin/connections/oauthconnection/",
         "/admin/accounts/auditevent/",
         f"/admin/byok/providerkey/?user__id__exact={owner.pk}",
         f"/admin/accounts/auditevent/?subject__id__exact={owner.pk}",
     ]
     pages += [f"/admin/byok/providerkey/{pk}/change/" for pk in ProviderKey.objects.values_list("pk", flat=True)]
-    pages += [f"/admin/byok/oauthconnection/{pk}/change/" for pk in (gmail.pk, slack.pk)]
+    pages += [f"/admin/connections/oauthconnection/{pk}/change/" for pk in (gmail.pk, slack.pk)]
     pages += [f"/admin/accounts/auditevent/{pk}/change/" for pk in AuditEvent.objects.values_list("pk", flat=True)]
     for page in pages:
         assert keep(admin.get(page)).status_code == 200, page
     refreshed = stack.refreshes("gmail", 200)
     action = {"action": "refresh_now", "_selected_action": [gmail.pk]}
-    assert trap.keep(support.post("/admin/byok/oauthconnection/", action)).status_code == 302
+    assert trap.keep(support.post("/admin/connections/oauthconnection/", action)).status_code == 302
     wait_for(lambda: stack.refreshes("gmail", 200) > refreshed, timeout=30, what="support's refresh via the worker")
     victim = ProviderKey.objects.exclude(user=owner).first()
     assert victim is not None
@@ -400,7 +400,7 @@ def test_no_secret_appears_anywhere_after_every_flow(
 
     # On demand, in this process, within the margin.
     set_expiry(gmail, timezone.now() + timedelta(seconds=30))
-    connection_access_token(user=owner, integration="gmail")
+    connection_access_token_obtain(user=owner, integration="gmail")
     vault_tokens = {t for c in (gmail, slack) for t in tokens_of(c) if t}
 
     # A forced 500, and its error reports.
@@ -449,8 +449,8 @@ def test_no_secret_appears_anywhere_after_every_flow(
     sql_seen = [r for r in trap.records if r.name == "django.db.backends" and "byok_providerkey" in r.getMessage()]
     assert {r.threadName for r in sql_seen} - {"MainThread"}, "no SQL from the server's threads was captured"
     assert "byok_oauthconnection" in stack.worker.raw_log(), "no SQL from the worker was captured"
-    assert stack.worker.executed("byok.tasks.oauth_refresh_tick") >= 1
-    assert stack.worker.executed("byok.tasks.oauth_connection_refresh") >= 3
+    assert stack.worker.executed("connections.tasks.oauth_refresh_tick") >= 1
+    assert stack.worker.executed("connections.tasks.oauth_connection_refresh") >= 3
     assert any("_kombu.binding" in label for label, _ in in_flight), [label for label, _ in in_flight]
 
     # --- The secrets, and the search -------------------------------------------------------------

@@ -38,17 +38,19 @@ from rest_framework.test import APIClient
 
 from accounts.models import ApiToken, AuditEvent, User
 from accounts.services import api_token_create, api_token_revoke
-from byok.crypto import get_keyring
-from byok.models import OAuthAuthorizationRequest, OAuthConnection, Provider, ProviderKey
-from byok.services import connection_connect_complete, connection_connect_start, provider_key_save
+from byok.models import Provider, ProviderKey
+from byok.services import provider_key_save
+from connections.models import OAuthAuthorizationRequest, OAuthConnection
+from connections.services import connection_connect_complete, connection_connect_start
+from core.crypto import get_keyring
 from credits.models import BillingAccount, CreditHold, LedgerEntry
 from credits.selectors import billing_account_for, credit_balance
 from credits.services.accounts import billing_account_ensure
 from credits.services.holds import credit_hold
 from credits.services.ledger import credit_charge, credit_grant
 from routing.models import RoutedCall, RoutingPreference
-from sandbox import SandboxServer, anthropic_key, openai_key
 from routing.services import routed_call_record, routing_preference_set
+from sandbox import SandboxServer, anthropic_key, openai_key
 
 pytestmark = pytest.mark.django_db
 
