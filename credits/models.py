@@ -1,11 +1,18 @@
 """Billing accounts, the append-only credit ledger and two-phase credit holds.
 
 Money is integers in millicredits (1 credit = 1,000 mc). No floats anywhere. Invariants, kept by
-`credits.services` under a row lock on the account and checked by `manage.py reconcile_ledger`:
+the statements of `credits.ledger_sql` under a row lock on the account and checked by
+`manage.py reconcile_ledger`:
 
 * ``balance == sum(entries.amount)``
 * ``reserved == sum(open holds.amount)``
-* ``balance - reserved >= 0`` (also a CHECK constraint: the database refuses anything else)
+* ``balance - reserved >= 0``
+
+What one row can say about itself is a CHECK constraint, so the database refuses a write that
+breaks it whatever the code does: ``balance >= reserved >= 0``, a hold holds something, is
+resolved exactly when it is no longer open, records a requested amount exactly when settled; a
+settlement never credits; only a settlement is flagged; an entry on the user's own key (BYOK)
+costs nothing. A trigger keeps the ledger append-only (see the migrations).
 """
 
 from __future__ import annotations
@@ -134,6 +141,22 @@ class CreditHold(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["account", "idempotency_key"], name="credit_hold_idempotency_unique"),
             models.CheckConstraint(condition=models.Q(amount__gt=0), name="credit_hold_amount_positive"),
+            models.CheckConstraint(condition=models.Q(status__in=HoldStatus.values), name="credit_hold_status_known"),
+            models.CheckConstraint(
+                condition=models.Q(status=HoldStatus.OPEN, resolved_at__isnull=True)
+                | (~models.Q(status=HoldStatus.OPEN) & models.Q(resolved_at__isnull=False)),
+                name="credit_hold_resolved_iff_not_open",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(status=HoldStatus.SETTLED, requested_amount__isnull=False, requested_amount__gte=0)
+                | (~models.Q(status=HoldStatus.SETTLED) & models.Q(requested_amount__isnull=True)),
+                name="credit_hold_requested_iff_settled",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(overrun=False)
+                | models.Q(status=HoldStatus.SETTLED, requested_amount__gt=models.F("amount")),
+                name="credit_hold_overrun_only_above_hold",
+            ),
         ]
         indexes = [
             models.Index(
@@ -199,6 +222,16 @@ class LedgerEntry(models.Model):
                 fields=["account", "idempotency_key"],
                 condition=models.Q(hold__isnull=True),
                 name="ledger_idempotency_unique",
+            ),
+            models.CheckConstraint(condition=models.Q(balance_after__gte=0), name="ledger_balance_after_non_negative"),
+            models.CheckConstraint(
+                condition=models.Q(hold__isnull=True) | models.Q(amount__lte=0), name="ledger_settlement_never_credits"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(flagged=False) | models.Q(hold__isnull=False), name="ledger_only_settlements_flagged"
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(key_source=KeySource.BYOK) | models.Q(amount=0), name="ledger_byok_costs_nothing"
             ),
         ]
         indexes = [models.Index(fields=["account", "-created_at", "-id"], name="ledger_account_recent")]

@@ -5,8 +5,7 @@ from django.conf import settings
 from django.db import migrations, models
 
 # Defence in depth for the append-only ledger: the database itself refuses UPDATE and DELETE
-# of ledger rows, whatever the code does. (TRUNCATE, which test teardown uses on PostgreSQL, is not
-# a row event; on SQLite, teardown deletes rows, so the development database only refuses UPDATE.)
+# of ledger rows, whatever the code does. (TRUNCATE, which test teardown uses, is not a row event.)
 APPEND_ONLY_SQL = {
     "postgresql": [
         """
@@ -21,20 +20,11 @@ APPEND_ONLY_SQL = {
         FOR EACH ROW EXECUTE FUNCTION credits_ledger_append_only();
         """,
     ],
-    "sqlite": [
-        """
-        CREATE TRIGGER credits_ledger_no_update BEFORE UPDATE ON credits_ledgerentry
-        BEGIN SELECT RAISE(ABORT, 'credits_ledgerentry is append-only: post a reversing entry'); END;
-        """,
-    ],
 }
 DROP_APPEND_ONLY_SQL = {
     "postgresql": [
         "DROP TRIGGER IF EXISTS credits_ledger_append_only ON credits_ledgerentry",
         "DROP FUNCTION IF EXISTS credits_ledger_append_only()",
-    ],
-    "sqlite": [
-        "DROP TRIGGER IF EXISTS credits_ledger_no_update",
     ],
 }
 

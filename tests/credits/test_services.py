@@ -14,7 +14,7 @@ from accounts.models import AuditEvent
 from core import errors
 from credits.models import BillingAccount, CreditHold, HoldStatus, KeySource, LedgerEntry
 from credits.pricing import LlmUsage, price_llm_call, price_llm_worst_case
-from credits.selectors import ledger_mismatches
+from credits.selectors import billing_account_for, credit_balance, ledger_mismatches
 from credits.services.accounts import billing_apex_set, billing_plan_set
 from credits.services.holds import credit_hold, credit_holds_expire, credit_settle, credit_void
 from credits.services.ledger import credit_adjust, credit_charge, credit_grant, credit_usage_record
@@ -221,6 +221,21 @@ def test_hold_refused_before_any_call_when_not_enough_credits(user: Any, fund: A
 
 def test_user_without_an_account_gets_one_and_is_refused(user: Any) -> None:
     assert _code(lambda: credit_hold(user=user, amount=1, idempotency_key="h-1")) == "insufficient_credits"
+
+
+def test_a_refused_hold_creates_no_account(user: Any) -> None:
+    assert _code(lambda: credit_hold(user=user, amount=1, idempotency_key="h-1")) == "insufficient_credits"
+    assert not BillingAccount.objects.filter(user=user).exists()
+
+
+def test_a_hold_refused_on_a_replayed_key_is_the_first_hold(user: Any, fund: Any) -> None:
+    """The statement refuses before it reaches the key (too few credits now): the read after it
+    still finds the first hold, so a replay is answered, not refused."""
+    fund(user, 1_000)
+    first = credit_hold(user=user, amount=800, idempotency_key="h-1")
+    assert credit_hold(user=user, amount=800, idempotency_key="h-1").pk == first.pk
+    assert _code(lambda: credit_hold(user=user, amount=900, idempotency_key="h-1")) == "idempotency_conflict"
+    assert BillingAccount.objects.get(user=user).reserved == 800
 
 
 @pytest.mark.parametrize(
@@ -450,6 +465,51 @@ def test_byok_usage_is_recorded_at_zero_cost(funded_user: Any, account_of: Any) 
         )
         == "invalid_input"
     )
+
+
+def test_the_first_byok_call_creates_the_account(user: Any) -> None:
+    entry = credit_usage_record(user=user, model="claude-opus-4", input_tokens=9, output_tokens=3, idempotency_key="b")
+    account = BillingAccount.objects.get(user=user)
+    assert (entry.account_id, entry.balance_after, entry.amount) == (account.pk, 0, 0)
+    assert (account.plan, account.balance, account.reserved) == ("free", 0, 0)
+
+
+def test_a_charge_replayed_when_the_credits_are_gone_is_the_first_entry(user: Any, fund: Any) -> None:
+    fund(user, 300)
+    first = credit_charge(user=user, category="tool_call", units=3, idempotency_key="t-1")
+    assert BillingAccount.objects.get(user=user).available == 0
+    assert credit_charge(user=user, category="tool_call", units=3, idempotency_key="t-1").pk == first.pk
+    assert _code(lambda: credit_charge(user=user, category="tool_call", units=2, idempotency_key="t-1")) == (
+        "idempotency_conflict"
+    )
+
+
+def test_a_grant_in_the_callers_transaction_is_undone_with_it(user: Any) -> None:
+    with pytest.raises(RuntimeError), transaction.atomic():
+        credit_grant(user=user, amount=1_000, reason="r", idempotency_key="g-1")
+        raise RuntimeError("the caller fails after the grant")
+    assert not LedgerEntry.objects.exists()
+    assert not AuditEvent.objects.filter(event="credits.granted").exists()
+    assert not BillingAccount.objects.filter(user=user).exists()
+
+
+# --- reads only read ---------------------------------------------------------------------------
+
+
+def test_reading_a_users_account_creates_none(user: Any) -> None:
+    account = billing_account_for(user=user)
+    assert account.pk is None
+    assert (account.plan, account.apex_enabled, account.balance, account.reserved) == ("free", False, 0, 0)
+    assert not account.allows_byok
+    assert credit_balance(user=user).available == 0
+    assert not BillingAccount.objects.exists()
+
+
+def test_get_me_creates_no_account(user: Any, user_client: Any) -> None:
+    response = user_client.get("/api/me")
+    assert response.status_code == 200
+    assert (response.json()["plan"], response.json()["apex_enabled"]) == ("free", False)
+    assert not BillingAccount.objects.exists()
 
 
 # --- plan and entitlements -----------------------------------------------------------------
