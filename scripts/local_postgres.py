@@ -120,12 +120,12 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
-def run(command: list[str]) -> int:
-    """Run `command` against the embedded server of `var/postgres`; return its exit status."""
+def run(command: list[str], data_dir: Path = RUN_DATA_DIR) -> int:
+    """Run `command` against the embedded server of `data_dir`; return its exit status."""
     if os.environ.get("DATABASE_URL"):
         return subprocess.call(command)  # noqa: S603 - the Makefile's own command line
     try:
-        server = start(RUN_DATA_DIR)
+        server = start(data_dir)
     except DataDirBusy as exc:
         sys.stderr.write(f"niyra: {exc} (another `make run`?); stop it, or set DATABASE_URL\n")
         return 1

@@ -88,3 +88,19 @@ def test_docker_collects_static_files_with_production_storage() -> None:
 
     assert "DEBUG=False" in step
     assert "DEBUG=True" not in step
+
+
+def test_each_entry_point_names_its_settings_module() -> None:
+    """Deployed processes (the image's web, worker, beat and release) run production settings;
+    `make run` and its processes run development; manage.py alone defaults to development."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+
+    assert "DJANGO_SETTINGS_MODULE=niyra.settings.production" in dockerfile
+    for entry_point in ("niyra/asgi.py", "niyra/wsgi.py", "niyra/celery.py"):
+        assert '"DJANGO_SETTINGS_MODULE", "niyra.settings.production"' in (ROOT / entry_point).read_text()
+    assert '"DJANGO_SETTINGS_MODULE", "niyra.settings.development"' in (ROOT / "manage.py").read_text()
+    assert "--settings niyra.settings.production" in (ROOT / "Procfile").read_text()
+    for line in (ROOT / "Procfile.dev").read_text().splitlines():
+        if "niyra" in line:
+            assert line.split(":", 1)[1].split()[0] == "DJANGO_SETTINGS_MODULE=niyra.settings.development"
+    assert "export DJANGO_SETTINGS_MODULE = niyra.settings.development" in (ROOT / "Makefile").read_text()

@@ -48,6 +48,32 @@ def test_malformed_database_url_is_one_line() -> None:
     assert result.stderr.startswith("niyra: configuration error:")
 
 
+@pytest.mark.parametrize("settings", ["development", "production"])
+def test_a_database_other_than_postgresql_is_refused_in_one_line(settings: str) -> None:
+    result = run_manage("check", settings=settings, **(PRODUCTION_ENV | {"DATABASE_URL": "sqlite:///var/x.sqlite3"}))
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "niyra: configuration error: DATABASE_URL must be a postgres:// URL (Niyra runs on PostgreSQL only)"
+    ]
+
+
+def test_production_settings_refuse_debug() -> None:
+    result = run_manage("check", **(PRODUCTION_ENV | {"DEBUG": "True"}))
+
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "production settings never run with DEBUG" in result.stderr
+
+
+def test_development_settings_default_to_the_embedded_postgresql_of_make_run() -> None:
+    result = run_manage("diffsettings", settings="development", NIYRA_ENCRYPTION_KEYS=GOOD_KEY)
+
+    assert result.returncode == 0, result.stderr
+    assert str(ROOT / "var" / "postgres") in next(line for line in result.stdout.splitlines() if "DATABASES" in line)
+    assert "DEBUG = True" in result.stdout
+
+
 def test_unreachable_database_is_one_line() -> None:
     result = run_manage(
         "migrate",
