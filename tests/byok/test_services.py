@@ -388,7 +388,6 @@ def test_usable_keys(pro_user: Any) -> None:
     assert provider_key_usable(user=pro_user, provider="anthropic") is not None
 
 
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_two_saves_racing_leave_one_key_and_two_audit_rows(
     make_byok_user: Callable[..., Any], monkeypatch: pytest.MonkeyPatch

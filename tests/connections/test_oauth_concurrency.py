@@ -38,7 +38,7 @@ clock = helpers.clock
 integrations = helpers.integrations
 queued = helpers.queued
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True)]
 
 WORKERS = 4
 

@@ -158,7 +158,6 @@ def test_the_tick_is_one_query_and_queues_ids_only(
         assert 0 < options["expires"] <= 300
 
 
-@pytest.mark.postgres
 def test_the_tick_query_uses_the_partial_index(make_connection: Callable[..., OAuthConnection]) -> None:
     make_connection()
     with db_connection.cursor() as cursor:

@@ -147,7 +147,6 @@ def test_bad_arguments() -> None:
         run("--batch-size", "0")
 
 
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_rows_locked_by_a_request_are_skipped_then_done_on_the_next_run(old_rows: dict[int, str]) -> None:
     """SKIP LOCKED: the command never waits on (or overwrites) a row a request is writing."""

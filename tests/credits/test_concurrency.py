@@ -84,7 +84,6 @@ def _worker(index: int, user: Any, shared_holds: list[int], lock: threading.Lock
     return out
 
 
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_fifty_threads_on_one_account(make_user: Any, connections_for: Callable[[int], None]) -> None:
     connections_for(THREADS)
@@ -137,7 +136,6 @@ def test_fifty_threads_on_one_account(make_user: Any, connections_for: Callable[
     call_command("reconcile_ledger")  # raises CommandError (exit 1) on any mismatch
 
 
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_twins_with_one_key_charge_once(make_user: Any, connections_for: Callable[[int], None]) -> None:
     """Many callers send the same request at the same moment (a retry storm): the unique

@@ -542,7 +542,6 @@ def test_ledger_has_no_update_or_delete_path(funded_user: Any) -> None:
         LedgerEntry.objects.filter(pk=entry.pk).delete()
 
 
-@pytest.mark.postgres
 def test_database_refuses_to_edit_the_ledger(funded_user: Any) -> None:
     entry = LedgerEntry.objects.get()
     for sql in (
@@ -559,7 +558,6 @@ def test_database_refuses_a_negative_available_balance(funded_user: Any) -> None
         BillingAccount.objects.filter(user=funded_user).update(reserved=100 * CREDIT + 1)
 
 
-@pytest.mark.postgres
 def test_hold_and_settle_are_one_statement_each(funded_user: Any) -> None:
     from django.test.utils import CaptureQueriesContext
 

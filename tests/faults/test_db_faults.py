@@ -36,7 +36,7 @@ from sandbox import anthropic_key, openai_key
 from tests.faults.conftest import PROMPT, Headers, assert_books_balance, pooled_connections_in_use, wait_for
 from tests.routing.conftest import STARTING_CREDITS_MC
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True)]
 
 CALLS = 40
 USERS = 4

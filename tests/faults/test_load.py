@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.load]
+pytestmark = [pytest.mark.redis, pytest.mark.load]
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN_SECONDS = float(os.environ.get("NIYRA_LOAD_SECONDS", "60"))

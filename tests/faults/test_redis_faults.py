@@ -36,7 +36,7 @@ from tests.faults.services import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis, pytest.mark.postgres]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
 # The client gives up after this long: a request stuck on the dead Redis fails the test instead
 # of hanging it (the stacks' own timeouts are far shorter; this is a bound, not a speed check).

@@ -67,7 +67,6 @@ def refreshes_presenting(sandbox: SandboxServer, refresh_token: str) -> list[int
 
 
 @pytest.mark.redis
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_killed_mid_refresh_is_redelivered_and_refreshes_exactly_once(
     private_redis: RedisServer,  # noqa: F811

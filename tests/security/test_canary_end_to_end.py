@@ -80,7 +80,7 @@ live_asgi = routing_conftest.live_asgi
 make_account = routing_conftest.make_account
 store_key = routing_conftest.store_key
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+pytestmark = [pytest.mark.redis]
 
 EXTRA_LOGGERS = ("celery", "kombu", "amqp", "niyra", "byok", "connections", "routing", "credits", "accounts", "uvicorn")
 ROUTED_BEHAVIOURS = ("invalid", "ratelimit", "error", "cut")

@@ -45,7 +45,6 @@ from tests.routing.conftest import (  # noqa: F401 - fixtures
 )
 
 pytestmark = [
-    pytest.mark.postgres,
     pytest.mark.redis,
     pytest.mark.django_db,
     pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous iterators"),
