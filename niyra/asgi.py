@@ -14,9 +14,8 @@ try:
 
     from django.db import connection
 
-    if connection.vendor == "postgresql":
-        # Create the (unopened) connection pool object now: otherwise the first burst of
-        # requests races to create it, hundreds of threads queueing on an import lock.
-        connection.pool  # type: ignore[attr-defined]  # noqa: B018
+    # Create the (unopened) connection pool object now: otherwise the first burst of requests
+    # races to create it, hundreds of threads queueing on an import lock.
+    connection.pool  # type: ignore[attr-defined]  # noqa: B018
 except ImproperlyConfigured as exc:  # a missing secret: one line for the operator, no traceback
     sys.exit(f"niyra: configuration error: {exc}")
