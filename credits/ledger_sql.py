@@ -224,7 +224,6 @@ def _entry_params(entry: LedgerEntry, now: datetime) -> dict[str, Any]:
         "key_source": str(entry.key_source),
         "details": Jsonb(entry.details),
         "pricing": Jsonb(entry.pricing),
-        "flagged": entry.flagged,
         "now": now,
     }
 
@@ -239,7 +238,7 @@ def entry_post(*, user_id: int, entry: LedgerEntry, now: datetime) -> Statement:
         balance_after="account.balance",
         hold_id="NULL::bigint",
         pricing="%(pricing)s::jsonb",
-        flagged="%(flagged)s::boolean",
+        flagged="false",
     )
     sql = f"""
         WITH account AS (

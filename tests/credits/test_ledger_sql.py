@@ -82,19 +82,54 @@ def test_the_same_statements_run_on_an_async_psycopg_connection(user: Any) -> No
     AsyncConnection (server-side parameter binding, psycopg's own JSON loading)."""
     credit_grant(user=user, amount=10 * CREDIT, reason="test", idempotency_key="g")
     now = timezone.now()
-    draft = CreditHold(
-        category="llm",
-        amount=4_000,
-        idempotency_key="async",
-        fingerprint="f",
-        details={"routed_call": "rc_1"},
-        expires_at=now + timedelta(minutes=5),
-    )
+
+    def _hold(key: str) -> dict[str, Any]:
+        return {
+            "category": "llm",
+            "amount": 4_000,
+            "idempotency_key": key,
+            "fingerprint": "f",
+            "details": {"routed_call": "rc_1"},
+            "expires_at": now + timedelta(minutes=5),
+        }
+
+    draft = CreditHold(**_hold("async"))
 
     async def hold_then_settle() -> tuple[CreditHold, LedgerEntry]:
         async with await psycopg.AsyncConnection.connect(**_conninfo(), autocommit=True) as conn:
-            statement = ledger_sql.hold_reserve(user_id=user.pk, hold=draft, now=now)
-            hold = ledger_sql.hold_from_row(await (await conn.execute(statement.sql, statement.params)).fetchone())
+
+            async def fetch(statement: ledger_sql.Statement) -> Any:
+                return await (await conn.execute(statement.sql, statement.params)).fetchone()
+
+            # Every other statement once, on this connection: they bind and run.
+            assert await fetch(ledger_sql.account_create(user_id=user.pk, now=now)) is None  # has one
+            charge = entry_draft(
+                amount=-500, category="tool_call", idempotency_key="c", fingerprint="c", description=""
+            )
+            charged = ledger_sql.entry_from_row(
+                await fetch(ledger_sql.entry_post(user_id=user.pk, entry=charge, now=now))
+            )
+            assert charged is not None and (charged.amount, charged.balance_after) == (-500, 9_500)
+            byok = entry_draft(
+                amount=0,
+                category="llm",
+                idempotency_key="b",
+                fingerprint="b",
+                description="",
+                key_source=KeySource.BYOK,
+            )
+            assert await fetch(ledger_sql.usage_record(user_id=user.pk, entry=byok, now=now)) is not None
+            grant = entry_draft(amount=500, category="grant", idempotency_key="g2", fingerprint="g", description="")
+            assert await fetch(ledger_sql.entry_post(user_id=user.pk, entry=grant, now=now)) is not None
+            voided = ledger_sql.hold_from_row(
+                await fetch(ledger_sql.hold_reserve(user_id=user.pk, hold=CreditHold(**_hold("v")), now=now))
+            )
+            assert voided is not None
+            assert await fetch(ledger_sql.hold_void(hold_id=voided.pk, now=now)) is not None
+            assert await fetch(ledger_sql.hold_expire_next(now=now)) is None  # nothing is due
+            assert await fetch(ledger_sql.entry_by_key(user_id=user.pk, idempotency_key="c")) is not None
+
+            hold = ledger_sql.hold_from_row(await fetch(ledger_sql.hold_reserve(user_id=user.pk, hold=draft, now=now)))
             assert hold is not None
             entry = entry_draft(
                 amount=-1_500,
@@ -108,7 +143,7 @@ def test_the_same_statements_run_on_an_async_psycopg_connection(user: Any) -> No
             statement = ledger_sql.hold_settle(
                 hold_id=hold.pk, requested=1_500, resolution_key="", resolution_fingerprint="s", entry=entry, now=now
             )
-            settled = ledger_sql.entry_from_row(await (await conn.execute(statement.sql, statement.params)).fetchone())
+            settled = ledger_sql.entry_from_row(await fetch(statement))
             assert settled is not None
             return hold, settled
 
