@@ -107,11 +107,16 @@ def database(url: str) -> dict[str, Any]:
     config: dict[str, Any] = env.db_url_config(url)
     if config.get("ENGINE") != "django.db.backends.postgresql":
         raise ImproperlyConfigured("DATABASE_URL must be a postgres:// URL (Niyra runs on PostgreSQL only)")
+    options = config.setdefault("OPTIONS", {})
+    if not config.get("HOST") and "host" in options:
+        # A Unix-socket URL (`postgres://user@/db?host=/dir`, the embedded server's) leaves the
+        # directory in OPTIONS; HOST is where Django and anything reading settings look for it.
+        config["HOST"] = options.pop("host")
     config["ATOMIC_REQUESTS"] = False
     config.setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
     if DB_POOL is not None:
         config["CONN_MAX_AGE"] = 0
-        config.setdefault("OPTIONS", {})["pool"] = dict(DB_POOL)
+        options["pool"] = dict(DB_POOL)
     return config
 
 
