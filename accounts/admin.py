@@ -22,7 +22,7 @@ admin.site.login_form = ThrottledAdminAuthenticationForm  # the dashboard's sign
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
     ordering = ("email",)
-    list_display = ("email", "is_staff", "is_active", "date_joined", "last_login")
+    list_display: tuple[str, ...] = ("email", "is_staff", "is_active", "date_joined", "last_login")
     search_fields = ("email",)
     fieldsets = (
         (None, {"fields": ("email", "password")}),

@@ -148,14 +148,13 @@ def _refresh_is_due(connection: OAuthConnection, *, at: datetime, expiring_withi
 
 
 def _bound_transaction() -> None:
-    """PostgreSQL only: a refresh transaction that somehow outlives its HTTP timeouts is ended by
-    the server (releasing the row lock), and a waiting on-demand caller gives up after 15 s."""
-    if db_connection.vendor == "postgresql":
-        with db_connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT set_config('idle_in_transaction_session_timeout', '60s', true),"
-                " set_config('lock_timeout', '15s', true)"
-            )
+    """A refresh transaction that somehow outlives its HTTP timeouts is ended by the server
+    (releasing the row lock), and a waiting on-demand caller gives up after 15 s."""
+    with db_connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', '60s', true),"
+            " set_config('lock_timeout', '15s', true)"
+        )
 
 
 @sensitive_variables()
@@ -330,7 +329,7 @@ def connection_refresh(
             values["last_refreshed_at"] = at
             values["updated_at"] = timezone.now()
             if not OAuthConnection.objects.filter(pk=connection.pk).update(**values):
-                return RefreshResult("gone")  # SQLite has no row locks: deleted under our feet
+                return RefreshResult("gone")  # the user was deleted while the token endpoint answered
             if connection.status == ConnectionStatus.ERROR:
                 _audit_connection(
                     actor=None,

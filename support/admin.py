@@ -70,11 +70,12 @@ class SupportUserAdmin(UserAdmin):
     list_select_related = ("billing_account",)
     support_fields = ("account_summary", "keys_summary", "connections_summary", "recent_ledger", "recent_audit")
     readonly_fields = support_fields
-    fieldsets = (
-        UserAdmin.fieldsets[0],
-        ("Support overview", {"fields": support_fields}),
-        *UserAdmin.fieldsets[1:],
-    )
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None:  # the add form
+            return fieldsets
+        return (fieldsets[0], ("Support overview", {"fields": self.support_fields}), *fieldsets[1:])
 
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None

@@ -48,7 +48,7 @@ def bearer() -> Headers:
 
 def pooled_connections_in_use() -> int:
     """Connections checked out of psycopg's pool (0 without a pool), the test's own returned first."""
-    pool = connection.pool if connection.vendor == "postgresql" else None
+    pool = connection.pool
     if pool is None:
         return 0
     connection.close()

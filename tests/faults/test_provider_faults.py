@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx2
 import pytest
-from django.db import connection
 
 from core import errors
 from credits.models import BillingAccount, CreditHold, HoldStatus, LedgerEntry
@@ -190,9 +189,8 @@ def test_provider_fault(
         fault_settings.OPENAI_BASE_URL = closed_port_url("/openai/v1")
     headers = {case: bearer(user) for case, user in users.items()}
 
-    # When they all call at once (one at a time on SQLite: its shared in-memory test database
-    # locks whole tables, so concurrent writes fail there)
-    with ThreadPoolExecutor(len(CASES) if connection.vendor == "postgresql" else 1) as pool:
+    # When they all call at once
+    with ThreadPoolExecutor(len(CASES)) as pool:
         replies = pool.map(lambda case: send(live_asgi, headers[case], ENDPOINTS[case[0]], stream=case[1]), CASES)
 
     # Then each gets the catalogue's answer and is billed exactly what was generated

@@ -15,8 +15,8 @@ from byok.models import KeyStatus, ProviderKey
 from credits.models import BillingAccount, CreditHold, LedgerEntry
 from credits.pricing import price_llm_call
 from routing.models import RoutedCall
-from sandbox import SandboxServer, anthropic_key, openai_key
 from routing.services import routing_preference_set
+from sandbox import SandboxServer, anthropic_key, openai_key
 
 pytestmark = pytest.mark.django_db
 
