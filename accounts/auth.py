@@ -63,6 +63,14 @@ def request_user(request: Request | HttpRequest) -> User:
     return user
 
 
+async def arequest_user(request: HttpRequest) -> User:
+    """`request_user` for async views (the session's user is loaded without blocking)."""
+    user = await request.auser()
+    if not isinstance(user, User):
+        raise exceptions.NotAuthenticated()
+    return user
+
+
 class ApiTokenScheme(OpenApiAuthenticationExtension):
     target_class = "accounts.auth.ApiTokenAuthentication"
     name = "bearerAuth"

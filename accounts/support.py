@@ -1,6 +1,6 @@
 """The "Support" group: exactly the admin permissions support staff need, and nothing else.
 
-What support does (DESIGN.md, "Surfaces"), and the permission each thing takes:
+What support does, and the permission each thing takes:
 
 * find users by email and see their account page        accounts.view_user
 * see the audit trail                                     accounts.view_auditevent

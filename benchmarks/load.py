@@ -56,6 +56,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import psycopg
@@ -92,6 +93,12 @@ DB_NAME_RULE = re.compile(r"niyra_load_[a-z0-9_]{1,40}")  # the run drops this d
 # --- the stack ---------------------------------------------------------------------------------
 
 
+def database_url(server: str, database: str) -> str:
+    """``server`` (a PostgreSQL URL naming no database: host and port, or ``?host=<socket dir>``)
+    with ``database`` as its path."""
+    return urlunsplit(urlsplit(server)._replace(path=f"/{database}"))
+
+
 def _die_with_parent() -> None:
     """Runs in each child before exec: SIGTERM it if this process dies, even by SIGKILL."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -108,7 +115,7 @@ def stack_env(args: argparse.Namespace, *, sandbox_url: str, web_port: int) -> d
         "SECURE_SSL_REDIRECT": "False",
         "SECRET_KEY": secrets.token_urlsafe(40),
         "NIYRA_ENCRYPTION_KEYS": "load:" + base64.b64encode(os.urandom(32)).decode(),
-        "DATABASE_URL": f"{args.postgres}/{args.database}",
+        "DATABASE_URL": database_url(args.postgres, args.database),
         "REDIS_URL": args.redis_url,
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "ANTHROPIC_API_KEY": "sk-ant-platform-load",
@@ -122,7 +129,7 @@ def stack_env(args: argparse.Namespace, *, sandbox_url: str, web_port: int) -> d
 
 
 def create_database(args: argparse.Namespace) -> None:
-    with psycopg.connect(f"{args.postgres}/postgres", autocommit=True) as conn:
+    with psycopg.connect(database_url(args.postgres, "postgres"), autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {args.database} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {args.database}")
 
@@ -472,7 +479,7 @@ def database_check(args: argparse.Namespace, everything: Tally) -> tuple[bool, d
     }
     got: dict[str, int] = {}
     deadline = time.monotonic() + 10  # a stream's last rows may land just after its last byte
-    with psycopg.connect(f"{args.postgres}/{args.database}", autocommit=True) as conn:
+    with psycopg.connect(database_url(args.postgres, args.database), autocommit=True) as conn:
         while True:
             for name, sql in queries.items():
                 row = conn.execute(sql).fetchone()  # type: ignore[arg-type]
@@ -551,7 +558,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--credits-users", type=int, default=20)
     parser.add_argument("--byok-users", type=int, default=30, help="also the key testers: 30 tests each at most")
     parser.add_argument("--database", default="niyra_load_bench", help="dropped and recreated: niyra_load_*")
-    parser.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432", help="server URL, no database")
+    parser.add_argument(
+        "--postgres",
+        default="postgres://postgres@127.0.0.1:5432",
+        help="server URL naming no database (TCP, or ?host=<socket dir>)",
+    )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/10", help="the web server's Redis db")
     parser.add_argument("--drop-database", action="store_true", help="drop the database at the end")
     parser.add_argument("--seed", type=int, default=8)
@@ -648,7 +659,7 @@ def main() -> int:
                 tail = web_log.read().decode(errors="replace").splitlines()[-40:]
                 print("\nweb server log (last lines):\n" + "\n".join(tail) if tail else "\nweb server log: empty")
             if args.drop_database:
-                with psycopg.connect(f"{args.postgres}/postgres", autocommit=True) as conn:
+                with psycopg.connect(database_url(args.postgres, "postgres"), autocommit=True) as conn:
                     conn.execute(f"DROP DATABASE IF EXISTS {args.database} WITH (FORCE)")
     print("LOAD_RESULT " + json.dumps(result, sort_keys=True))
     return 0 if result["ok"] else 1

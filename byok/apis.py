@@ -40,10 +40,10 @@ class ByokRateThrottle(ScopedRateThrottle):
     DEFAULT_RATES = {"byok_save": "10/hour", "byok_test": "30/hour"}
 
     def get_rate(self) -> str | None:
-        assert self.scope is not None
+        scope = str(self.scope)
         rates = api_settings.DEFAULT_THROTTLE_RATES or {}
-        rate = rates.get(self.scope)
-        return str(rate) if rate else self.DEFAULT_RATES[self.scope]
+        rate = rates.get(scope)
+        return str(rate) if rate else self.DEFAULT_RATES[scope]
 
     def allow_request(self, request: Request, view: APIView) -> bool:
         """The history lives in the shared cache (Redis). While that is down the request is let

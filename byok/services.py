@@ -108,8 +108,7 @@ def provider_key_save(*, user: User, provider: str, key: str, actor: User | None
     fingerprint = key_fingerprint(key)
 
     result = _probe(provider=provider, key=key)  # no transaction open: never hold one across a call
-    if not result.key_is_genuine:
-        assert result.error is not None
+    if (rejection := result.rejection) is not None:
         with transaction.atomic():
             _audit(
                 actor=actor,
@@ -119,7 +118,7 @@ def provider_key_save(*, user: User, provider: str, key: str, actor: User | None
                 outcome=result.code,
                 details={"stage": "provider", "hint": hint, "fingerprint": fingerprint},
             )
-        raise result.error
+        raise rejection
 
     keyring = get_keyring()
     ciphertext = keyring.encrypt(key, purpose=provider_key_purpose(user_id=user.pk, provider=provider))
@@ -197,8 +196,7 @@ def provider_key_test(*, user: User, provider: str, actor: User | None = None) -
             current.save(update_fields=["status", "last_tested_at", "last_error_code", "updated_at"])
             details["status"] = status
         _audit(actor=actor, user=user, event="provider_key.tested", provider=provider, outcome=outcome, details=details)
-    if status is None:
-        assert result.error is not None
+    if status is None and result.error is not None:  # the provider could not say (unavailable, …)
         raise result.error
     return current
 

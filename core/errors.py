@@ -180,7 +180,7 @@ def api_not_found(request: HttpRequest) -> HttpResponse:
     return JsonResponse(error_body(NOT_FOUND), status=404)
 
 
-# --- OAuth connections (byok) ---------------------------------------------------------------
+# --- OAuth connections (connections) ---------------------------------------------------------------
 OAUTH_INTEGRATION_UNKNOWN = _spec(
     "oauth_integration_unknown", 404, "No such integration. See the list of integrations."
 )

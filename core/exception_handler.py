@@ -52,10 +52,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     elif isinstance(exc, DjangoPermissionDenied):
         exc = drf_exceptions.PermissionDenied()
 
-    if isinstance(exc, drf_exceptions.APIException):
-        # Let DRF compute headers (WWW-Authenticate, Retry-After) and the status it chose.
-        response = drf_default_handler(exc, context)
-        assert response is not None
+    # Let DRF compute headers (WWW-Authenticate, Retry-After) and the status it chose.
+    if isinstance(exc, drf_exceptions.APIException) and (response := drf_default_handler(exc, context)) is not None:
         spec = next((s for cls, s in _DRF_MAP if isinstance(exc, cls)), None)
         if spec is None:
             spec = ErrorSpec(code=str(exc.default_code), status=exc.status_code, message=str(exc.detail))

@@ -22,7 +22,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
-from accounts.models import User
+from accounts.auth import request_user
 from core.admin import ReadOnlyAdmin
 from core.errors import NiyraError
 from credits.models import BillingAccount, CreditHold, LedgerEntry, Plan
@@ -150,11 +150,12 @@ class BillingAccountAdmin(ReadOnlyAdmin):
         amount = _to_millicredits(form.cleaned_data["amount"])
         reason = form.cleaned_data["reason"]
         service = credit_adjust if adjust else credit_grant
+        staff = request_user(request)
         done, failures = 0, []
         for account in queryset.select_related("user"):
             key = f"admin:{form.cleaned_data['submission']}:{account.pk}"
             try:
-                service(user=account.user, amount=amount, reason=reason, idempotency_key=key, actor=_staff(request))
+                service(user=account.user, amount=amount, reason=reason, idempotency_key=key, actor=staff)
             except NiyraError as exc:
                 failures.append(f"{account.user}: {exc.message} {exc.detail or ''}".strip())
             else:
@@ -176,26 +177,21 @@ class BillingAccountAdmin(ReadOnlyAdmin):
         if not form.is_bound or not form.is_valid():
             return self._form_page(request, queryset, form, action="change_plan", title="Change plan")
         for account in queryset.select_related("user"):
-            billing_plan_set(user=account.user, plan=form.cleaned_data["plan"], actor=_staff(request))
+            billing_plan_set(user=account.user, plan=form.cleaned_data["plan"], actor=request_user(request))
         self._report(request, queryset.count(), [], f"Plan set to {form.cleaned_data['plan']}")
         return None
 
     @admin.action(description="Grant Apex access", permissions=["manage_apex"])
     def grant_apex(self, request: HttpRequest, queryset: QuerySet[BillingAccount]) -> None:
         for account in queryset.select_related("user"):
-            billing_apex_set(user=account.user, enabled=True, actor=_staff(request))
+            billing_apex_set(user=account.user, enabled=True, actor=request_user(request))
         self._report(request, queryset.count(), [], "Apex access granted")
 
     @admin.action(description="Revoke Apex access", permissions=["manage_apex"])
     def revoke_apex(self, request: HttpRequest, queryset: QuerySet[BillingAccount]) -> None:
         for account in queryset.select_related("user"):
-            billing_apex_set(user=account.user, enabled=False, actor=_staff(request))
+            billing_apex_set(user=account.user, enabled=False, actor=request_user(request))
         self._report(request, queryset.count(), [], "Apex access revoked")
-
-
-def _staff(request: HttpRequest) -> User:
-    assert isinstance(request.user, User)
-    return request.user
 
 
 @admin.register(LedgerEntry)

@@ -69,7 +69,7 @@ class BalanceApi(APIView):
 
     @extend_schema(responses=OutputSerializer)
     def get(self, request: Request) -> Response:
-        balance = credit_balance(user=_signed_in(request))
+        balance = credit_balance(user=request_user(request))
         data = {
             "plan": balance.plan,
             "apex_enabled": balance.apex_enabled,
@@ -110,7 +110,7 @@ class LedgerListApi(APIView):
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         criteria = {k: v for k, v in filters.validated_data.items() if k not in ("cursor", "limit")}
-        entries = ledger_entries_for(user=_signed_in(request), **criteria)
+        entries = ledger_entries_for(user=request_user(request), **criteria)
         paginator = LedgerPagination()
         page = paginator.paginate_queryset(entries, request, view=self)
         return paginator.get_paginated_response(LedgerEntryOutputSerializer(page, many=True).data)
@@ -145,7 +145,7 @@ class UsageBreakdownApi(APIView):
         start = filters.validated_data.get("start") or end - DEFAULT_USAGE_PERIOD
         if not start < end or end - start > MAX_USAGE_PERIOD:
             raise errors.NiyraError(errors.INVALID_INPUT, detail={"start": ["start before end, at most 366 days."]})
-        usage = usage_breakdown(user=_signed_in(request), start=start, end=end)
+        usage = usage_breakdown(user=request_user(request), start=start, end=end)
         data = {
             "start": usage.start,
             "end": usage.end,
@@ -183,11 +183,6 @@ class UsageEventCreateApi(APIView):
             details=data["details"],
         )
         return Response(LedgerEntryOutputSerializer(entry).data, status=status.HTTP_201_CREATED)
-
-
-def _signed_in(request: Request) -> User:
-    assert isinstance(request.user, User)  # IsAuthenticated ran first
-    return request.user
 
 
 def _user_from(reference: str) -> User:

@@ -81,17 +81,16 @@ class Category(models.TextChoices):
     REFUND = "refund", "Refund"
 
 
-# What usage costs (debits), as opposed to what adds credits.
-USAGE_CATEGORIES = frozenset(
-    {
-        Category.LLM,
-        Category.EMBEDDINGS,
-        Category.TOOL_CALL,
-        Category.VOICE_TTS,
-        Category.VOICE_STT,
-        Category.ENRICHMENT,
-        Category.TELEPHONY,
-    }
+# What usage costs (debits), as opposed to what adds credits; LLM first (usually most of the
+# spend), then what BYOK never covers, in the product page's order.
+USAGE_CATEGORIES = (
+    Category.LLM,
+    Category.EMBEDDINGS,
+    Category.TOOL_CALL,
+    Category.VOICE_TTS,
+    Category.VOICE_STT,
+    Category.ENRICHMENT,
+    Category.TELEPHONY,
 )
 
 

@@ -17,23 +17,14 @@ from accounts.auth import request_user
 from byok.models import KeyStatus
 from byok.selectors import provider_key_effective_status, provider_key_list
 from core.pages import dashboard_login_required
-from credits.models import Category
+from credits.models import USAGE_CATEGORIES, Category
+from credits.money import MILLICREDITS_PER_CREDIT
 from credits.selectors import billing_account_for, credit_balance, usage_breakdown
 from providers import Provider
 from routing.selectors import routed_call_recent
 
 SPEND_WINDOW = timedelta(days=30)
 RECENT_CALLS = 10
-# The chart's order: LLM first (usually most of the spend), then what BYOK never covers.
-CHART_CATEGORIES = (
-    Category.LLM,
-    Category.EMBEDDINGS,
-    Category.TOOL_CALL,
-    Category.VOICE_TTS,
-    Category.VOICE_STT,
-    Category.ENRICHMENT,
-    Category.TELEPHONY,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +46,7 @@ def home(request: HttpRequest) -> HttpResponse:
             millicredits=usage.by_category.get(category, 0),
             share=Decimal(usage.by_category.get(category, 0)) / usage.total if usage.total else Decimal(0),
         )
-        for category in CHART_CATEGORIES
+        for category in USAGE_CATEGORIES
     ]
     keys = {key.provider: key for key in provider_key_list(user=user)}
     key_rows = []
@@ -76,7 +67,10 @@ def home(request: HttpRequest) -> HttpResponse:
         "usage": usage,
         "spend": spend,
         # Credits for the chart (a display value: the page's numbers stay integers in mc).
-        "chart": {"labels": [row.label for row in spend], "credits": [row.millicredits / 1000 for row in spend]},
+        "chart": {
+            "labels": [row.label for row in spend],
+            "credits": [row.millicredits / MILLICREDITS_PER_CREDIT for row in spend],
+        },
         "key_rows": key_rows,
         "calls": list(routed_call_recent(user=user, limit=RECENT_CALLS)),
         "window_days": SPEND_WINDOW.days,

@@ -10,12 +10,12 @@ import httpx2
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
-from providers.base import PROBE_MAX_TOKENS, PROBE_MODELS, PROBE_PROMPT, ProviderAdapter, field_of
+from providers.base import PROBE_MAX_TOKENS, PROBE_MODELS, PROBE_PROMPT, Provider, ProviderAdapter, field_of
 from providers.types import ChatRequest, ChatResult, StreamEnd, StreamEvent, TextDelta, Usage, UsageUpdate
 
 
 class AnthropicAdapter(ProviderAdapter):
-    provider = "anthropic"
+    provider = Provider.ANTHROPIC
 
     @classmethod
     def default_base_url(cls) -> str | None:

@@ -79,6 +79,11 @@ class ProbeResult:
         """A rate-limited or out-of-quota answer still proves the provider knows the key."""
         return self.error is None or self.error.spec in (KEY_RATE_LIMITED, KEY_QUOTA_EXHAUSTED)
 
+    @property
+    def rejection(self) -> NiyraError | None:
+        """The provider's error when it did not accept the key as genuine; None when it did."""
+        return None if self.key_is_genuine else self.error
+
 
 class ProviderAdapter(ABC):
     """One provider behind its official async SDK.

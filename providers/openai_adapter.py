@@ -10,7 +10,7 @@ import openai
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
-from providers.base import PROBE_MAX_TOKENS, PROBE_MODELS, PROBE_PROMPT, ProviderAdapter, field_of
+from providers.base import PROBE_MAX_TOKENS, PROBE_MODELS, PROBE_PROMPT, Provider, ProviderAdapter, field_of
 from providers.types import (
     ChatRequest,
     ChatResult,
@@ -24,7 +24,7 @@ from providers.types import (
 
 
 class OpenAIAdapter(ProviderAdapter):
-    provider = "openai"
+    provider = Provider.OPENAI
 
     @classmethod
     def default_base_url(cls) -> str | None:

@@ -429,8 +429,7 @@ class LLMDispatcher:
         model = route.model
         used = usage.input_tokens > 0 or usage.output_tokens > 0
         details = {"routed_call": str(route.call_id), "model": model.id}
-        if route.key_source == KeySource.PLATFORM:
-            assert route.hold is not None
+        if route.hold is not None:  # the platform key: credits were held for this call
             if used and (error is None or stream):
                 entry = credit_settle(
                     hold_id=route.hold.pk,

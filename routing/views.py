@@ -13,6 +13,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
+from accounts.auth import arequest_user
 from accounts.models import User
 from byok.selectors import provider_key_get
 from core.db import db_sync_to_async
@@ -73,8 +74,7 @@ def _render(request: HttpRequest, context: dict[str, Any]) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @dashboard_login_required(return_to="dashboard:try")
 async def try_message(request: HttpRequest) -> HttpResponse:
-    user = await request.auser()
-    assert isinstance(user, User)
+    user = await arequest_user(request)
     models, apex_enabled = await db_sync_to_async(_page_data)(user)
     context: dict[str, Any] = {
         "models": models,

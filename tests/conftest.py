@@ -52,3 +52,49 @@ def make_user(db: None) -> Callable[..., Any]:
 @pytest.fixture
 def user(make_user: Callable[..., Any]) -> Any:
     return make_user("ada@example.com")
+
+
+@pytest.fixture
+def make_plan_user(make_user: Callable[..., Any]) -> Callable[..., Any]:
+    """Users with a billing account on the given plan (default Pro)."""
+
+    def make(plan: str = "pro", email: str | None = None) -> Any:
+        from credits.models import BillingAccount
+        from credits.services.accounts import billing_account_ensure
+
+        user = make_user(email)
+        billing_account_ensure(user=user)
+        BillingAccount.objects.filter(user=user).update(plan=plan)
+        return user
+
+    return make
+
+
+@pytest.fixture
+def pro_user(make_plan_user: Callable[..., Any]) -> Any:
+    return make_plan_user("pro", "pro@example.com")
+
+
+@pytest.fixture
+def client_for() -> Callable[[Any], APIClient]:
+    """API clients signed in as a user (session authentication)."""
+
+    def make(user: Any) -> APIClient:
+        client = APIClient()
+        client.force_authenticate(user)
+        return client
+
+    return make
+
+
+@pytest.fixture
+def pro_client(pro_user: Any, client_for: Callable[[Any], APIClient]) -> APIClient:
+    return client_for(pro_user)
+
+
+@pytest.fixture
+def sandbox_providers(settings: Any, sandbox: Any) -> Any:
+    """Provider calls go to the loopback sandbox, through the real SDKs."""
+    settings.ANTHROPIC_BASE_URL = sandbox.anthropic_base_url
+    settings.OPENAI_BASE_URL = sandbox.openai_base_url
+    return sandbox

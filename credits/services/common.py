@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import connection, transaction
 
 from core import errors
 from credits.ledger_sql import Statement
-from credits.models import LedgerEntry
+from credits.models import CreditHold, LedgerEntry
 from credits.pricing import MAX_UNITS, PRICE_BOOK_VERSION, LlmUsage
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 128
@@ -105,6 +105,17 @@ def fingerprint(**params: Any) -> str:
 
 def idempotency_conflict(idempotency_key: str) -> errors.NiyraError:
     return errors.NiyraError(errors.IDEMPOTENCY_CONFLICT, detail={"idempotency_key": idempotency_key})
+
+
+Recorded = TypeVar("Recorded", CreditHold, LedgerEntry)
+
+
+def replay_of(earlier: Recorded | None, draft: Recorded) -> Recorded | None:
+    """The idempotency rule: an earlier hold or entry with the draft's key answers the call when
+    its parameters (fingerprint) are the same; different parameters are a conflict (409)."""
+    if earlier is not None and earlier.fingerprint != draft.fingerprint:
+        raise idempotency_conflict(draft.idempotency_key)
+    return earlier
 
 
 def insufficient_credits(*, available: int, required: int) -> errors.NiyraError:

@@ -35,9 +35,9 @@ from credits.services.common import (
     checked_idempotency_key,
     entry_draft,
     fingerprint,
-    idempotency_conflict,
     insufficient_credits,
     invalid,
+    replay_of,
     statement_fetch,
     tokens_text,
 )
@@ -131,13 +131,9 @@ def credit_hold(
 
 
 def _replay(user: User, draft: CreditHold) -> CreditHold | None:
-    """The earlier hold with this key, if the parameters are the same; a conflict if not."""
-    earlier = ledger_sql.hold_from_row(
-        statement_fetch(ledger_sql.hold_by_key(user_id=user.pk, idempotency_key=draft.idempotency_key))
-    )
-    if earlier is not None and earlier.fingerprint != draft.fingerprint:
-        raise idempotency_conflict(draft.idempotency_key)
-    return earlier
+    """The earlier hold with this key (`replay_of`)."""
+    earlier = statement_fetch(ledger_sql.hold_by_key(user_id=user.pk, idempotency_key=draft.idempotency_key))
+    return replay_of(ledger_sql.hold_from_row(earlier), draft)
 
 
 def _hold_id(value: object) -> int:

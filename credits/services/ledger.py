@@ -26,22 +26,18 @@ from credits.services.common import (
     checked_reason,
     entry_draft,
     fingerprint,
-    idempotency_conflict,
     insufficient_credits,
     invalid,
+    replay_of,
     statement_fetch,
     tokens_text,
 )
 
 
 def _replay(user: User, entry: LedgerEntry) -> LedgerEntry | None:
-    """The earlier entry with this key, if the parameters are the same; a conflict if not."""
-    earlier = ledger_sql.entry_from_row(
-        statement_fetch(ledger_sql.entry_by_key(user_id=user.pk, idempotency_key=entry.idempotency_key))
-    )
-    if earlier is not None and earlier.fingerprint != entry.fingerprint:
-        raise idempotency_conflict(entry.idempotency_key)
-    return earlier
+    """The earlier direct entry with this key (`replay_of`)."""
+    earlier = statement_fetch(ledger_sql.entry_by_key(user_id=user.pk, idempotency_key=entry.idempotency_key))
+    return replay_of(ledger_sql.entry_from_row(earlier), entry)
 
 
 def _post(user: User, entry: LedgerEntry) -> tuple[LedgerEntry, bool]:

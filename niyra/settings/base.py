@@ -40,7 +40,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_htmx",
-    # Niyra, from the base up (docs/architecture.md): each app imports only those above it here.
+    # Niyra, from the base up (docs/architecture.md): each app imports only apps listed before it.
     "core",
     "accounts",
     "credits",
@@ -52,7 +52,7 @@ INSTALLED_APPS = [
 ]
 
 # Every middleware here is async-capable: the routing endpoints are async views, and a sync
-# middleware would cost a thread hop per request (DESIGN.md "Scale").
+# middleware would cost a thread hop per request.
 MIDDLEWARE = [
     "core.middleware.HealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -214,7 +214,7 @@ OAUTH_REFRESH_INTERVAL_SECONDS = env.int("OAUTH_REFRESH_INTERVAL_SECONDS", defau
 OAUTH_REFRESH_MARGIN_SECONDS = max(60, env.int("OAUTH_REFRESH_MARGIN_SECONDS", default=120))
 
 
-# OAuth integrations (byok.oauth): OAUTH_INTEGRATION_NAMES=gmail,slack, then per name (upper-case,
+# OAuth integrations (connections.oauth): OAUTH_INTEGRATION_NAMES=gmail,slack, then per name (upper-case,
 # "-" -> "_") OAUTH_<NAME>_CLIENT_ID, _CLIENT_SECRET, _AUTHORIZE_URL, _TOKEN_URL (required) and
 # _REVOKE_URL, _SCOPES (space/comma separated), _LABEL, _REDIRECT_URI, _DEFAULT_EXPIRES_IN,
 # _TIMEOUT_SECONDS, _CLIENT_AUTH_METHOD (client_secret_basic | client_secret_post) (optional).

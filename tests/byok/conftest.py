@@ -1,25 +1,19 @@
-"""BYOK fixtures: users on each plan, API clients signed in as them, the sandbox as both providers."""
+"""BYOK tests: the sandbox is both providers, and throttles start fresh (users on each plan and
+clients signed in as them: tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 from django.core.cache import cache
-from rest_framework.test import APIClient
 
-from credits.models import BillingAccount
-from credits.services.accounts import billing_account_ensure
 from sandbox import SandboxServer
 
 
 @pytest.fixture(autouse=True)
-def _providers_are_the_sandbox(settings: Any, sandbox: SandboxServer) -> SandboxServer:
-    """Every provider call in these tests goes to the loopback sandbox, through the real SDKs."""
-    settings.ANTHROPIC_BASE_URL = sandbox.anthropic_base_url
-    settings.OPENAI_BASE_URL = sandbox.openai_base_url
-    return sandbox
+def _providers_are_the_sandbox(sandbox_providers: SandboxServer) -> SandboxServer:
+    return sandbox_providers
 
 
 @pytest.fixture(autouse=True)
@@ -27,34 +21,3 @@ def _fresh_throttles() -> Iterator[None]:
     cache.clear()  # throttle history lives in the cache
     yield
     cache.clear()
-
-
-@pytest.fixture
-def make_byok_user(make_user: Callable[..., Any]) -> Callable[..., Any]:
-    def make(plan: str = "pro", email: str | None = None) -> Any:
-        user = make_user(email)
-        billing_account_ensure(user=user)
-        BillingAccount.objects.filter(user=user).update(plan=plan)
-        return user
-
-    return make
-
-
-@pytest.fixture
-def pro_user(make_byok_user: Callable[..., Any]) -> Any:
-    return make_byok_user("pro", "pro@example.com")
-
-
-@pytest.fixture
-def client_for() -> Callable[[Any], APIClient]:
-    def make(user: Any) -> APIClient:
-        client = APIClient()
-        client.force_authenticate(user)
-        return client
-
-    return make
-
-
-@pytest.fixture
-def pro_client(pro_user: Any, client_for: Callable[[Any], APIClient]) -> APIClient:
-    return client_for(pro_user)

@@ -133,8 +133,8 @@ def test_a_key_for_the_other_provider_names_it(pro_client: APIClient) -> None:
     assert response.json()["code"] == "key_wrong_provider" and "OpenAI" in response.json()["message"]
 
 
-def test_plan_without_byok(make_byok_user: Callable[..., Any], client_for: Callable[[Any], APIClient]) -> None:
-    client = client_for(make_byok_user("free"))
+def test_plan_without_byok(make_plan_user: Callable[..., Any], client_for: Callable[[Any], APIClient]) -> None:
+    client = client_for(make_plan_user("free"))
     body = assert_error(put(client, "anthropic", anthropic_key()), errors.PLAN_NO_BYOK)
     assert "BYOK is available on Pro and Alpha plans" in body["message"]
 
@@ -226,12 +226,12 @@ def test_api_token_auth(pro_user: Any, api_client: APIClient) -> None:
 
 
 def test_another_user_can_neither_see_nor_change_my_keys(
-    pro_user: Any, pro_client: APIClient, make_byok_user: Callable[..., Any], client_for: Callable[[Any], APIClient],
+    pro_user: Any, pro_client: APIClient, make_plan_user: Callable[..., Any], client_for: Callable[[Any], APIClient],
     sandbox: SandboxServer,
 ) -> None:  # fmt: skip
     put(pro_client, "anthropic", anthropic_key())
     mine_before = ProviderKey.objects.values().get(user=pro_user)
-    mallory = client_for(make_byok_user("pro"))
+    mallory = client_for(make_plan_user("pro"))
     sandbox.log.clear()
 
     assert mallory.get("/api/keys").json() == []
@@ -252,16 +252,16 @@ def test_another_user_can_neither_see_nor_change_my_keys(
 
 
 def test_save_and_test_are_throttled_per_user(
-    pro_client: APIClient, make_byok_user: Callable[..., Any], client_for: Callable[[Any], APIClient],
+    pro_client: APIClient, make_plan_user: Callable[..., Any], client_for: Callable[[Any], APIClient],
     sandbox: SandboxServer,
 ) -> None:  # fmt: skip
     rates = {"byok_save": "2/min", "byok_test": "1/min"}
     with override_settings(REST_FRAMEWORK={**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": rates}):
-        _exercise_throttles(pro_client, make_byok_user, client_for, sandbox)
+        _exercise_throttles(pro_client, make_plan_user, client_for, sandbox)
 
 
 def _exercise_throttles(
-    pro_client: APIClient, make_byok_user: Callable[..., Any], client_for: Callable[[Any], APIClient],
+    pro_client: APIClient, make_plan_user: Callable[..., Any], client_for: Callable[[Any], APIClient],
     sandbox: SandboxServer,
 ) -> None:  # fmt: skip
     assert put(pro_client, "anthropic", anthropic_key()).status_code == 200
@@ -275,7 +275,7 @@ def _exercise_throttles(
     assert sandbox.log.count(api="anthropic") == 2  # throttled requests never reach the provider
 
     assert pro_client.get("/api/keys").status_code == 200  # listing is not throttled
-    other = client_for(make_byok_user("pro"))
+    other = client_for(make_plan_user("pro"))
     assert put(other, "anthropic", anthropic_key()).status_code == 200  # per user, not global
     assert pro_client.delete("/api/keys/anthropic").status_code == 204  # disconnecting is never throttled
 

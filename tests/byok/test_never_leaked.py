@@ -162,7 +162,7 @@ def test_a_key_never_leaks_through_any_path(
     trap: LeakTrap,
     pro_user: Any,
     pro_client: APIClient,
-    make_byok_user: Callable[..., Any],
+    make_plan_user: Callable[..., Any],
     client_for: Callable[[Any], APIClient],
     admin_client: Client,
 ) -> None:
@@ -197,9 +197,9 @@ def test_a_key_never_leaks_through_any_path(
     # Wrong provider, malformed paste, plan without BYOK.
     assert put(key(), to=OTHER[provider]).status_code == 400
     assert put(f"{key()} and some words").status_code == 400
-    assert put(key(), client=client_for(make_byok_user("free"))).status_code == 403
+    assert put(key(), client=client_for(make_plan_user("free"))).status_code == 403
     # Admin: the changelist, every change page, the audit trail; then disconnect from there.
-    other = make_byok_user("pro")
+    other = make_plan_user("pro")
     assert put(key(), client=client_for(other)).status_code == 200
     trap.keep(admin_client.get("/admin/byok/providerkey/"))
     for pk in ProviderKey.objects.values_list("pk", flat=True):

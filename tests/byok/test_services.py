@@ -72,15 +72,15 @@ def test_save_validates_with_one_tiny_request_then_stores_encrypted(
     assert event.details["hint"] == saved.hint and key not in str(event.details)
 
 
-def test_alpha_plan_may_bring_a_key(make_byok_user: Callable[..., Any]) -> None:
-    user = make_byok_user("alpha")
+def test_alpha_plan_may_bring_a_key(make_plan_user: Callable[..., Any]) -> None:
+    user = make_plan_user("alpha")
     assert provider_key_save(user=user, provider="anthropic", key=anthropic_key()).status == KeyStatus.VALID
 
 
 def test_free_plan_is_refused_before_any_provider_call(
-    make_byok_user: Callable[..., Any], sandbox: SandboxServer
+    make_plan_user: Callable[..., Any], sandbox: SandboxServer
 ) -> None:
-    user = make_byok_user("free")
+    user = make_plan_user("free")
     with pytest.raises(errors.NiyraError) as caught:
         provider_key_save(user=user, provider="anthropic", key=anthropic_key())
     assert caught.value.spec is errors.PLAN_NO_BYOK
@@ -184,9 +184,9 @@ def test_a_new_key_that_fails_validation_leaves_the_old_key_in_place(word: str, 
 
 @pytest.mark.django_db(transaction=True)
 def test_no_transaction_is_open_during_the_provider_call_outside_a_test_transaction(
-    make_byok_user: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+    make_plan_user: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    user = make_byok_user("pro")
+    user = make_plan_user("pro")
     seen: list[bool] = []
     real_probe = services._probe
 
@@ -313,9 +313,9 @@ def test_a_tampered_ciphertext_needs_reentry(pro_user: Any, sandbox: SandboxServ
 
 
 def test_a_ciphertext_copied_to_another_users_row_does_not_open(
-    pro_user: Any, make_byok_user: Callable[..., Any], sandbox: SandboxServer
+    pro_user: Any, make_plan_user: Callable[..., Any], sandbox: SandboxServer
 ) -> None:
-    mallory = make_byok_user("pro")
+    mallory = make_plan_user("pro")
     provider_key_save(user=pro_user, provider="anthropic", key=anthropic_key())
     victims = ProviderKey.objects.get(user=pro_user)
     store_directly(mallory, "anthropic", anthropic_key())
@@ -390,13 +390,13 @@ def test_usable_keys(pro_user: Any) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_two_saves_racing_leave_one_key_and_two_audit_rows(
-    make_byok_user: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+    make_plan_user: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import threading
 
     from django.db import connection
 
-    user = make_byok_user("pro")
+    user = make_plan_user("pro")
     real_probe = services._probe
     barrier = threading.Barrier(2, timeout=10)
 

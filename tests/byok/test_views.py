@@ -205,8 +205,8 @@ def test_disconnect_without_javascript_confirms_on_a_page(pro_browser: Client) -
     assert b"Anthropic: Disconnected" in response.content
 
 
-def test_free_plan_sees_why_and_cannot_add_a_key(make_byok_user: Callable[..., Any], sandbox: SandboxServer) -> None:
-    free = make_byok_user("free", "free@example.com")
+def test_free_plan_sees_why_and_cannot_add_a_key(make_plan_user: Callable[..., Any], sandbox: SandboxServer) -> None:
+    free = make_plan_user("free", "free@example.com")
     client = Client()
     client.force_login(free)
 

@@ -23,9 +23,12 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from django.conf import settings
+
+from tests.faults.services import current_database_url
 
 pytestmark = [pytest.mark.redis, pytest.mark.load]
 
@@ -35,11 +38,8 @@ START_AND_CHECKS_BOUND = 240  # set-up, ramp and checks on a busy machine; a han
 
 
 def _postgres_server() -> str:
-    db = settings.DATABASES["default"]
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    return (
-        f"postgres://{db.get('USER') or 'postgres'}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}"
-    )
+    """The test database's server (TCP, or the embedded server's socket), naming no database."""
+    return urlunsplit(urlsplit(current_database_url())._replace(path=""))
 
 
 def _run_load() -> tuple[dict[str, Any], str, int]:

@@ -26,10 +26,8 @@ STARTING_CREDITS_MC = 10_000_000
 
 
 @pytest.fixture(autouse=True)
-def _providers_are_the_sandbox(settings: Any, sandbox: SandboxServer) -> SandboxServer:
-    settings.ANTHROPIC_BASE_URL = sandbox.anthropic_base_url
-    settings.OPENAI_BASE_URL = sandbox.openai_base_url
-    return sandbox
+def _providers_are_the_sandbox(sandbox_providers: SandboxServer) -> SandboxServer:
+    return sandbox_providers
 
 
 @pytest.fixture

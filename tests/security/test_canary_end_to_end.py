@@ -60,6 +60,7 @@ from connections.models import OAuthConnection
 from connections.services import connection_access_token_obtain
 from niyra.celery import app as celery_app
 from sandbox import SandboxServer, client_secret_for, oauth_client_id
+from scripts.local_postgres import client_program
 from tests import conftest as root_conftest
 from tests.byok import test_never_leaked
 from tests.byok.test_never_leaked import LeakTrap, canary_key
@@ -321,7 +322,7 @@ def _forced_500(
 
 def _pg_dump() -> bytes:
     db = db_connection.settings_dict
-    command = ["pg_dump", "--format=plain", "-h", db["HOST"], "-p", str(db["PORT"]), "-U", db["USER"], db["NAME"]]
+    command = [str(client_program("pg_dump")), "--format=plain", f"--dbname={current_database_url()}"]
     env = {**os.environ, "PGPASSWORD": db["PASSWORD"] or ""}
     return subprocess.run(command, check=True, capture_output=True, timeout=60, env=env).stdout
 

@@ -16,18 +16,17 @@ import pytest
 from django.utils import timezone
 
 from core import errors
-from providers import PROBE_MODELS, ProbeResult, get_adapter, map_provider_error
+from providers import PROBE_MODELS, ProbeResult, Provider, get_adapter, map_provider_error
 from providers.errors import retry_after_seconds
 from sandbox import SandboxServer, anthropic_key, openai_key
 
 KEYS = {"anthropic": anthropic_key, "openai": openai_key}
-PROVIDERS = ("anthropic", "openai")
+PROVIDERS = Provider.values
 
 
 @pytest.fixture(autouse=True)
-def _providers_are_the_sandbox(settings: Any, sandbox: SandboxServer) -> None:
-    settings.ANTHROPIC_BASE_URL = sandbox.anthropic_base_url
-    settings.OPENAI_BASE_URL = sandbox.openai_base_url
+def _providers_are_the_sandbox(sandbox_providers: SandboxServer) -> SandboxServer:
+    return sandbox_providers
 
 
 def probe(provider: str, key: str, **kwargs: Any) -> ProbeResult:
