@@ -10,10 +10,10 @@ from accounts.models import User
 from byok.models import ProviderKey
 from core import errors
 from core.errors import NiyraError
-from credits.models import BillingAccount, KeySource
+from credits.models import KeySource
 from routing.catalog import MODELS, CatalogModel
 from routing.credentials import RoutingSnapshot, credential_decide
-from routing.models import RoutedCall, RoutingPreference
+from routing.models import RoutedCall
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +53,15 @@ def routed_call_recent(*, user: User, limit: int = 20) -> QuerySet[RoutedCall]:
 
 
 def routing_snapshot(*, user_id: int) -> RoutingSnapshot:
-    """Everything the credential decision needs, read together."""
+    """Everything the credential decision needs, in two queries: the user's billing account and
+    routing preference (joined), and their saved keys."""
+    user = User.objects.select_related("billing_account", "routing_preference").filter(pk=user_id).first()
+    if user is None:
+        return RoutingSnapshot(account=None, keys={}, fallback_to_credits=False)
+    account = getattr(user, "billing_account", None)  # None: no row yet (a reverse one-to-one)
+    preference = getattr(user, "routing_preference", None)
     return RoutingSnapshot(
-        account=BillingAccount.objects.filter(user_id=user_id).first(),
+        account=account,
         keys={key.provider: key for key in ProviderKey.objects.filter(user_id=user_id)},
-        fallback_to_credits=RoutingPreference.objects.filter(user_id=user_id, fallback_to_credits=True).exists(),
+        fallback_to_credits=preference is not None and preference.fallback_to_credits,
     )
