@@ -155,6 +155,45 @@ def error_body(spec: ErrorSpec, *, detail: Any = None, message: str | None = Non
     return {"code": spec.code, "message": message or spec.message, "detail": detail}
 
 
+_WHOLE_OBJECT = "non_field_errors"  # DRF's key for an error about an object, not one of its fields
+
+
+def first_field_error(detail: Any, path: str = "") -> tuple[str | None, str] | None:
+    """The first error in DRF-style field errors, as (field path, reason).
+
+    `{"messages": [{}, {"role": ["..."]}]}` gives `("messages[1].role", "...")`; an error about
+    the whole body (`non_field_errors`) has no path. None when `detail` holds no error.
+    """
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            if key == _WHOLE_OBJECT:
+                inner = path
+            elif isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
+                inner = f"{path}[{key}]"
+            else:
+                inner = f"{path}.{key}" if path else str(key)
+            if (found := first_field_error(value, inner)) is not None:
+                return found
+        return None
+    if isinstance(detail, list):
+        for index, item in enumerate(detail):
+            inner = f"{path}[{index}]" if isinstance(item, dict) else path
+            if (found := first_field_error(item, inner)) is not None:
+                return found
+        return None
+    reason = str(detail) if detail is not None else ""
+    return (path or None, reason) if reason else None
+
+
+def field_error_message(detail: Any) -> tuple[str | None, str | None]:
+    """(field path, "<field>: <reason>") for the first field error in `detail`, else (None, None)."""
+    found = first_field_error(detail)
+    if found is None:
+        return None, None
+    param, reason = found
+    return param, f"{param}: {reason}" if param else reason
+
+
 # --- Django-level handlers (routes DRF never saw) -------------------------------------------
 _API_PREFIXES = ("/api/", "/v1/")
 

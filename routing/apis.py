@@ -52,10 +52,19 @@ AsyncView = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
 # --- Plumbing shared by the async views --------------------------------------------------------
 
 
-def _error_response(exc: NiyraError, *, openai_style: bool) -> JsonResponse:
+def _openai_error_body(exc: NiyraError) -> dict[str, Any]:
+    """Niyra's `{code, message, detail}` plus OpenAI's `error` object. A field error names its
+    field in `param` and says what is wrong in `message` (OpenAI clients show only these)."""
     body = exc.as_dict()
-    if openai_style:
-        body["error"] = {"message": exc.message, "type": exc.code, "code": exc.code, "param": None}
+    param, field_message = errors.field_error_message(exc.detail) if exc.spec is errors.INVALID_INPUT else (None, None)
+    if field_message:
+        body["message"] = field_message
+    body["error"] = {"message": body["message"], "type": exc.code, "code": exc.code, "param": param}
+    return body
+
+
+def _error_response(exc: NiyraError, *, openai_style: bool) -> JsonResponse:
+    body = _openai_error_body(exc) if openai_style else exc.as_dict()
     response = JsonResponse(body, status=exc.status)
     for name, value in exc.headers.items():
         response[name] = value
@@ -352,8 +361,7 @@ async def _openai_chunks(stream: RoutedStream, *, include_usage: bool) -> AsyncI
         async for delta in stream.events():
             yield chunk({"content": delta.text})
     except NiyraError as exc:
-        body = exc.as_dict() | {"error": {"message": exc.message, "type": exc.code, "code": exc.code}}
-        yield _sse(None, body)
+        yield _sse(None, _openai_error_body(exc))
         return
     finally:
         await stream.abandon()

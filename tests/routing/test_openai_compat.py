@@ -93,6 +93,45 @@ def test_openai_sdk_sees_niyra_errors_as_sdk_exceptions(live_asgi: str, make_acc
     assert unknown.value.code == "third_party_provider"
 
 
+@pytest.mark.parametrize(
+    ("call", "param", "reason"),
+    [
+        (
+            {"model": "text-embedding-3-small", "messages": [{"role": "user", "content": "hi"}]},
+            "model",
+            "model: text-embedding-3-small is not a chat model.",
+        ),
+        ({"model": "gpt-4.1", "messages": []}, "messages", "messages: "),
+        ({"model": "gpt-4.1", "messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role", "robot"),
+        ({"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens", "1"),
+    ],
+)
+def test_openai_sdk_errors_name_the_field(
+    live_asgi: str, make_account: Any, call: dict[str, Any], param: str, reason: str
+) -> None:
+    """The SDK shows `error.message` and `error.param`: they say what is wrong and where."""
+    client = niyra_client(live_asgi, make_account(plan="free"))
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(**call)
+
+    error = refused.value.body
+    assert isinstance(error, dict)
+    assert (refused.value.code, refused.value.param) == ("invalid_input", param)
+    assert error["message"].startswith(f"{param}: ") and reason in error["message"], error
+    assert error["message"] != "Some fields are missing or invalid."
+
+
+def test_openai_sdk_embeddings_error_names_the_input(live_asgi: str, make_account: Any) -> None:
+    client = niyra_client(live_asgi, make_account(plan="free"))
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.embeddings.create(model="text-embedding-3-small", input=[""])
+
+    assert refused.value.param == "input"
+    assert "input: A non-empty string" in refused.value.message
+
+
 def test_openai_sdk_embeddings(live_asgi: str, make_account: Any) -> None:
     user = make_account(plan="free")
 
