@@ -1,7 +1,8 @@
 """REST for provider keys: list, add/rotate (PUT), test, disconnect (DELETE).
 
 No response has a key field: output serializers only know the hint and fingerprint. Save and
-test are throttled per user, since a key-checking endpoint is an oracle worth abusing.
+test are throttled per user where they call the provider (`byok.throttle`, via the services),
+since a key-checking endpoint is an oracle worth abusing.
 """
 
 from __future__ import annotations
@@ -11,12 +12,9 @@ import logging
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from drf_spectacular.utils import extend_schema
-from redis.exceptions import RedisError
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.settings import api_settings
-from rest_framework.throttling import BaseThrottle, ScopedRateThrottle
 from rest_framework.views import APIView
 
 from accounts.auth import request_user
@@ -27,33 +25,6 @@ from byok.services import provider_key_disconnect, provider_key_save, provider_k
 from core.errors import CATALOGUE, KEY_NEEDS_REENTRY
 
 logger = logging.getLogger(__name__)
-
-
-class ByokRateThrottle(ScopedRateThrottle):
-    """Per-user scoped throttle whose rate is read at request time.
-
-    DRF's SimpleRateThrottle binds DEFAULT_THROTTLE_RATES when it is imported, so settings
-    overrides would not reach it; and a scope missing from settings must neither crash the
-    endpoint nor leave it unthrottled, hence the defaults.
-    """
-
-    DEFAULT_RATES = {"byok_save": "10/hour", "byok_test": "30/hour"}
-
-    def get_rate(self) -> str | None:
-        scope = str(self.scope)
-        rates = api_settings.DEFAULT_THROTTLE_RATES or {}
-        rate = rates.get(scope)
-        return str(rate) if rate else self.DEFAULT_RATES[scope]
-
-    def allow_request(self, request: Request, view: APIView) -> bool:
-        """The history lives in the shared cache (Redis). While that is down the request is let
-        through, logged: a cache outage must not take key management down with it, and the
-        throttle only slows abuse down (the provider's own limits still apply to each probe)."""
-        try:
-            return super().allow_request(request, view)
-        except (RedisError, OSError) as exc:
-            logger.warning("byok throttle %s skipped: the cache is unavailable (%s)", self.scope, type(exc).__name__)
-            return True
 
 
 class ProviderKeyOutputSerializer(serializers.Serializer):
@@ -90,13 +61,12 @@ class ProviderKeyListApi(APIView):
 class ProviderKeyApi(APIView):
     """PUT adds or rotates the key for a provider; DELETE disconnects it."""
 
-    throttle_scope = "byok_save"
-
     class InputSerializer(serializers.Serializer):
-        key = serializers.CharField(max_length=MAX_KEY_LENGTH * 2, trim_whitespace=False, write_only=True)
-
-    def get_throttles(self) -> list[BaseThrottle]:
-        return [ByokRateThrottle()] if self.request.method == "PUT" else []
+        # Blank passes: an empty paste, like one of whitespace or quotes, is told "paste your
+        # key" by the service (`byok.keytext`), the same answer the dashboard gives.
+        key = serializers.CharField(
+            max_length=MAX_KEY_LENGTH * 2, allow_blank=True, trim_whitespace=False, write_only=True
+        )
 
     @extend_schema(request=InputSerializer, responses=ProviderKeyOutputSerializer)
     @sensitive_variables()
@@ -115,9 +85,6 @@ class ProviderKeyApi(APIView):
 
 
 class ProviderKeyTestApi(APIView):
-    throttle_scope = "byok_test"
-    throttle_classes = [ByokRateThrottle]
-
     @extend_schema(request=None, responses=ProviderKeyOutputSerializer)
     def post(self, request: Request, provider: str) -> Response:
         provider_key = provider_key_test(user=request_user(request), provider=provider)

@@ -1,10 +1,11 @@
 """Every write to provider keys, each with its audit row in the same transaction.
 
-Order of a save: provider, plan, format, then one real request to the provider — with no
-database transaction open — and only then encrypt and write. The plaintext key lives in these
-functions' locals for the duration of the call and nowhere else: not on a model instance, not in
-a cache, a session, a task, a log line, an audit row or an exception (every function that holds
-it is `sensitive_variables`, so Django's error reports show stars).
+Order of a save: provider, plan, format, the user's probe budget (`byok.throttle`), then one
+real request to the provider — with no database transaction open — and only then encrypt and
+write. The plaintext key lives in these functions' locals for the duration of the call and
+nowhere else: not on a model instance, not in a cache, a session, a task, a log line, an audit
+row or an exception (every function that holds it is `sensitive_variables`, so Django's error
+reports show stars).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from accounts.services import audit_event_record
 from byok.keytext import check_key_format, key_fingerprint, key_hint, normalise_key
 from byok.models import KeyStatus, Provider, ProviderKey, provider_key_purpose
 from byok.selectors import provider_key_get, provider_key_plaintext
+from byok.throttle import SAVE, TEST, key_probe_budget_spend
 from core.crypto import get_keyring
 from core.errors import (
     KEY_INVALID,
@@ -62,8 +64,12 @@ def _require_byok_plan(user: User) -> None:
 
 
 @sensitive_variables()
-def _probe(*, provider: str, key: str) -> ProbeResult:
-    """One round trip to the provider with `key`. Must never run inside a DB transaction."""
+def _probe(*, user: User, scope: str, provider: str, key: str) -> ProbeResult:
+    """One round trip to the provider with `key`. Must never run inside a DB transaction.
+
+    Spends one of the user's probes for `scope` first (`byok.throttle`): only requests that
+    reach the provider count, and past the budget it raises `throttled` before any call."""
+    key_probe_budget_spend(user_id=user.pk, scope=scope)
     return async_to_sync(get_adapter(provider).probe)(key)
 
 
@@ -107,7 +113,7 @@ def provider_key_save(*, user: User, provider: str, key: str, actor: User | None
     hint = key_hint(provider=provider, key=key)
     fingerprint = key_fingerprint(key)
 
-    result = _probe(provider=provider, key=key)  # no transaction open: never hold one across a call
+    result = _probe(user=user, scope=SAVE, provider=provider, key=key)  # no transaction open across a call
     if (rejection := result.rejection) is not None:
         with transaction.atomic():
             _audit(
@@ -176,7 +182,7 @@ def provider_key_test(*, user: User, provider: str, actor: User | None = None) -
     except NiyraError:
         provider_key_mark_needs_reentry(user=user, provider=provider, actor=actor)
         raise
-    result = _probe(provider=provider, key=key)
+    result = _probe(user=user, scope=TEST, provider=provider, key=key)
     del key
 
     with transaction.atomic():

@@ -9,9 +9,7 @@ show it as stars (`sensitive_post_parameters`, `sensitive_variables`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 from django.contrib import messages
@@ -23,7 +21,6 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.auth import request_user
 from accounts.models import User
-from byok.apis import ByokRateThrottle
 from byok.keytext import ANTHROPIC_PREFIX, MAX_KEY_LENGTH, OPENAI_PREFIXES
 from byok.models import KeyStatus, Provider, ProviderKey
 from byok.selectors import provider_key_effective_status, provider_key_get
@@ -120,20 +117,13 @@ def _card_response(request: HttpRequest, card: KeyCard) -> TemplateResponse:
     return response
 
 
-def _throttled(request: HttpRequest, scope: str) -> int | None:
-    """The API's per-user budget for saving and testing keys, shared with the dashboard: a
-    key-checking form is as much an oracle as the endpoint. Seconds to wait, or None."""
-    throttle = ByokRateThrottle()
-    if throttle.allow_request(request, SimpleNamespace(throttle_scope=scope)):  # type: ignore[arg-type]
-        return None
-    return math.ceil(throttle.wait() or 1)
-
-
-def _throttled_response(response: HttpResponse, wait: int | None) -> HttpResponse:
-    """As the API says it: 429 and Retry-After (htmx leaves the card; app.js says to wait)."""
-    if wait is not None:
+def _throttled_response(response: HttpResponse, exc: NiyraError | None) -> HttpResponse:
+    """Past the per-user probe budget (`byok.throttle`, the API's too), as the API says it: 429
+    and Retry-After; the card says how long to wait (app.js has htmx swap it in)."""
+    if exc is not None and exc.code == errors.THROTTLED.code:
         response.status_code = errors.THROTTLED.status
-        response["Retry-After"] = str(wait)
+        for name, value in exc.headers.items():
+            response[name] = value
     return response
 
 
@@ -156,18 +146,17 @@ def byok_key_save(request: HttpRequest, provider: str) -> HttpResponse:
     account = billing_account_for(user=user)
     pasted = request.POST.get("key", "")
     error: ShownError | None = None
+    refusal: NiyraError | None = None
     notice = ""
-    wait: int | None = None
     if not pasted.strip():
         error = shown_error(code="key_missing", message=f"Paste your {Provider(provider).label} key into the field.")
     elif len(pasted) > MAX_PASTE_LENGTH:
         error = shown_error(NiyraError(errors.KEY_INVALID))
-    elif (wait := _throttled(request, "byok_save")) is not None:
-        error = shown_error(NiyraError(errors.THROTTLED))
     else:
         try:
             saved = provider_key_save(user=user, provider=provider, key=pasted)
         except NiyraError as exc:
+            refusal = exc
             current = provider_key_get(user=user, provider=provider)
             note = f"Nothing was changed: your saved key {current.hint} stays in use." if current else ""
             error = shown_error(exc, note=note)
@@ -182,7 +171,7 @@ def byok_key_save(request: HttpRequest, provider: str) -> HttpResponse:
     if error is None and not is_htmx(request):
         messages.success(request, f"{card.label}: {notice}")
         return redirect("dashboard:byok")
-    return _throttled_response(_card_response(request, card), wait)
+    return _throttled_response(_card_response(request, card), refusal)
 
 
 @require_POST
@@ -193,22 +182,20 @@ def byok_key_test(request: HttpRequest, provider: str) -> HttpResponse:
     provider = _provider(provider)
     account = billing_account_for(user=user)
     error: ShownError | None = None
+    refusal: NiyraError | None = None
     notice = ""
-    wait = _throttled(request, "byok_test")
-    if wait is not None:
-        error = shown_error(NiyraError(errors.THROTTLED))
+    try:
+        provider_key_test(user=user, provider=provider)
+    except NiyraError as exc:
+        refusal = exc
+        error = shown_error(exc)
     else:
-        try:
-            provider_key_test(user=user, provider=provider)
-        except NiyraError as exc:
-            error = shown_error(exc)
-        else:
-            notice = "Key works: the provider answered the test prompt."
+        notice = "Key works: the provider answered the test prompt."
     card = _key_card(user, provider, account=account, error=error, notice=notice)
     if error is None and not is_htmx(request):
         messages.success(request, f"{card.label}: {notice}")
         return redirect("dashboard:byok")
-    return _throttled_response(_card_response(request, card), wait)
+    return _throttled_response(_card_response(request, card), refusal)
 
 
 @require_http_methods(["GET", "POST"])

@@ -46,7 +46,7 @@ AUTHENTICATION_FAILED = _spec("authentication_failed", 401, "That API token is n
 PERMISSION_DENIED = _spec("permission_denied", 403, "You don't have permission to do that.")
 NOT_FOUND = _spec("not_found", 404, "Nothing here. Check the URL.")
 METHOD_NOT_ALLOWED = _spec("method_not_allowed", 405, "This endpoint does not accept that method.")
-THROTTLED = _spec("throttled", 429, "Too many requests. Wait a moment and try again.")
+THROTTLED = _spec("throttled", 429, "Too many requests. Try again later.")
 LOGIN_THROTTLED = _spec("login_throttled", 429, "Too many sign-in attempts. Wait a few minutes and try again.")
 INTERNAL_ERROR = _spec(
     "internal_error", 500, "Something went wrong on our side. Nothing was charged; please try again."

@@ -91,13 +91,23 @@
     wireCopyButtons(event.target);
   });
 
+  // A 429 that carries a part of the page (a key card saying how long to wait) is swapped in
+  // like any answer: its words are better than a generic "try later".
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var xhr = event.detail.xhr;
+    if (xhr && xhr.status === 429 && xhr.responseText) {
+      event.detail.shouldSwap = true;
+      event.detail.isError = false;
+    }
+  });
+
   // htmx swaps only successful answers; anything else gets a message instead of silence.
   document.addEventListener("htmx:responseError", function (event) {
     var status = event.detail.xhr ? event.detail.xhr.status : 0;
     if (status === 403) {
       announce("This page is out of date (or you were signed out). Reload the page and try again.");
     } else if (status === 429) {
-      announce("Too many requests. Wait a moment and try again.");
+      announce("Too many requests. Try again later.");
     } else {
       announce("Something went wrong on our side. Nothing was charged; please try again.");
     }

@@ -265,14 +265,16 @@ def _exercise_throttles(
     sandbox: SandboxServer,
 ) -> None:  # fmt: skip
     assert put(pro_client, "anthropic", anthropic_key()).status_code == 200
-    assert put(pro_client, "anthropic", "sk-ant-bad").status_code == 400
+    assert put(pro_client, "anthropic", "sk-ant-bad").status_code == 400  # never reached the provider: free
+    assert put(pro_client, "anthropic", anthropic_key()).status_code == 200
     throttled = put(pro_client, "anthropic", anthropic_key())
     assert throttled.status_code == 429 and throttled.json()["code"] == "throttled"
     assert int(throttled["Retry-After"]) > 0
+    assert throttled.json()["message"] == "Too many requests. Try again in about a minute."
 
     assert pro_client.post("/api/keys/anthropic/test").status_code == 200
     assert pro_client.post("/api/keys/anthropic/test").status_code == 429
-    assert sandbox.log.count(api="anthropic") == 2  # throttled requests never reach the provider
+    assert sandbox.log.count(api="anthropic") == 3  # throttled requests never reach the provider
 
     assert pro_client.get("/api/keys").status_code == 200  # listing is not throttled
     other = client_for(make_plan_user("pro"))
@@ -281,8 +283,11 @@ def _exercise_throttles(
 
 
 def test_throttles_have_safe_defaults_when_settings_name_no_rate(pro_client: APIClient) -> None:
-    codes = [put(pro_client, "anthropic", "sk-ant-bad").status_code for _ in range(11)]
-    assert codes == [400] * 10 + [429]
+    with override_settings(REST_FRAMEWORK={**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {}}):
+        bad = [put(pro_client, "anthropic", "sk-ant-bad").status_code for _ in range(11)]
+        real = [put(pro_client, "anthropic", anthropic_key()).status_code for _ in range(11)]
+    assert bad == [400] * 11  # malformed: refused before the provider, so no budget spent
+    assert real == [200] * 10 + [429]  # 10 probes an hour
 
 
 def test_the_schema_documents_no_key_on_output(api_client: APIClient, pro_user: Any) -> None:

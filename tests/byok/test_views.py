@@ -276,11 +276,12 @@ def test_expired_session_plain_post_goes_back_to_the_page(client: Client) -> Non
 def test_saves_are_throttled_with_the_api_budget(pro_browser: Client, settings: Any) -> None:
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"byok_save": "2/hour"}}
     for _ in range(2):
-        save(pro_browser, "anthropic", "not-a-key", **HTMX)
+        save(pro_browser, "anthropic", anthropic_key("invalid"), **HTMX)  # reached the provider: counted
 
     response = save(pro_browser, "anthropic", anthropic_key(), **HTMX)
 
     assert "Too many requests" in response.content.decode()
+    assert "Try again in about an hour." in response.content.decode()
     assert not ProviderKey.objects.exists()
 
 

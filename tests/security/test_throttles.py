@@ -1,8 +1,10 @@
 """Throttles hold under repeated requests, and a throttled request has no effect.
 
-* Key save and key test: the API and the dashboard share one per-user budget; past it the API
-  answers 429 `throttled` with Retry-After, the dashboard a 429 page with Retry-After, and the
-  provider is never called, the key row and the audit trail stay exactly as they were.
+* Key save and key test: the API and the dashboard share one per-user budget, spent only by
+  requests that reach the provider (a malformed, empty or wrong-provider key costs nothing);
+  past it the API answers 429 `throttled` with Retry-After, the dashboard a 429 page with
+  Retry-After, both saying the real wait in words, and the provider is never called, the key
+  row and the audit trail stay exactly as they were.
 * Sign-in (dashboard and admin): failed attempts per client IP + email and per client IP; past
   a limit even the right password is refused (429 + Retry-After, nobody signed in), a burst of
   parallel guesses gets no more password checks than the limit, and a spoofed X-Forwarded-For
@@ -29,9 +31,10 @@ from rest_framework.test import APIClient
 from accounts.models import AuditEvent, User
 from byok.models import ProviderKey
 from byok.services import provider_key_save
+from byok.throttle import wait_in_words
 from credits.models import BillingAccount
 from credits.services.accounts import billing_account_ensure
-from sandbox import SandboxServer, anthropic_key
+from sandbox import SandboxServer, anthropic_key, openai_key
 
 pytestmark = pytest.mark.django_db
 
@@ -101,7 +104,7 @@ def _assert_page_throttled(response: Any) -> None:
     assert response.status_code == 429
     assert int(response["Retry-After"]) > 0
     assert response["Content-Type"].startswith("text/html")
-    assert "Too many requests. Wait a moment and try again." in response.content.decode()
+    assert "Too many requests. Try again in about an hour." in response.content.decode()
 
 
 # --- key save -----------------------------------------------------------------------------------
@@ -162,6 +165,60 @@ def test_the_save_budget_is_per_user(
     _assert_api_throttled(client.put("/api/keys/anthropic", {"key": anthropic_key()}, format="json"))
 
     assert _api(other).put("/api/keys/anthropic", {"key": anthropic_key()}, format="json").status_code == 200
+
+
+def test_saves_that_never_reach_the_provider_spend_no_budget(
+    pro: User, providers: SandboxServer, byok_rates: dict[str, str]
+) -> None:
+    client, browser = _api(pro), _browser(pro)
+    refused_early = ["", "   ", "not-a-key", "sk-ant-bad", openai_key()]  # empty, malformed, wrong provider
+    for key in refused_early * 2:
+        assert client.put("/api/keys/anthropic", {"key": key}, format="json").status_code == 400
+        assert browser.post("/settings/byok/anthropic/save", {"key": key}, **HTMX).status_code == 200
+    assert len(providers.log) == 0
+
+    for _ in range(3):  # the whole budget is still there
+        assert client.put("/api/keys/anthropic", {"key": anthropic_key()}, format="json").status_code == 200
+    _assert_api_throttled(client.put("/api/keys/anthropic", {"key": anthropic_key()}, format="json"))
+
+
+def test_the_eleventh_probe_in_an_hour_is_refused_with_the_wait_in_words(
+    pro: User, providers: SandboxServer, settings: Any
+) -> None:
+    """The default budget (10 saves an hour, no rate in the settings); the refusal says how long
+    to wait as a person would, in the API's message and on the dashboard."""
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {}}
+    client, browser = _api(pro), _browser(pro)
+    for n in range(10):
+        key = anthropic_key("invalid") if n % 2 else anthropic_key()  # rejected keys were probed too
+        assert client.put("/api/keys/anthropic", {"key": key}, format="json").status_code in (200, 400)
+
+    refused = client.put("/api/keys/anthropic", {"key": anthropic_key()}, format="json")
+    _assert_api_throttled(refused)
+    assert 3500 < int(refused["Retry-After"]) <= 3600
+    assert refused.json()["message"] == "Too many requests. Try again in about an hour."
+    assert refused.json()["detail"]["retry_after_seconds"] == int(refused["Retry-After"])
+    page = browser.post("/settings/byok/anthropic/save", {"key": anthropic_key()}, **HTMX)
+    _assert_page_throttled(page)
+    assert "Wait a moment" not in page.content.decode()
+    assert len(providers.log) == 10
+
+
+@pytest.mark.parametrize(
+    ("seconds", "words"),
+    [
+        (1, "in a few seconds"),
+        (44, "in a few seconds"),
+        (60, "in about a minute"),
+        (5 * 60, "in about 5 minutes"),
+        (44 * 60, "in about 44 minutes"),
+        (59 * 60, "in about an hour"),
+        (3600, "in about an hour"),
+        (3 * 3600, "in about 3 hours"),
+    ],
+)
+def test_waits_in_words(seconds: int, words: str) -> None:
+    assert wait_in_words(seconds) == words
 
 
 # --- key test -----------------------------------------------------------------------------------
