@@ -106,6 +106,7 @@ class Route:
     hold: CreditHold | None = None
     key_fingerprint: str | None = None
     fallback_allowed: bool = False
+    fell_back: bool = False  # this is the retry on credits after the user's key was refused
     credits_charged: int = 0
 
 
@@ -263,6 +264,7 @@ class LLMDispatcher:
         result = await self._generate(route, api_key, request)
         if isinstance(result, NiyraError) and self._may_fall_back(route, result):
             route, api_key = await self._open(user, catalog_model, request, platform_only=True)
+            route.fell_back = True
             result = await self._generate(route, api_key, request)
         del api_key
         if isinstance(result, NiyraError):
@@ -468,6 +470,7 @@ class LLMDispatcher:
             credits_charged=route.credits_charged,
             latency_ms=int((time.monotonic() - route.started) * 1000),
             outcome=outcome,
+            fell_back=route.fell_back,
         )
         logger.info(
             "routed call %s model=%s key_source=%s outcome=%s credits_mc=%d",

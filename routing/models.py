@@ -7,7 +7,23 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from core.errors import CATALOGUE
 from credits.models import KeySource
+
+OUTCOME_OK = "ok"
+
+
+def outcome_label(outcome: str) -> str:
+    """A routed call's outcome in words: the catalogue message's title, as its badges elsewhere
+    say it ("Quota exhausted — Top up…" -> "Quota exhausted"; "Not enough credits. Top up…" ->
+    "Not enough credits"). Outcomes outside the catalogue ("client_disconnected") read as words."""
+    if outcome == OUTCOME_OK:
+        return "OK"
+    spec = CATALOGUE.get(outcome)
+    if spec is None:
+        return outcome.replace("_", " ").capitalize()
+    title = spec.message.partition(" — ")[0]
+    return title.partition(". ")[0].rstrip(".")
 
 
 class RoutedCall(models.Model):
@@ -23,7 +39,11 @@ class RoutedCall(models.Model):
     tokens_cached = models.PositiveIntegerField(default=0)
     credits_charged = models.BigIntegerField(default=0, help_text="Millicredits posted for this call.")
     latency_ms = models.PositiveIntegerField(default=0)
-    outcome = models.CharField(max_length=48, default="ok", help_text="'ok' or an error catalogue code.")
+    outcome = models.CharField(max_length=48, default=OUTCOME_OK, help_text="'ok' or an error catalogue code.")
+    fell_back = models.BooleanField(
+        default=False,
+        help_text="Served on credits after the user's own key was rate-limited or out of quota (opt-in fallback).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -32,6 +52,10 @@ class RoutedCall(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} via {self.key_source} ({self.outcome})"
+
+    @property
+    def outcome_label(self) -> str:
+        return outcome_label(self.outcome)
 
 
 class RoutingPreference(models.Model):

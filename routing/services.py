@@ -26,8 +26,10 @@ def routed_call_record(
     credits_charged: int,
     latency_ms: int,
     outcome: str,
+    fell_back: bool = False,
 ) -> RoutedCall:
-    """Append the call to the log ."""
+    """Append the call to the log. ``fell_back``: the call was retried on credits after the
+    user's own key was rate-limited or out of quota."""
     call = RoutedCall(
         id=call_id,
         user=user,
@@ -42,6 +44,7 @@ def routed_call_record(
         credits_charged=credits_charged,
         latency_ms=latency_ms,
         outcome=outcome,
+        fell_back=fell_back,
     )
     call.save(force_insert=True)
     return call

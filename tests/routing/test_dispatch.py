@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
+from django.test import Client
 from rest_framework.test import APIClient
 
 from accounts.models import AuditEvent
 from byok.models import KeyStatus, ProviderKey
 from credits.models import BillingAccount, CreditHold, LedgerEntry
 from credits.pricing import price_llm_call
-from routing.models import RoutedCall
+from routing.models import RoutedCall, outcome_label
 from routing.services import routing_preference_set
 from sandbox import SandboxServer, anthropic_key, openai_key
 
@@ -521,3 +522,55 @@ def test_a_stream_abandoned_before_it_starts_releases_its_hold(make_account: Any
 
 def balance_reserved_sync(user: Any) -> int:
     return BillingAccount.objects.get(user=user).reserved
+
+
+# --- The routed-call log, as Home shows it ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("word", "outcome", "label"),
+    [("noquota", "quota_exhausted", "Quota exhausted"), ("ratelimit", "rate_limited", "Rate limited")],
+)
+def test_a_call_that_fell_back_to_credits_is_recorded_and_home_says_so(
+    make_account: Any, client_for: Any, store_key: Any, word: str, outcome: str, label: str
+) -> None:
+    user = make_account(plan="pro")
+    store_key(user, "openai", openai_key(word))
+    api = client_for(user)
+    assert api.put("/api/llm/preferences", {"fallback_to_credits": True}, format="json").status_code == 200
+
+    assert send(api, model="gpt-4.1").status_code == 200
+
+    calls = sorted(RoutedCall.objects.filter(user=user).values_list("key_source", "outcome", "fell_back"))
+    assert calls == [("byok", outcome, False), ("platform", "ok", True)]
+    browser = Client()
+    browser.force_login(user)
+    home = browser.get("/").content.decode()
+    assert home.count("fell back to credits") == 1
+    assert f'data-code="{outcome}">{label}</span>' in home  # the outcome in words, like the key badges
+    assert f">{outcome}<" not in home
+
+
+def test_a_call_without_fallback_is_not_marked(make_account: Any, client_for: Any) -> None:
+    user = make_account(plan="free")
+
+    assert send(client_for(user)).status_code == 200
+
+    call = RoutedCall.objects.get(user=user)
+    assert (call.key_source, call.outcome, call.fell_back) == ("platform", "ok", False)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "label"),
+    [
+        ("ok", "OK"),
+        ("quota_exhausted", "Quota exhausted"),
+        ("rate_limited", "Rate limited"),
+        ("key_invalid", "Key invalid"),
+        ("insufficient_credits", "Not enough credits"),
+        ("provider_unavailable", "Couldn't reach the provider, try again"),
+        ("client_disconnected", "Client disconnected"),
+    ],
+)
+def test_outcome_labels_are_words(outcome: str, label: str) -> None:
+    assert outcome_label(outcome) == label
