@@ -8,6 +8,7 @@ from django.db.models import QuerySet
 
 from accounts.models import User
 from byok.models import ProviderKey
+from byok.selectors import provider_key_effective_status
 from core import errors
 from core.errors import NiyraError
 from credits.models import KeySource
@@ -23,6 +24,10 @@ class ModelAvailability:
     key_source: str | None  # what would pay for the next call: "byok", "platform" or None
     reason_code: str | None = None
     reason: str | None = None
+    # On the user's key: its status ("quota_exhausted" and "rate_limited" still route: the call
+    # may succeed, or fall back to credits when the user opted in, ``fallback_allowed``).
+    key_status: str | None = None
+    fallback_allowed: bool = False
 
 
 def model_availability_list(*, user: User) -> list[ModelAvailability]:
@@ -44,7 +49,16 @@ def model_availability_list(*, user: User) -> list[ModelAvailability]:
             spec = errors.INSUFFICIENT_CREDITS
             result.append(ModelAvailability(model, False, None, spec.code, spec.message))
         else:
-            result.append(ModelAvailability(model, True, credential.key_source))
+            key = credential.provider_key
+            result.append(
+                ModelAvailability(
+                    model,
+                    True,
+                    credential.key_source,
+                    key_status=provider_key_effective_status(key) if key is not None else None,
+                    fallback_allowed=credential.fallback_allowed,
+                )
+            )
     return result
 
 

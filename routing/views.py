@@ -7,6 +7,7 @@ reads and template rendering (which touches `request.user`) run in a thread.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
@@ -15,12 +16,14 @@ from django.views.decorators.http import require_http_methods
 
 from accounts.auth import arequest_user
 from accounts.models import User
+from byok.models import KeyStatus
 from byok.selectors import provider_key_get
 from core.db import db_sync_to_async
-from core.errors import NiyraError
+from core.errors import CATALOGUE, NiyraError
 from core.pages import ShownError, dashboard_login_required, is_htmx, shown_error
 from credits.models import KeySource
-from credits.selectors import credit_balance
+from credits.selectors import billing_account_for, credit_balance
+from providers import Provider
 from providers.types import ChatMessage
 from routing.catalog import Kind
 from routing.dispatcher import LLMDispatcher, RoutedMessage
@@ -32,16 +35,115 @@ MAX_TOKENS_LIMIT = 4096
 PREFERRED_DEFAULT_MODEL = "claude-haiku-4-5"
 
 
-def _page_data(user: User) -> tuple[list[ModelAvailability], bool]:
+# Keys in these states still route (the call may succeed, or fall back to credits when the user
+# opted in), so their models stay offered, with the status said, and are never the default.
+STRAINED_KEY_STATUSES = frozenset({KeyStatus.QUOTA_EXHAUSTED, KeyStatus.RATE_LIMITED})
+
+
+@dataclass(frozen=True, slots=True)
+class ModelOption:
+    """A chat model as the Try page offers it: who would pay, in words, and whether it can run."""
+
+    id: str
+    label: str
+    available: bool
+    pays: str  # "your key", "credits", "your key, quota exhausted", "unavailable"
+    strained: bool  # on the user's key, which is rate-limited or out of quota
+
+
+@dataclass(frozen=True, slots=True)
+class KeyWarning:
+    """A strained key, once per provider: the catalogue's words, and whether credits take over."""
+
+    provider_label: str
+    message: str
+    fallback: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UnavailableGroup:
+    """Models refused for the same reason, said once."""
+
+    code: str
+    message: str
+    models: list[str]
+    every: bool  # every model shares this reason
+
+
+@dataclass(frozen=True, slots=True)
+class PageData:
+    options: list[ModelOption]
+    key_warnings: list[KeyWarning]
+    unavailable: list[UnavailableGroup]
+    apex_enabled: bool
+    allows_byok: bool
+
+
+def _strained(m: ModelAvailability) -> bool:
+    return m.key_source == KeySource.BYOK and m.key_status in STRAINED_KEY_STATUSES
+
+
+def _pays(m: ModelAvailability) -> str:
+    if not m.available:
+        return "unavailable"
+    if m.key_source != KeySource.BYOK:
+        return "credits"
+    if not _strained(m):
+        return "your key"
+    pays = f"your key, {KeyStatus(str(m.key_status)).label.lower()}"
+    return f"{pays} (falls back to credits)" if m.fallback_allowed else pays
+
+
+def _unavailable_groups(models: list[ModelAvailability]) -> list[UnavailableGroup]:
+    refused = [m for m in models if not m.available]
+    groups: dict[str, list[ModelAvailability]] = {}
+    for m in refused:
+        groups.setdefault(m.reason_code or "", []).append(m)
+    return [
+        UnavailableGroup(
+            code=code,
+            message=members[0].reason or "",
+            models=[m.model.label for m in members],
+            every=len(members) == len(models),
+        )
+        for code, members in groups.items()
+    ]
+
+
+def _key_warnings(models: list[ModelAvailability]) -> list[KeyWarning]:
+    warnings: dict[str, KeyWarning] = {}
+    for m in models:
+        if m.available and _strained(m) and m.model.provider not in warnings:
+            warnings[m.model.provider] = KeyWarning(
+                provider_label=Provider(m.model.provider).label,
+                message=CATALOGUE[str(m.key_status)].message,
+                fallback=m.fallback_allowed,
+            )
+    return list(warnings.values())
+
+
+def _page_data(user: User) -> PageData:
     models = [m for m in model_availability_list(user=user) if m.model.kind == Kind.CHAT]
-    return models, credit_balance(user=user).apex_enabled
+    account = billing_account_for(user=user)
+    return PageData(
+        options=[ModelOption(m.model.id, m.model.label, m.available, _pays(m), _strained(m)) for m in models],
+        key_warnings=_key_warnings(models),
+        unavailable=_unavailable_groups(models),
+        apex_enabled=account.apex_enabled,
+        allows_byok=account.allows_byok,
+    )
 
 
-def _default_model(models: list[ModelAvailability]) -> str:
-    available = [m.model.id for m in models if m.available]
-    if PREFERRED_DEFAULT_MODEL in available:
-        return PREFERRED_DEFAULT_MODEL
-    return available[0] if available else ""
+def _default_model(options: list[ModelOption]) -> str:
+    """Haiku when it runs normally, else the first model that does; a strained key's model only
+    when nothing else can run."""
+    ready = [o.id for o in options if o.available and not o.strained]
+    for candidates in (ready, [o.id for o in options if o.available]):
+        if PREFERRED_DEFAULT_MODEL in candidates:
+            return PREFERRED_DEFAULT_MODEL
+        if candidates:
+            return candidates[0]
+    return ""
 
 
 def _max_tokens(raw: str) -> int | None:
@@ -75,13 +177,17 @@ def _render(request: HttpRequest, context: dict[str, Any]) -> HttpResponse:
 @dashboard_login_required(return_to="dashboard:try")
 async def try_message(request: HttpRequest) -> HttpResponse:
     user = await arequest_user(request)
-    models, apex_enabled = await db_sync_to_async(_page_data)(user)
+    data = await db_sync_to_async(_page_data)(user)
+    default_model = _default_model(data.options)
     context: dict[str, Any] = {
-        "models": models,
-        "unavailable": [m for m in models if not m.available],
-        "apex_enabled": apex_enabled,
+        "models": data.options,
+        "key_warnings": data.key_warnings,
+        "unavailable": data.unavailable,
+        "runnable": bool(default_model),
+        "apex_enabled": data.apex_enabled,
+        "allows_byok": data.allows_byok,
         "apex_gated": "Apex doesn't appear? Apex is alpha-gated — email hi@niyra.ai for access.",
-        "model": _default_model(models),
+        "model": default_model,
         "prompt": "",
         "max_tokens": DEFAULT_MAX_TOKENS,
         "max_tokens_limit": MAX_TOKENS_LIMIT,
@@ -96,7 +202,14 @@ async def try_message(request: HttpRequest) -> HttpResponse:
         context.update(model=model or context["model"], prompt=prompt[:MAX_PROMPT_CHARACTERS])
         context["max_tokens"] = max_tokens or DEFAULT_MAX_TOKENS
         error: ShownError | None = None
-        if not prompt.strip():
+        if not model and not default_model and data.unavailable:
+            # Nothing can run (Send is disabled; a stale page or a script still posts): the reason
+            # once, never the generic "missing or invalid".
+            reason = data.unavailable[0]
+            error = shown_error(code=reason.code, message=reason.message)
+        elif not model:
+            error = shown_error(code="invalid_input", message="Choose a model.")
+        elif not prompt.strip():
             error = shown_error(code="invalid_input", message="Write a message to send.")
         elif len(prompt) > MAX_PROMPT_CHARACTERS:
             error = shown_error(

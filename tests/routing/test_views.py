@@ -12,7 +12,8 @@ from django.test import AsyncClient, Client
 from byok.models import KeyStatus
 from credits.models import BillingAccount
 from routing.models import RoutedCall
-from sandbox import REPLY_TEXT, SandboxServer, anthropic_key
+from routing.services import routing_preference_set
+from sandbox import REPLY_TEXT, SandboxServer, anthropic_key, openai_key
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -104,8 +105,88 @@ def test_not_enough_credits(make_account: Callable[..., Any]) -> None:
     html = _send(client, **HTMX)
 
     assert "No model is available to you right now" in page
-    assert "Not enough credits." in page  # the reason, under "Why are some models unavailable?"
+    assert "No credits left:" in page  # the reason, said once for every model
     assert "Not enough credits." in html
+
+
+def test_without_credits_the_reason_is_said_once_and_send_is_disabled(make_account: Callable[..., Any]) -> None:
+    user = make_account(plan="pro", credits_mc=0)
+    client = _browser(user)
+
+    page = client.get(PAGE).content.decode()
+    html = _send(client, model="", **HTMX)  # a stale page or a script: Send is disabled
+
+    assert page.count("No credits left:") == 1
+    assert "(every model)" in page
+    assert "Not enough credits." not in page  # not one line per model
+    assert 'href="/settings/byok/">add your own key</a>' in page and 'href="/credits/">add credits</a>' in page
+    assert '<button type="submit" disabled' in page
+    assert " selected>" not in page
+    assert "Some fields are missing or invalid." not in html
+    assert 'data-code="insufficient_credits"' in html and "Not enough credits." in html
+    assert not RoutedCall.objects.exists()
+
+
+def test_without_credits_on_a_plan_without_byok_the_way_out_is_said(make_account: Callable[..., Any]) -> None:
+    page = _browser(make_account(plan="free", credits_mc=0)).get(PAGE).content.decode()
+
+    assert "No credits left:" in page and "or move to Pro or Alpha to bring your own key" in page
+    assert "add your own key</a>" not in page
+
+
+def test_a_key_on_its_own_provider_only_groups_the_others(
+    make_account: Callable[..., Any], store_key: Callable[..., Any]
+) -> None:
+    user = make_account(plan="pro", credits_mc=0)
+    store_key(user, "anthropic", anthropic_key())
+
+    page = _browser(user).get(PAGE).content.decode()
+
+    assert '<option value="claude-haiku-4-5" selected>Claude Haiku 4.5 — your key</option>' in page
+    assert page.count("No credits left:") == 1 and "(every model)" not in page
+    assert '<button type="submit">Send</button>' in page
+
+
+def test_a_quota_exhausted_key_is_said_and_never_the_default(
+    make_account: Callable[..., Any], store_key: Callable[..., Any]
+) -> None:
+    user = make_account(plan="pro")
+    store_key(user, "anthropic", anthropic_key("noquota"), status=KeyStatus.QUOTA_EXHAUSTED)
+
+    page = _browser(user).get(PAGE).content.decode()
+
+    assert '<option value="claude-haiku-4-5">Claude Haiku 4.5 — your key, quota exhausted</option>' in page
+    assert "— your key</option>" not in page
+    selected = page.split(" selected>")[1].split("</option>")[0]
+    assert selected.endswith("— credits")  # an OpenAI model on credits runs; it is the default
+    assert "Your Anthropic key: Quota exhausted — Top up your provider account." in page
+    assert "its models won't answer" in page
+
+
+def test_a_rate_limited_key_with_fallback_says_credits_take_over(
+    make_account: Callable[..., Any], store_key: Callable[..., Any]
+) -> None:
+    user = make_account(plan="pro")
+    store_key(user, "openai", openai_key("ratelimit"), status=KeyStatus.RATE_LIMITED)
+    routing_preference_set(user=user, fallback_to_credits=True)
+
+    page = _browser(user).get(PAGE).content.decode()
+
+    assert "GPT-4.1 — your key, rate limited (falls back to credits)</option>" in page
+    assert '<option value="claude-haiku-4-5" selected>Claude Haiku 4.5 — credits</option>' in page
+    assert "Your OpenAI key: Rate limited" in page and "fall back to credits (you opted in)" in page
+
+
+def test_a_strained_key_is_the_default_only_when_nothing_else_runs(
+    make_account: Callable[..., Any], store_key: Callable[..., Any]
+) -> None:
+    user = make_account(plan="pro", credits_mc=0)
+    store_key(user, "anthropic", anthropic_key("noquota"), status=KeyStatus.QUOTA_EXHAUSTED)
+
+    page = _browser(user).get(PAGE).content.decode()
+
+    assert '<option value="claude-haiku-4-5" selected>Claude Haiku 4.5 — your key, quota exhausted</option>' in page
+    assert '<button type="submit">Send</button>' in page
 
 
 def test_apex_without_entitlement_is_refused_in_place(make_account: Callable[..., Any]) -> None:
@@ -121,7 +202,7 @@ def test_apex_without_entitlement_is_refused_in_place(make_account: Callable[...
         ({"model": "claude-haiku-4-5", "prompt": "hi", "max_tokens": "0"}, "Max tokens is a whole number"),
         ({"model": "claude-haiku-4-5", "prompt": "hi", "max_tokens": "abc"}, "Max tokens is a whole number"),
         ({"model": "groq/llama", "prompt": "hi", "max_tokens": "10"}, "No third-party providers via BYOK yet"),
-        ({"model": "", "prompt": "hi", "max_tokens": "10"}, "Some fields are missing or invalid."),
+        ({"model": "", "prompt": "hi", "max_tokens": "10"}, "Choose a model."),
     ],
 )
 def test_bad_input_is_a_clear_message(make_account: Callable[..., Any], form: dict[str, str], message: str) -> None:
