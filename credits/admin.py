@@ -211,7 +211,7 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
         columns = ("id", "created_at", "category", "amount", "balance_after", "idempotency_key", "description")
         writer = csv.writer(response)
         writer.writerow(["email", *columns])
-        for entry in queryset.select_related("account__user").order_by("created_at", "id"):
+        for entry in queryset.select_related("account__user").order_by("id"):
             writer.writerow([entry.account.user.email, *(getattr(entry, column) for column in columns)])
         return response
 

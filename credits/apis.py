@@ -82,7 +82,8 @@ class BalanceApi(APIView):
 
 
 class LedgerPagination(CursorPagination):
-    ordering = ("-created_at", "-id")
+    # The order the balance moved in (`ledger_entries_for`); unique, so the cursor is stable.
+    ordering = ("-id",)
     page_size = 50
     page_size_query_param = "limit"
     max_page_size = 200

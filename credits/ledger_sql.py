@@ -13,6 +13,13 @@ savepoint. A statement that refuses returns no row and writes nothing; the calle
 (`hold_get`, `account_get`, …) to say why. Locks are taken hold first, then account, and no
 statement locks more than one account, so these statements cannot deadlock with each other.
 
+The statement (`credits.selectors.ledger_entries_for`) lists entries by id: every entry is
+INSERTed while its statement holds a lock on the account row (``FOR UPDATE``, or ``FOR SHARE``
+for the zero-amount usage record) until its transaction ends, so the id it draws follows the
+order in which the balance moved — each entry's ``balance_after`` is the previous entry's plus
+its amount. ``created_at`` is the time the service was called (before any wait for the lock):
+entries written in the same moment may show times a few milliseconds apart in either order.
+
 The database keeps the invariants whatever the code does: CHECK constraints (``balance >=
 reserved``, ``reserved >= 0``, a settlement never credits, …) and the append-only trigger on
 the ledger (see the models and their migrations).
@@ -253,10 +260,13 @@ def entry_post(*, user_id: int, entry: LedgerEntry, now: datetime) -> Statement:
 
 
 def usage_record(*, user_id: int, entry: LedgerEntry, now: datetime) -> Statement:
-    """Append a zero-amount entry (an LLM call on the user's own key) with the committed balance.
+    """Append a zero-amount entry (an LLM call on the user's own key) with the account's balance.
 
-    It moves no money, so it takes no lock on the account: BYOK calls of one user don't queue
-    behind each other or behind that user's hosted calls. No row: the user has no account yet.
+    It moves no money, so a share lock on the account row is enough (``FOR SHARE``): BYOK calls
+    of one user don't queue behind each other, yet a money statement that holds the row's lock
+    (its entry already in the sequence, not yet committed) is waited for, and its balance is the
+    one recorded — so the record never lists after an entry whose balance it does not carry.
+    No row: the user has no account yet.
     """
     insert = _entry_insert(
         account_id="a.id",
@@ -268,6 +278,7 @@ def usage_record(*, user_id: int, entry: LedgerEntry, now: datetime) -> Statemen
     )
     sql = f"""
         {insert} FROM {ACCOUNTS} a WHERE a.user_id = %(user_id)s
+        FOR SHARE OF a
         RETURNING {_returning(ENTRY_COLUMNS)}
     """
     return Statement(sql, _entry_params(entry, now) | {"user_id": user_id})

@@ -190,7 +190,7 @@ class LedgerEntry(models.Model):
     hold instead, so the two namespaces can't collide.
     """
 
-    # No index of its own: `ledger_account_recent` leads with it (every index costs each insert).
+    # No index of its own: the account indexes below lead with it (every index costs each insert).
     account = models.ForeignKey(BillingAccount, on_delete=models.PROTECT, related_name="entries", db_index=False)
     amount = models.BigIntegerField(help_text="Signed millicredits: credits are positive, charges negative.")
     category = models.CharField(max_length=16, choices=Category.choices)
@@ -210,12 +210,14 @@ class LedgerEntry(models.Model):
     details = models.JSONField(default=dict, blank=True, help_text="What the caller said it was for.")
     pricing = models.JSONField(default=dict, blank=True, help_text="How the amount was computed; who acted.")
     flagged = models.BooleanField(default=False, help_text="Charged less than asked (overrun or late settlement).")
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # No index of its own: every read by date is one account's (`ledger_account_recent`).
+    created_at = models.DateTimeField(auto_now_add=True)
 
     objects = LedgerEntryQuerySet.as_manager()
 
     class Meta:
-        ordering = ("-created_at", "-id")
+        # By id: the order in which the balance moved (see `credits.ledger_sql`).
+        ordering = ("-id",)
         constraints = [
             models.UniqueConstraint(
                 fields=["account", "idempotency_key"],
@@ -233,7 +235,12 @@ class LedgerEntry(models.Model):
                 condition=~models.Q(key_source=KeySource.BYOK) | models.Q(amount=0), name="ledger_byok_costs_nothing"
             ),
         ]
-        indexes = [models.Index(fields=["account", "-created_at", "-id"], name="ledger_account_recent")]
+        indexes = [
+            # The statement, newest first (by id: see `ordering`).
+            models.Index(fields=["account", "-id"], name="ledger_account_statement"),
+            # One account's entries in a period (the usage breakdown, date filters).
+            models.Index(fields=["account", "-created_at", "-id"], name="ledger_account_recent"),
+        ]
         verbose_name_plural = "ledger entries"
 
     def __str__(self) -> str:

@@ -50,7 +50,11 @@ def ledger_entries_for(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> QuerySet[LedgerEntry]:
-    """The user's entries, newest first; ``since`` inclusive, ``until`` exclusive."""
+    """The user's entries, newest first; ``since`` inclusive, ``until`` exclusive.
+
+    Newest by id, the order in which the balance moved (see `credits.ledger_sql`), so each
+    entry's ``balance_after`` is the next one's plus its amount.
+    """
     entries = LedgerEntry.objects.filter(account__user_id=user.pk)
     if category:
         entries = entries.filter(category=category)
@@ -58,7 +62,7 @@ def ledger_entries_for(
         entries = entries.filter(created_at__gte=since)
     if until is not None:
         entries = entries.filter(created_at__lt=until)
-    return entries.order_by("-created_at", "-id")
+    return entries.order_by("-id")
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,7 +118,7 @@ def _csv_row(entry: LedgerEntry) -> list[Any]:
 def ledger_csv(request: HttpRequest) -> HttpResponse:
     """The filtered ledger (every page), oldest first, amounts in credits."""
     user = request_user(request)
-    entries = _filtered(user, LedgerFilterForm(request.GET or None)).order_by("created_at", "id")
+    entries = _filtered(user, LedgerFilterForm(request.GET or None)).order_by("id")
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     stamp = timezone.now().strftime("%Y%m%d")
     response["Content-Disposition"] = f'attachment; filename="niyra-ledger-{stamp}.csv"'
