@@ -11,7 +11,7 @@ import re
 from django.utils.crypto import salted_hmac
 from django.views.decorators.debug import sensitive_variables
 
-from core.errors import KEY_INVALID, KEY_WRONG_PROVIDER, NiyraError
+from core.errors import INVALID_INPUT, KEY_INVALID, KEY_MISSING_MESSAGE, KEY_WRONG_PROVIDER, NiyraError
 from providers import Provider
 
 ANTHROPIC_PREFIX = "sk-ant-"
@@ -48,7 +48,11 @@ def detect_provider(key: str) -> str | None:
 
 @sensitive_variables()
 def check_key_format(*, provider: str, key: str) -> None:
-    """Raise `KEY_INVALID` or `KEY_WRONG_PROVIDER` (naming the right provider), else return."""
+    """Raise `INVALID_INPUT` for no key at all, `KEY_INVALID` or `KEY_WRONG_PROVIDER` (naming the
+    right provider), else return. `key` is normalised: whitespace or quotes alone leave it empty."""
+    if not key:
+        message = KEY_MISSING_MESSAGE.format(provider=Provider(provider).label)
+        raise NiyraError(INVALID_INPUT, message=message, detail={"key": [message]})
     owner = detect_provider(key)
     if owner is not None and owner != provider:
         raise NiyraError(

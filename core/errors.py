@@ -73,6 +73,13 @@ PROVIDER_UNAVAILABLE = _spec(
     503,
     "Couldn't reach the provider, try again. Nothing was charged.",
 )
+# The same outage met while saving or testing a key: saving never charges, so say what matters
+# there instead (PROVIDER_UNAVAILABLE's code and status, this message, the provider named).
+KEY_CHECK_UNAVAILABLE_MESSAGE = (
+    "Couldn't reach {provider} to check the key. Your saved key, if any, is unchanged. Try again."
+)
+# An empty paste (or only whitespace and quotes) is a missing key, not a malformed one.
+KEY_MISSING_MESSAGE = "Paste your {provider} key into the field."
 
 # --- Routing --------------------------------------------------------------------------------
 MODEL_NOT_SUPPORTED = _spec("model_not_supported", 400, "That model isn't supported. See the list of available models.")

@@ -17,7 +17,13 @@ from django.conf import settings
 from django.db import models
 from django.views.decorators.debug import sensitive_variables
 
-from core.errors import KEY_QUOTA_EXHAUSTED, KEY_RATE_LIMITED, NiyraError
+from core.errors import (
+    KEY_CHECK_UNAVAILABLE_MESSAGE,
+    KEY_QUOTA_EXHAUSTED,
+    KEY_RATE_LIMITED,
+    PROVIDER_UNAVAILABLE,
+    NiyraError,
+)
 from providers.errors import map_provider_error
 from providers.http import shared_http_client
 from providers.types import ChatRequest, ChatResult, EmbeddingResult, StreamEvent
@@ -126,6 +132,10 @@ class ProviderAdapter(ABC):
                 await self._send_probe(api_key, timeout=limit)
         except Exception as exc:
             error = map_provider_error(exc, provider=self.provider)
+            if error.spec is PROVIDER_UNAVAILABLE:
+                # A probe never charges: "Nothing was charged" would answer the wrong worry.
+                message = KEY_CHECK_UNAVAILABLE_MESSAGE.format(provider=Provider(self.provider).label)
+                error = NiyraError(PROVIDER_UNAVAILABLE, detail=error.detail, message=message)
         elapsed_ms = int((time.monotonic() - started) * 1000)
         result = ProbeResult(
             provider=self.provider, model=PROBE_MODELS[self.provider], error=error, elapsed_ms=elapsed_ms

@@ -119,10 +119,37 @@ def test_rate_limited_words_come_from_the_product_page(pro_client: APIClient) ->
     assert "Quota exhausted" in message and "top up your provider account" in message.lower()
 
 
+KEY_CHECK_UNAVAILABLE = "Couldn't reach {} to check the key. Your saved key, if any, is unchanged. Try again."
+
+
+def assert_unavailable(response: Any, provider_label: str) -> dict[str, Any]:
+    """The outage's code and status, in words that fit a key check: saving never charges."""
+    body = response.json()
+    spec = errors.PROVIDER_UNAVAILABLE
+    assert (response.status_code, body["code"]) == (spec.status, spec.code), body
+    assert body["message"] == KEY_CHECK_UNAVAILABLE.format(provider_label)
+    assert "charged" not in body["message"]
+    return body
+
+
 def test_provider_unreachable(pro_client: APIClient, settings: Any) -> None:
     settings.PROVIDER_VALIDATION_TIMEOUT_SECONDS = 0.5
-    body = assert_error(put(pro_client, "anthropic", anthropic_key("hang")), errors.PROVIDER_UNAVAILABLE)
-    assert "Couldn't reach the provider, try again" in body["message"]
+    # Was the routed calls' "Couldn't reach the provider, try again. Nothing was charged."
+    assert_unavailable(put(pro_client, "anthropic", anthropic_key("hang")), "Anthropic")
+
+
+@pytest.mark.parametrize("pasted", ["", "   ", "\n\t ", '""', "' '"])
+def test_an_empty_paste_is_a_missing_key_whatever_surrounds_it(
+    pasted: str, pro_client: APIClient, sandbox: SandboxServer
+) -> None:
+    """One answer for nothing pasted: invalid_input (a missing key), never key_invalid."""
+    response = put(pro_client, "anthropic", pasted)
+
+    assert response.status_code == 400
+    message = "Paste your Anthropic key into the field."
+    assert response.json() == {"code": "invalid_input", "message": message, "detail": {"key": [message]}}
+    assert not ProviderKey.objects.exists()
+    assert len(sandbox.log) == 0
 
 
 def test_a_key_for_the_other_provider_names_it(pro_client: APIClient) -> None:
@@ -208,7 +235,7 @@ def test_test_key_when_the_provider_is_down(pro_client: APIClient, pro_user: Any
     ProviderKey.objects.filter(user=pro_user).update(
         ciphertext=get_keyring().encrypt(openai_key("error"), purpose=purpose)
     )
-    assert_error(pro_client.post("/api/keys/openai/test"), errors.PROVIDER_UNAVAILABLE)
+    assert_unavailable(pro_client.post("/api/keys/openai/test"), "OpenAI")
 
 
 def test_test_key_without_a_key(pro_client: APIClient) -> None:

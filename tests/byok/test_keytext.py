@@ -6,6 +6,7 @@ import pytest
 
 from byok.keytext import check_key_format, key_fingerprint, key_hint, normalise_key
 from core import errors
+from providers import Provider
 
 ANTHROPIC = "sk-ant-api03-" + "A1b2" * 10 + "AbCd"
 OPENAI = "sk-proj-" + "Z9y8" * 10 + "WxYz"
@@ -51,7 +52,6 @@ def test_accepted_formats(provider: str, key: str) -> None:
         ("openai", "pk-" + "x" * 40),
         ("openai", "sk-" + "x" * 10),
         ("openai", "Bearer sk-proj-" + "x" * 40),
-        ("openai", ""),
     ],
 )
 def test_malformed_keys_are_key_invalid(provider: str, key: str) -> None:
@@ -94,3 +94,13 @@ def test_fingerprint_tells_keys_apart_without_revealing_them() -> None:
     assert key_fingerprint(ANTHROPIC) != key_fingerprint(OPENAI)
     assert len(key_fingerprint(ANTHROPIC)) == 16
     assert key_fingerprint(ANTHROPIC) not in ANTHROPIC
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_no_key_at_all_is_a_missing_key_not_an_invalid_one(provider: str) -> None:
+    """An empty key (what whitespace or quotes alone normalise to) was key_invalid."""
+    with pytest.raises(errors.NiyraError) as caught:
+        check_key_format(provider=provider, key=normalise_key(' "" \n'))
+    assert caught.value.spec is errors.INVALID_INPUT
+    assert caught.value.message == f"Paste your {Provider(provider).label} key into the field."
+    assert caught.value.detail == {"key": [caught.value.message]}

@@ -146,7 +146,12 @@ def test_provider_unreachable_stores_nothing_and_says_try_again(
     with pytest.raises(errors.NiyraError) as caught:
         provider_key_save(user=pro_user, provider=provider, key=KEYS[provider](word))
     assert caught.value.spec is errors.PROVIDER_UNAVAILABLE
-    assert "Couldn't reach the provider, try again" in caught.value.message
+    # Was the routed calls' "Couldn't reach the provider, try again. Nothing was charged.":
+    # saving never charges, so it says the saved key is unchanged.
+    label = {"anthropic": "Anthropic", "openai": "OpenAI"}[provider]
+    assert caught.value.message == (
+        f"Couldn't reach {label} to check the key. Your saved key, if any, is unchanged. Try again."
+    )
     assert not ProviderKey.objects.exists()
     assert audit_events(pro_user)[0].outcome == "provider_unavailable"
 

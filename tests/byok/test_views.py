@@ -114,13 +114,30 @@ def test_key_for_the_other_provider_names_the_right_one(pro_browser: Client) -> 
 
 @pytest.mark.parametrize(
     ("pasted", "expected"),
-    [("", "Paste your OpenAI key into the field."), ("   \n", "Paste your OpenAI key into the field.")],
+    # Quotes alone were key_invalid here ("Paste it without quotes"); now the same as nothing.
+    [
+        ("", "Paste your OpenAI key into the field."),
+        ("   \n", "Paste your OpenAI key into the field."),
+        ('""', "Paste your OpenAI key into the field."),
+    ],
 )
 def test_empty_paste_asks_for_a_key(pro_browser: Client, pasted: str, expected: str) -> None:
     response = save(pro_browser, "openai", pasted, **HTMX)
 
     assert response.status_code == 200
     assert expected in response.content.decode()
+    assert not ProviderKey.objects.exists()
+
+
+def test_a_hung_provider_says_the_saved_key_is_unchanged_not_that_nothing_was_charged(
+    pro_browser: Client, settings: Any
+) -> None:
+    settings.PROVIDER_VALIDATION_TIMEOUT_SECONDS = 0.5
+
+    html = unescape(save(pro_browser, "openai", openai_key("hang"), **HTMX).content.decode())
+
+    assert "Couldn't reach OpenAI to check the key. Your saved key, if any, is unchanged. Try again." in html
+    assert "Nothing was charged" not in html
     assert not ProviderKey.objects.exists()
 
 
