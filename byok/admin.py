@@ -18,15 +18,8 @@ from core.errors import NiyraError
 
 @admin.register(ProviderKey)
 class ProviderKeyAdmin(admin.ModelAdmin):
-    list_display = (
-        "user_email",
-        "provider",
-        "effective_status",
-        "hint",
-        "last_tested_at",
-        "last_error_code",
-        "updated_at",
-    )
+    # Short enough for a laptop (1280 px) beside the filters; the rest is on the key's page.
+    list_display = ("user_email", "provider", "effective_status", "hint", "last_tested_at")
     list_filter = ("provider", "status")
     search_fields = ("user__email", "hint", "fingerprint")
     list_select_related = ("user",)

@@ -72,6 +72,7 @@ def home(request: HttpRequest) -> HttpResponse:
             "credits": [row.millicredits / MILLICREDITS_PER_CREDIT for row in spend],
         },
         "key_rows": key_rows,
+        "keys_connected": bool(keys),  # none: the keys card offers to add one (or says BYOK needs Pro)
         "calls": list(routed_call_recent(user=user, limit=RECENT_CALLS)),
         "window_days": SPEND_WINDOW.days,
     }
