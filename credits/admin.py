@@ -198,7 +198,7 @@ class BillingAccountAdmin(ReadOnlyAdmin):
 class LedgerEntryAdmin(ReadOnlyAdmin):
     list_display = ("created_at", "account", "category", "amount", "balance_after", "description", "flagged")
     list_filter = ("category", "key_source", "flagged")
-    search_fields = ("account__user__email", "idempotency_key", "model")
+    search_fields = ("account__user__email", "idempotency_key", "model", "price_key")
     list_select_related = ("account__user",)
     raw_id_fields = ("account", "hold")
     date_hierarchy = "created_at"

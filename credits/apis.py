@@ -47,7 +47,12 @@ class LedgerEntryOutputSerializer(serializers.Serializer):
     balance_after = serializers.IntegerField(help_text="Millicredits.")
     description = serializers.CharField()
     idempotency_key = serializers.CharField()
-    model = serializers.CharField()
+    model = serializers.CharField(
+        help_text="The model called (e.g. claude-opus-4-6); empty for entries that are not model calls."
+    )
+    price_key = serializers.CharField(
+        help_text="The price book's key the call was priced by (e.g. claude-opus-4, shared by Opus 4.6 to 4.8)."
+    )
     units = serializers.IntegerField(allow_null=True)
     input_tokens = serializers.IntegerField(allow_null=True)
     output_tokens = serializers.IntegerField(allow_null=True)

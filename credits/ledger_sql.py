@@ -56,6 +56,7 @@ HOLD_COLUMNS = (
     "idempotency_key",
     "fingerprint",
     "model",
+    "price_key",
     "input_tokens_estimate",
     "max_tokens",
     "details",
@@ -78,6 +79,7 @@ ENTRY_COLUMNS = (
     "hold_id",
     "description",
     "model",
+    "price_key",
     "units",
     "input_tokens",
     "output_tokens",
@@ -204,13 +206,13 @@ def _entry_insert(*, account_id: str, amount: str, balance_after: str, hold_id: 
     return f"""
         INSERT INTO {ENTRIES} (
             account_id, amount, category, balance_after, idempotency_key, fingerprint, hold_id,
-            description, model, units, input_tokens, output_tokens, cached_tokens, key_source,
-            details, pricing, flagged, created_at
+            description, model, price_key, units, input_tokens, output_tokens, cached_tokens,
+            key_source, details, pricing, flagged, created_at
         )
         SELECT
             {account_id}, {amount}, %(category)s::text, {balance_after}, %(key)s::text,
             %(fingerprint)s::text, {hold_id}, %(description)s::text, %(model)s::text,
-            %(units)s::bigint, %(input_tokens)s::bigint, %(output_tokens)s::bigint,
+            %(price_key)s::text, %(units)s::bigint, %(input_tokens)s::bigint, %(output_tokens)s::bigint,
             %(cached_tokens)s::bigint, %(key_source)s::text, %(details)s::jsonb, {pricing},
             {flagged}, %(now)s::timestamptz
     """
@@ -224,6 +226,7 @@ def _entry_params(entry: LedgerEntry, now: datetime) -> dict[str, Any]:
         "fingerprint": entry.fingerprint,
         "description": entry.description,
         "model": entry.model,
+        "price_key": entry.price_key,
         "units": entry.units,
         "input_tokens": entry.input_tokens,
         "output_tokens": entry.output_tokens,
@@ -297,13 +300,13 @@ def hold_reserve(*, user_id: int, hold: CreditHold, now: datetime) -> Statement:
             RETURNING id
         )
         INSERT INTO {HOLDS} (
-            account_id, category, amount, status, idempotency_key, fingerprint, model,
+            account_id, category, amount, status, idempotency_key, fingerprint, model, price_key,
             input_tokens_estimate, max_tokens, details, expires_at, created_at, resolved_at,
             requested_amount, overrun, resolution_key, resolution_fingerprint
         )
         SELECT
             account.id, %(category)s::text, %(amount)s::bigint, %(open)s::text, %(key)s::text,
-            %(fingerprint)s::text, %(model)s::text, %(input_tokens_estimate)s::bigint,
+            %(fingerprint)s::text, %(model)s::text, %(price_key)s::text, %(input_tokens_estimate)s::bigint,
             %(max_tokens)s::bigint, %(details)s::jsonb, %(expires_at)s::timestamptz,
             %(now)s::timestamptz, NULL::timestamptz, NULL::bigint, false, '', ''
         FROM account
@@ -317,6 +320,7 @@ def hold_reserve(*, user_id: int, hold: CreditHold, now: datetime) -> Statement:
         "key": hold.idempotency_key,
         "fingerprint": hold.fingerprint,
         "model": hold.model,
+        "price_key": hold.price_key,
         "input_tokens_estimate": hold.input_tokens_estimate,
         "max_tokens": hold.max_tokens,
         "details": Jsonb(hold.details),

@@ -121,7 +121,8 @@ class CreditHold(models.Model):
     status = models.CharField(max_length=8, choices=HoldStatus.choices, default=HoldStatus.OPEN)
     idempotency_key = models.CharField(max_length=128)
     fingerprint = models.CharField(max_length=64, help_text="Hash of the parameters, to tell a replay from a reuse.")
-    model = models.CharField(max_length=64, blank=True)
+    model = models.CharField(max_length=64, blank=True, help_text="The model called, as the caller named it.")
+    price_key = models.CharField(max_length=64, blank=True, help_text="The price book's key it is priced by.")
     input_tokens_estimate = models.BigIntegerField(null=True, blank=True)
     max_tokens = models.BigIntegerField(null=True, blank=True)
     details = models.JSONField(default=dict, blank=True)
@@ -201,7 +202,12 @@ class LedgerEntry(models.Model):
         CreditHold, null=True, blank=True, on_delete=models.PROTECT, related_name="entry", help_text="Settled hold."
     )
     description = models.CharField(max_length=255, blank=True)
-    model = models.CharField(max_length=64, blank=True)
+    # What the user sees is the model called (Opus 4.6, 4.7 and 4.8 apart); how it was priced is
+    # the price key (all three: claude-opus-4).
+    model = models.CharField(max_length=64, blank=True, help_text="The model called (e.g. claude-opus-4-6).")
+    price_key = models.CharField(
+        max_length=64, blank=True, help_text="The price book's key it was priced by (e.g. claude-opus-4)."
+    )
     units = models.BigIntegerField(null=True, blank=True)
     input_tokens = models.BigIntegerField(null=True, blank=True)
     output_tokens = models.BigIntegerField(null=True, blank=True)

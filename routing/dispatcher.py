@@ -416,7 +416,8 @@ class LLMDispatcher:
         route.hold = await db_sync_to_async(credit_hold)(
             user=user,
             idempotency_key=f"routed:{route.call_id}",
-            model=model.price_key,
+            model=model.id,
+            price_key=model.price_key,
             input_tokens_estimate=input_estimate,
             max_tokens=max_tokens,
             details={"routed_call": str(route.call_id), "model": model.id},
@@ -447,7 +448,8 @@ class LLMDispatcher:
             if used:
                 credit_usage_record(
                     user=route.user,
-                    model=model.price_key,
+                    model=model.id,
+                    price_key=model.price_key,
                     input_tokens=usage.input_tokens,
                     output_tokens=usage.output_tokens,
                     cached_tokens=usage.cached_tokens,

@@ -26,6 +26,7 @@ from credits.models import CreditHold, LedgerEntry
 from credits.pricing import MAX_UNITS, PRICE_BOOK_VERSION, LlmUsage
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 128
+MAX_MODEL_LENGTH = 64
 MAX_REASON_LENGTH = 255
 MAX_DETAILS_BYTES = 4_096
 MAX_AMOUNT = MAX_UNITS * 1_000  # 1e15 mc: far beyond any real amount, far below bigint
@@ -61,6 +62,18 @@ def checked_idempotency_key(value: object, field: str = "idempotency_key") -> st
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_IDEMPOTENCY_KEY_LENGTH:
         raise invalid(field, f"Required: 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters.")
     return value
+
+
+def checked_model(model: object, price_key: object) -> tuple[str, str]:
+    """The model called (what the user sees) and the price book key it is priced by, which is
+    the model itself when the caller names a price key directly (``price_key`` None)."""
+    if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_LENGTH:
+        raise invalid("model", f"Required: 1 to {MAX_MODEL_LENGTH} characters.")
+    if price_key is None:
+        return model, model
+    if not isinstance(price_key, str):
+        raise invalid("price_key", "A price book key.")
+    return model, price_key
 
 
 def checked_amount(value: object, field: str = "amount", *, signed: bool = False) -> int:
@@ -133,6 +146,7 @@ def entry_draft(
     fingerprint: str,
     description: str,
     model: str = "",
+    price_key: str = "",
     units: int | None = None,
     usage: LlmUsage | None = None,
     key_source: str = "",
@@ -148,6 +162,7 @@ def entry_draft(
         fingerprint=fingerprint,
         description=description[:255],
         model=model,
+        price_key=price_key,
         units=units,
         input_tokens=usage.input_tokens if usage else None,
         output_tokens=usage.output_tokens if usage else None,

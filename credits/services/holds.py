@@ -2,8 +2,9 @@
 
 Routing's use, for a hosted LLM call::
 
-    hold = credit_hold(user=u, model="claude-sonnet-4", input_tokens_estimate=1200, max_tokens=1024,
-                       idempotency_key=f"call:{call_id}", details={"routed_call_id": call_id})
+    hold = credit_hold(user=u, model="claude-sonnet-4-6", price_key="claude-sonnet-4",
+                       input_tokens_estimate=1200, max_tokens=1024, idempotency_key=f"call:{call_id}",
+                       details={"routed_call_id": call_id})
     # ... provider call, outside any transaction ...
     credit_settle(hold_id=hold.pk, usage=LlmUsage(input_tokens=..., output_tokens=..., cached_tokens=...),
                   idempotency_key=f"call:{call_id}")     # or, if the call failed:
@@ -33,6 +34,7 @@ from credits.services.common import (
     checked_amount,
     checked_details,
     checked_idempotency_key,
+    checked_model,
     entry_draft,
     fingerprint,
     insufficient_credits,
@@ -53,6 +55,7 @@ def credit_hold(
     idempotency_key: str,
     amount: int | None = None,
     model: str | None = None,
+    price_key: str | None = None,
     input_tokens_estimate: int | None = None,
     max_tokens: int | None = None,
     category: str | None = None,
@@ -64,7 +67,9 @@ def credit_hold(
     Give either ``amount`` (millicredits; ``category`` defaults to ``llm``) or ``model`` with
     ``input_tokens_estimate`` and ``max_tokens``: the hold is then the whole prompt at the
     uncached input rate plus ``max_tokens`` of output (`price_llm_worst_case`), and the category
-    is the model's (``llm``, or ``embeddings`` for embedding models).
+    is the model's (``llm``, or ``embeddings`` for embedding models). ``model`` is the model
+    called, which the settlement's entry shows; ``price_key`` the price book's key it is priced
+    by (default: ``model`` itself, when that is a price key).
 
     Raises ``insufficient_credits`` (402) if ``balance - reserved`` is below the amount. Resolve
     the hold exactly once with `credit_settle` or `credit_void`; holds still open after
@@ -77,20 +82,29 @@ def credit_hold(
         raise invalid("expires_in", f"Between 1 second and {MAX_HOLD_TTL}.")
     if (amount is None) == (model is None):
         raise invalid("amount", "Give either an amount or a model with token counts, not both.")
+    called, priced_as = "", ""
     if model is not None:
-        price = model_price(model)
+        called, priced_as = checked_model(model, price_key)
+        price = model_price(priced_as)
         if input_tokens_estimate is None or max_tokens is None:
             raise invalid("max_tokens", "A model hold needs input_tokens_estimate and max_tokens.")
-        held = price_llm_worst_case(model, input_tokens_estimate, max_tokens)
+        held = price_llm_worst_case(priced_as, input_tokens_estimate, max_tokens)
         if held <= 0:
             raise invalid("max_tokens", "Nothing to hold: the estimate and max_tokens are both zero.")
         if category not in (None, price.category):
             raise invalid("category", f"{model} is charged as {price.category}.")
         hold_category = price.category
         params = fingerprint(
-            op="hold", model=model, input=input_tokens_estimate, max_tokens=max_tokens, details=context
+            op="hold",
+            model=called,
+            price_key=priced_as,
+            input=input_tokens_estimate,
+            max_tokens=max_tokens,
+            details=context,
         )
     else:
+        if price_key is not None:
+            raise invalid("price_key", "Only a model hold has a price key.")
         held = checked_amount(amount)
         hold_category = category or Category.LLM
         if hold_category not in USAGE_CATEGORIES:
@@ -103,7 +117,8 @@ def credit_hold(
         amount=held,
         idempotency_key=key,
         fingerprint=params,
-        model=model or "",
+        model=called,
+        price_key=priced_as,
         input_tokens_estimate=input_tokens_estimate if model else None,
         max_tokens=max_tokens if model else None,
         details=context,
@@ -167,7 +182,7 @@ class _Settlement:
         if self.usage is None:
             actual = self.actual_amount or 0
             return actual, fingerprint(op="settle", amount=actual, details=self.extra)
-        if not hold.model:
+        if not hold.price_key:
             raise invalid("usage", "This hold has no model to price tokens with; give actual_amount.")
         usage = self.usage
         params = fingerprint(
@@ -177,13 +192,13 @@ class _Settlement:
             cached=usage.cached_tokens,
             details=self.extra,
         )
-        return price_llm_usage(hold.model, usage), params
+        return price_llm_usage(hold.price_key, usage), params
 
     def entry(self, hold: CreditHold, *, actual: int, params: str) -> LedgerEntry:
         """What the settlement's entry says; its statement adds what it charged and how."""
         pricing: dict[str, Any] = {"hold_amount": hold.amount, "requested": actual}
-        if hold.model:
-            pricing["rate"] = model_price(hold.model).as_rate()
+        if hold.price_key:
+            pricing["rate"] = model_price(hold.price_key).as_rate()
         label = hold.model or Category(hold.category).label
         return entry_draft(
             amount=-actual,
@@ -192,6 +207,7 @@ class _Settlement:
             fingerprint=params,
             description=f"{label}: {tokens_text(self.usage)}" if self.usage else f"{label}: hold #{hold.pk} settled",
             model=hold.model,
+            price_key=hold.price_key,
             usage=self.usage,
             key_source=KeySource.PLATFORM if hold.category == Category.LLM else "",
             details=hold.details | self.extra,

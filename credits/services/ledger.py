@@ -23,6 +23,7 @@ from credits.services.common import (
     checked_amount,
     checked_details,
     checked_idempotency_key,
+    checked_model,
     checked_reason,
     entry_draft,
     fingerprint,
@@ -110,6 +111,7 @@ def credit_usage_record(
     *,
     user: User,
     model: str,
+    price_key: str | None = None,
     input_tokens: int,
     output_tokens: int,
     cached_tokens: int = 0,
@@ -118,12 +120,14 @@ def credit_usage_record(
 ) -> LedgerEntry:
     """Record an LLM call served by the user's own key (BYOK): a zero-amount ``llm`` entry with
     ``key_source=byok`` and the token volume, so the usage breakdown can count it at zero cost.
-    Embeddings are always paid in credits, so an embeddings model is refused here.
+    ``model`` is the model called; ``price_key`` the price book's key for it (default: ``model``
+    itself). Embeddings are always paid in credits, so an embeddings model is refused here.
     """
-    price = model_price(model)
+    model, price_key = checked_model(model, price_key)
+    price = model_price(price_key)
     if price.category != Category.LLM:
         raise invalid("model", "BYOK covers LLM calls only; embeddings are charged in credits (credit_charge).")
-    price_llm_call(model, input_tokens, output_tokens, cached_tokens)  # validates the counts
+    price_llm_call(price_key, input_tokens, output_tokens, cached_tokens)  # validates the counts
     usage = LlmUsage(input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=cached_tokens)
     context = checked_details(details)
     entry = entry_draft(
@@ -133,6 +137,7 @@ def credit_usage_record(
         fingerprint=fingerprint(
             op="byok_usage",
             model=model,
+            price_key=price_key,
             input=input_tokens,
             output=output_tokens,
             cached=cached_tokens,
@@ -140,6 +145,7 @@ def credit_usage_record(
         ),
         description=f"{model} via your own key: {tokens_text(usage)}",
         model=model,
+        price_key=price_key,
         usage=usage,
         key_source=KeySource.BYOK,
         details=context,

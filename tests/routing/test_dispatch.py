@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Callable
 from typing import Any
@@ -574,3 +576,42 @@ def test_a_call_without_fallback_is_not_marked(make_account: Any, client_for: An
 )
 def test_outcome_labels_are_words(outcome: str, label: str) -> None:
     assert outcome_label(outcome) == label
+
+
+# --- What the ledger shows ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key_source", ["platform", "byok"])
+def test_the_ledger_shows_the_model_called_and_the_price_key_it_was_priced_by(
+    make_account: Any, client_for: Any, store_key: Any, key_source: str
+) -> None:
+    # Given a call to Opus 4.6, which the price book prices as claude-opus-4 (like 4.7 and 4.8)
+    user = make_account(plan="pro")
+    if key_source == "byok":
+        store_key(user, "anthropic", anthropic_key())
+
+    response = send(client_for(user), model="claude-opus-4-6")
+
+    assert response.status_code == 200, response.content
+    assert response.json()["routing"]["key_source"] == key_source
+    # Then the API's ledger names the model called, and the price key beside it
+    results = client_for(user).get("/api/credits/ledger", {"category": "llm"}).json()["results"]
+    assert [(row["model"], row["price_key"]) for row in results] == [("claude-opus-4-6", "claude-opus-4")]
+    assert results[0]["description"].startswith("claude-opus-4-6")
+    # And so do the dashboard's ledger and its CSV
+    browser = Client()
+    browser.force_login(user)
+    html = browser.get("/credits/", {"category": "llm"}).content.decode()
+    assert '<span data-testid="ledger-model">claude-opus-4-6</span>' in html
+    assert '(priced as <span data-testid="ledger-price-key">claude-opus-4</span>)' in html
+    text = browser.get("/credits/ledger.csv", {"category": "llm"}).content.decode()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [(row["model"], row["price_key"]) for row in rows] == [("claude-opus-4-6", "claude-opus-4")]
+    # And it was priced by the price key
+    entry = LedgerEntry.objects.get(account__user=user, category="llm")
+    if key_source == "platform":
+        assert -entry.amount == price_llm_call("claude-opus-4", 6, REPLY_WORDS)
+        assert CreditHold.objects.get(account__user=user).price_key == "claude-opus-4"
+        assert entry.pricing["rate"]["model"] == "claude-opus-4"
+    else:
+        assert entry.amount == 0
