@@ -148,9 +148,7 @@ def byok_key_save(request: HttpRequest, provider: str) -> HttpResponse:
     error: ShownError | None = None
     refusal: NiyraError | None = None
     notice = ""
-    if not pasted.strip():
-        error = shown_error(code="key_missing", message=f"Paste your {Provider(provider).label} key into the field.")
-    elif len(pasted) > MAX_PASTE_LENGTH:
+    if len(pasted) > MAX_PASTE_LENGTH:
         error = shown_error(NiyraError(errors.KEY_INVALID))
     else:
         try:
