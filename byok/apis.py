@@ -11,7 +11,8 @@ import logging
 
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -19,7 +20,7 @@ from rest_framework.views import APIView
 
 from accounts.auth import request_user
 from byok.keytext import MAX_KEY_LENGTH
-from byok.models import KeyStatus, ProviderKey
+from byok.models import KeyStatus, Provider, ProviderKey
 from byok.selectors import provider_key_effective_status, provider_key_list
 from byok.services import provider_key_disconnect, provider_key_save, provider_key_test
 from core.errors import CATALOGUE, KEY_NEEDS_REENTRY
@@ -57,6 +58,10 @@ class ProviderKeyListApi(APIView):
         return Response(ProviderKeyOutputSerializer(keys, many=True).data)
 
 
+# The providers Niyra takes keys for; any other path segment is refused (third_party_provider).
+PROVIDER_PATH = OpenApiParameter("provider", OpenApiTypes.STR, OpenApiParameter.PATH, enum=list(Provider.values))
+
+
 @method_decorator(sensitive_post_parameters("key"), name="dispatch")
 class ProviderKeyApi(APIView):
     """PUT adds or rotates the key for a provider; DELETE disconnects it."""
@@ -68,7 +73,7 @@ class ProviderKeyApi(APIView):
             max_length=MAX_KEY_LENGTH * 2, allow_blank=True, trim_whitespace=False, write_only=True
         )
 
-    @extend_schema(request=InputSerializer, responses=ProviderKeyOutputSerializer)
+    @extend_schema(parameters=[PROVIDER_PATH], request=InputSerializer, responses=ProviderKeyOutputSerializer)
     @sensitive_variables()
     def put(self, request: Request, provider: str) -> Response:
         payload = self.InputSerializer(data=request.data)
@@ -78,14 +83,14 @@ class ProviderKeyApi(APIView):
         )
         return Response(ProviderKeyOutputSerializer(provider_key).data, headers={"Cache-Control": "no-store"})
 
-    @extend_schema(responses={204: None})
+    @extend_schema(parameters=[PROVIDER_PATH], responses={204: None})
     def delete(self, request: Request, provider: str) -> Response:
         provider_key_disconnect(user=request_user(request), provider=provider)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class ProviderKeyTestApi(APIView):
-    @extend_schema(request=None, responses=ProviderKeyOutputSerializer)
+    @extend_schema(parameters=[PROVIDER_PATH], request=None, responses=ProviderKeyOutputSerializer)
     def post(self, request: Request, provider: str) -> Response:
         provider_key = provider_key_test(user=request_user(request), provider=provider)
         return Response(ProviderKeyOutputSerializer(provider_key).data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
 
 
@@ -45,3 +46,38 @@ def add_error_responses(result: dict[str, Any], generator: Any, request: Any, pu
             for status in ERROR_STATUSES:
                 responses.setdefault(status, {"description": "Error (see `code`)", **reference})
     return result
+
+
+# --- Request constraints DRF enforces but drf-spectacular leaves out --------------------------
+# So that a request the schema allows is one the API accepts (Schemathesis' positive data).
+
+
+class CharFieldExtension(OpenApiSerializerFieldExtension):
+    """A non-blank CharField refuses "" and, when it trims, whitespace alone: say so."""
+
+    target_class = "rest_framework.fields.CharField"
+    match_subclasses = True
+
+    def map_serializer_field(self, auto_schema: Any, direction: Any) -> Any:
+        schema = auto_schema._map_serializer_field(self.target, direction, bypass_extensions=True)
+        if direction == "request" and not self.target.allow_blank and schema.get("type") == "string":
+            schema.setdefault("minLength", 1)
+            if self.target.trim_whitespace and "enum" not in schema and "pattern" not in schema:
+                schema["pattern"] = r"\S"
+        return schema
+
+
+class ListSerializerExtension(OpenApiSerializerFieldExtension):
+    """`many=True` with `allow_empty=False` / `max_length`: minItems and maxItems."""
+
+    target_class = "rest_framework.serializers.ListSerializer"
+    match_subclasses = True
+
+    def map_serializer_field(self, auto_schema: Any, direction: Any) -> Any:
+        schema = auto_schema._map_serializer_field(self.target, direction, bypass_extensions=True)
+        if direction == "request" and schema.get("type") == "array":
+            if not self.target.allow_empty:
+                schema.setdefault("minItems", 1)
+            if self.target.max_length is not None:
+                schema.setdefault("maxItems", self.target.max_length)
+        return schema

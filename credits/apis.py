@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import permissions, serializers, status
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
@@ -21,7 +21,7 @@ from accounts.auth import request_user
 from accounts.models import ApiToken, TokenKind, User
 from core import errors
 from core.fields import QueryParamsSerializer, StrictIntegerField
-from credits.models import Category
+from credits.models import USAGE_CATEGORIES, Category
 from credits.selectors import billing_account_for, credit_balance, ledger_entries_for, usage_breakdown
 from credits.services.ledger import credit_charge
 
@@ -164,6 +164,11 @@ class UsageBreakdownApi(APIView):
         return Response(self.OutputSerializer(data).data)
 
 
+@extend_schema_field({"type": "string", "enum": [c.value for c in USAGE_CATEGORIES if c != Category.LLM]})
+class MeteredCategoryField(serializers.CharField):
+    """Any other text is refused by the service as unknown_category (with the list), not here."""
+
+
 class UsageEventCreateApi(APIView):
     """Metering for other Niyra subsystems: charge one usage event to a user."""
 
@@ -171,7 +176,7 @@ class UsageEventCreateApi(APIView):
 
     class InputSerializer(serializers.Serializer):
         user = serializers.CharField(help_text="The user's id or email.")
-        category = serializers.CharField()
+        category = MeteredCategoryField()
         units = StrictIntegerField()
         idempotency_key = serializers.CharField(trim_whitespace=False)
         details = serializers.DictField(required=False, default=dict)

@@ -389,9 +389,26 @@ async def _openai_chunks(stream: RoutedStream, *, include_usage: bool) -> AsyncI
 # --- POST /v1/embeddings -----------------------------------------------------------------------
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "minLength": 1},
+            {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "minItems": 1,
+                "maxItems": MAX_EMBEDDING_INPUTS,
+            },
+        ]
+    }
+)
+class EmbeddingInputField(serializers.JSONField):
+    """A string or a list of strings (checked by `validate_input`); never null."""
+
+
 class EmbeddingsRequestSerializer(serializers.Serializer):
     model = StrictCharField(max_length=100)
-    input = serializers.JSONField()
+    input = EmbeddingInputField()
     encoding_format = serializers.ChoiceField(choices=["float"], required=False)
 
     def validate_input(self, value: Any) -> list[str]:

@@ -196,3 +196,27 @@ def test_a_temperature_on_an_anthropic_model_is_not_a_provider_outage(
     response = client_for(make_account()).post(path, body, format="json")
 
     assert response.status_code == 200, response.content
+
+
+def test_the_schema_says_what_the_api_refuses(api_client: APIClient) -> None:
+    """The 8 requests Schemathesis found the schema allowed and the API refused."""
+    schema = api_client.get("/api/schema/?format=json").json()
+    components = schema["components"]["schemas"]
+
+    for method in ("put", "delete"):
+        (provider,) = schema["paths"]["/api/keys/{provider}"][method]["parameters"]
+        assert provider["schema"]["enum"] == ["anthropic", "openai"]
+    (provider,) = schema["paths"]["/api/keys/{provider}/test"]["post"]["parameters"]
+    assert provider["schema"]["enum"] == ["anthropic", "openai"]
+    for name in ("NativeRequest", "ChatCompletionRequest"):
+        request = components[name]["properties"]
+        assert (request["model"]["minLength"], request["model"]["pattern"]) == (1, r"\S")
+        assert request["messages"]["minItems"] == 1
+    embeddings_input = components["EmbeddingsRequest"]["properties"]["input"]
+    assert "nullable" not in embeddings_input and {s["type"] for s in embeddings_input["oneOf"]} == {"string", "array"}
+    assert components["TokenCreateInput"]["properties"]["name"]["pattern"] == r"\S"
+    usage_event = components["UsageEventCreateInput"]["properties"]
+    assert usage_event["user"]["pattern"] == r"\S" and usage_event["idempotency_key"]["minLength"] == 1
+    category = usage_event["category"]
+    categories = components[category["$ref"].rsplit("/", 1)[-1]] if "$ref" in category else category
+    assert "llm" not in categories["enum"] and "embeddings" in categories["enum"]
