@@ -110,9 +110,10 @@ def _byok_context(user: User, *, card: KeyCard | None = None) -> dict[str, Any]:
 
 
 def _card_response(request: HttpRequest, card: KeyCard) -> TemplateResponse:
+    """The acting card with what just happened, and every other card as it stands now (htmx
+    swaps them together, so no card keeps a message from an earlier action)."""
     context = _byok_context(request_user(request), card=card)
-    context["card"] = card
-    response = render_part(request, page="dashboard/byok.html", part="dashboard/_key_card.html", context=context)
+    response = render_part(request, page="dashboard/byok.html", part="dashboard/_key_cards.html", context=context)
     response["Cache-Control"] = "no-store"
     return response
 

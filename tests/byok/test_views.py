@@ -67,8 +67,23 @@ def test_key_wrapped_in_quotes_is_saved_validated_and_never_echoed(
     assert "Valid" in html
     assert "Key saved and validated" in html
     assert key not in html and key[-12:] not in html  # not even in the (always empty) field
-    assert 'id="card-openai"' not in html  # htmx gets the card, not the page
+    assert "<h1>" not in html and 'id="key-cards"' in html  # htmx gets the cards, not the page
     assert len(sandbox.log.records()) == 1  # one validation round trip
+
+
+def test_an_action_on_one_card_shows_the_other_cards_as_they_are_now(pro_browser: Client) -> None:
+    # Given an error on the Anthropic card (a paste that is no key)
+    failed = save(pro_browser, "anthropic", "not-a-key", **HTMX).content.decode()
+    assert 'id="card-anthropic-error"' in failed
+
+    # When a key is saved on the OpenAI card
+    html = save(pro_browser, "openai", openai_key(), **HTMX).content.decode()
+
+    # Then htmx gets every card: OpenAI's with what just happened, Anthropic's without the old error
+    anthropic, _, openai = html.partition('id="card-openai"')
+    assert 'id="card-anthropic"' in anthropic and 'id="card-anthropic-error"' not in anthropic
+    assert "Key invalid" not in anthropic and "Not connected" in anthropic
+    assert "Key saved and validated" in openai
 
 
 def test_without_javascript_a_save_redirects_with_a_message(pro_browser: Client, pro_user: Any) -> None:

@@ -75,6 +75,30 @@ def test_the_card_says_how_long_to_wait_when_the_key_checks_run_out(
     tab.shot("byok-throttled")
 
 
+def test_an_action_on_one_card_clears_the_other_cards_old_error(
+    open_tab: Callable[[], Any], make_customer: Callable[..., Any]
+) -> None:
+    user = make_customer(plan="pro")
+    tab = open_tab()
+    page = tab.page
+    tab.login(user.email)
+    tab.goto("/settings/byok/")
+    anthropic, openai = page.get_by_test_id("card-anthropic"), page.get_by_test_id("card-openai")
+
+    # An error on the Anthropic card
+    anthropic.get_by_label("Paste your Anthropic key").fill("not-a-key")
+    anthropic.get_by_role("button", name="Save key").click()
+    expect(anthropic.get_by_role("alert")).to_contain_text("Key invalid")
+
+    # Then a key saved on the OpenAI card: the Anthropic card shows where it stands now
+    openai.get_by_label("Paste your OpenAI key").fill(openai_key())
+    openai.get_by_role("button", name="Save key").click()
+    expect(openai.get_by_test_id("status")).to_have_text("Valid")
+    expect(anthropic.get_by_role("alert")).to_have_count(0)
+    expect(anthropic.get_by_test_id("status")).to_have_text("Not connected")
+    tab.shot("byok")
+
+
 def _save_key(**kwargs: Any) -> None:
     """provider_key_save from another thread: Playwright's event loop runs in this one, and the
     probe's async_to_sync refuses to run beside it."""
