@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run serve test lint typecheck check bench clean
+.PHONY: run serve demo-login test lint typecheck check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +26,17 @@ run: $(VENV)/.installed
 	$(BIN)/python scripts/dev_env.py .env
 	$(BIN)/python scripts/local_postgres.py $(MAKE) --no-print-directory serve
 
-## serve: migrate + demo user, then web, worker, beat and sandbox (honcho) on DATABASE_URL
+## serve: migrate + demo user, then web, worker, beat and sandbox (honcho, scripts/dev_stack.py:
+## prints the login again once ready; Ctrl-C stops everything, status 0) on DATABASE_URL
 serve: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py demo_setup
 	@echo "Niyra: http://127.0.0.1:$${NIYRA_WEB_PORT:-8000}/  (API docs: /api/docs/, admin: /admin/)"
-	$(BIN)/honcho -f Procfile.dev start
+	@$(BIN)/python scripts/dev_stack.py Procfile.dev
+
+## demo-login: print the demo user's login (written by `make run` to var/demo-login.txt)
+demo-login:
+	@cat var/demo-login.txt 2>/dev/null || echo "No demo login yet: run \`make run\` first."
 
 ## test: the whole suite on DATABASE_URL, or on an embedded PostgreSQL under var/ started for the
 ## run (tests/local_postgres.py); Redis on 127.0.0.1 when it answers, else Redis-only tests skip

@@ -66,3 +66,34 @@ class RedactSecretsFilter(logging.Filter):
             if name not in _STANDARD_ATTRIBUTES and isinstance(value, str):
                 setattr(record, name, redact(value))
         return True
+
+
+class QuietIdleTicksFilter(logging.Filter):
+    """Drop Celery's routine INFO lines about beat's periodic ticks when they did nothing.
+
+    Idle, beat sends the heartbeat and the hold sweeper every minute and the worker logs each one
+    received and succeeded: six lines a minute that say nothing. For the ticks named here this
+    drops beat's "Sending due task" and the worker's "received" lines, and the "succeeded" line
+    when the task returned nothing or 0 (nothing done). What an operator needs stays: a tick that
+    did work (holds expired, refreshes queued) still logs its success with the count, failures
+    and retries are logged as before, and the tasks a tick queues (refreshes) are not ticks.
+    Attached to the `celery.beat`, `celery.worker.strategy` and `celery.app.trace` loggers.
+    """
+
+    IDLE_RESULTS = frozenset({"None", "0"})
+
+    def __init__(self, task_names: list[str] | tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.task_names = frozenset(task_names)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        args = record.args
+        if isinstance(args, dict):  # the worker's "received" / "succeeded" lines
+            if args.get("name") not in self.task_names:
+                return True
+            return "return_value" in args and str(args["return_value"]) not in self.IDLE_RESULTS
+        if isinstance(args, tuple) and len(args) == 2 and "Sending due task" in str(record.msg):  # beat
+            return args[1] not in self.task_names
+        return True

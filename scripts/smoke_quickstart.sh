@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start `make run` in the background (embedded PostgreSQL under var/postgres, filesystem broker),
 # check that it serves /healthz, /readyz and the login page, then stop the whole process group by
-# pid and check that the embedded PostgreSQL stopped with it.
+# pid and check that the embedded PostgreSQL stopped with it; then stop it with Ctrl-C in a terminal
+# (scripts/smoke_ctrl_c.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 port="${NIYRA_WEB_PORT:-8000}"
@@ -33,6 +34,10 @@ for _ in $(seq 1 30); do
 done
 [ "$ready" = "200" ] || fail "/readyz answered $ready"
 grep -q "Demo login: demo@niyra.local" "$log" || fail "no demo login printed"
+# Once everything is up, the login is printed again (it scrolled away) with where it is kept.
+for _ in $(seq 1 20); do grep -q "niyra: ready on" "$log" && break; sleep 0.5; done
+grep -A1 "niyra: ready on" "$log" | grep -q "niyra: Demo login: demo@niyra.local" || fail "login not repeated once ready"
+make --no-print-directory demo-login | grep -q "Demo login: demo@niyra.local" || fail "make demo-login"
 curl -fsS "http://127.0.0.1:${NIYRA_SANDBOX_PORT:-8765}/_sandbox/log" >/dev/null || fail "sandbox not serving"
 grep -q "embedded PostgreSQL in .*var/postgres" "$log" || fail "not on the embedded PostgreSQL"
 stop
@@ -40,3 +45,5 @@ trap - EXIT
 if [ -e var/postgres/postmaster.pid ]; then fail "the embedded PostgreSQL is still running after make run ended"; fi
 grep -q "embedded PostgreSQL in .*var/postgres stopped" "$log" || fail "no stop of the embedded PostgreSQL logged"
 echo "quick start OK: on the embedded PostgreSQL, /healthz, /readyz, /login/ and the sandbox answer; demo login printed; everything stopped"
+# Ctrl-C in a terminal, as a user stops it: status 0, no ERROR or Traceback line, no make error.
+.venv/bin/python scripts/smoke_ctrl_c.py

@@ -320,7 +320,18 @@ LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"redact_secrets": {"()": "core.logging.RedactSecretsFilter"}},
+    "filters": {
+        "redact_secrets": {"()": "core.logging.RedactSecretsFilter"},
+        # Beat's periodic ticks (niyra/celery.py) log nothing at INFO while they have nothing to do.
+        "quiet_idle_ticks": {
+            "()": "core.logging.QuietIdleTicksFilter",
+            "task_names": [
+                "core.tasks.heartbeat",
+                "credits.tasks.expire_holds",
+                "connections.tasks.oauth_refresh_tick",
+            ],
+        },
+    },
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {
         "console": {
@@ -336,5 +347,9 @@ LOGGING = {
         "httpcore2": {"level": "WARNING"},
         "anthropic": {"level": "WARNING"},
         "openai": {"level": "WARNING"},
+        # Filters on the loggers, not a handler: the Celery worker replaces the root handlers.
+        "celery.beat": {"filters": ["quiet_idle_ticks"]},
+        "celery.worker.strategy": {"filters": ["quiet_idle_ticks"]},
+        "celery.app.trace": {"filters": ["quiet_idle_ticks"]},
     },
 }

@@ -1,10 +1,17 @@
-"""`manage.py demo_setup`: the quick start's demo user (Pro plan, some credits), printed."""
+"""`manage.py demo_setup`: the quick start's demo user (Pro plan, some credits), printed.
+
+The login is also written to `var/demo-login.txt` (ignored by git, readable by its owner only):
+`make run` prints it again once everything is up (scripts/dev_stack.py) and `make demo-login`
+prints it any time. The password is a generated development value from `.env`, never a real
+secret, but it stays out of git all the same.
+"""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
@@ -15,6 +22,7 @@ from credits.services.ledger import credit_grant
 
 DEMO_EMAIL = "demo@niyra.local"
 DEMO_CREDITS_MC = 50_000_000  # 50,000 credits
+DEMO_LOGIN_FILENAME = "demo-login.txt"  # in settings.VAR_DIR
 
 
 class Command(BaseCommand):
@@ -33,4 +41,8 @@ class Command(BaseCommand):
                 user.save(update_fields=["password"])
             billing_plan_set(user=user, plan="pro")
             credit_grant(user=user, amount=DEMO_CREDITS_MC, reason="Demo credits", idempotency_key="demo-setup-grant")
-        self.stdout.write(self.style.SUCCESS(f"Demo login: {DEMO_EMAIL} / {password}"))
+        login = f"Demo login: {DEMO_EMAIL} / {password}"
+        login_file = settings.VAR_DIR / DEMO_LOGIN_FILENAME
+        login_file.touch(mode=0o600)
+        login_file.write_text(login + "\n")
+        self.stdout.write(self.style.SUCCESS(login))
