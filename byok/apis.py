@@ -8,22 +8,25 @@ since a key-checking endpoint is an oracle worth abusing.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
+from rest_framework.fields import empty
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.auth import request_user
-from byok.keytext import MAX_KEY_LENGTH
+from byok.keytext import MAX_KEY_LENGTH, NON_WRAPPING_CHARACTER
 from byok.models import KeyStatus, Provider, ProviderKey
 from byok.selectors import provider_key_effective_status, provider_key_list
 from byok.services import provider_key_disconnect, provider_key_save, provider_key_test
 from core.errors import CATALOGUE, KEY_NEEDS_REENTRY
+from core.schema import text_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -62,16 +65,24 @@ class ProviderKeyListApi(APIView):
 PROVIDER_PATH = OpenApiParameter("provider", OpenApiTypes.STR, OpenApiParameter.PATH, enum=list(Provider.values))
 
 
+@extend_schema_field(
+    {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH * 2, "pattern": text_pattern(NON_WRAPPING_CHARACTER)}
+)
+class PastedKeyField(serializers.CharField):
+    """The pasted key. The schema asks for a key; a blank paste (like one of whitespace or
+    quotes) still reaches the service, which answers it "paste your key" (`byok.keytext`), the
+    same answer the dashboard gives, rather than DRF's "may not be blank"."""
+
+    def run_validation(self, data: Any = empty) -> Any:
+        return "" if data == "" else super().run_validation(data)
+
+
 @method_decorator(sensitive_post_parameters("key"), name="dispatch")
 class ProviderKeyApi(APIView):
     """PUT adds or rotates the key for a provider; DELETE disconnects it."""
 
     class InputSerializer(serializers.Serializer):
-        # Blank passes: an empty paste, like one of whitespace or quotes, is told "paste your
-        # key" by the service (`byok.keytext`), the same answer the dashboard gives.
-        key = serializers.CharField(
-            max_length=MAX_KEY_LENGTH * 2, allow_blank=True, trim_whitespace=False, write_only=True
-        )
+        key = PastedKeyField(max_length=MAX_KEY_LENGTH * 2, trim_whitespace=False, write_only=True)
 
     @extend_schema(parameters=[PROVIDER_PATH], request=InputSerializer, responses=ProviderKeyOutputSerializer)
     @sensitive_variables()

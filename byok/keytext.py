@@ -22,6 +22,8 @@ HINT_TAIL = 4
 
 # What people paste around a key: whitespace and newlines, straight, typographic and back quotes.
 _WRAPPING = " \t\r\n\v\f\u00a0\u200b\ufeff\"'`\u2018\u2019\u201c\u201d"
+# A character that `normalise_key` keeps (a paste without one is no key at all), as a regex class.
+NON_WRAPPING_CHARACTER = "[^\\u0000" + "".join(f"\\u{ord(c):04x}" for c in _WRAPPING) + "]"
 _KEY_CHARS = re.compile(r"^[A-Za-z0-9_\-]+$")
 _FINGERPRINT_SALT = "niyra.byok.provider_key.fingerprint"
 

@@ -116,6 +116,11 @@ IDEMPOTENCY_CONFLICT = _spec(
     409,
     "This idempotency key was already used with different parameters.",
 )
+NO_USER_MESSAGE = _spec(
+    "no_user_message", 400, "Send at least one user message: system messages alone leave nothing to answer."
+)
+USER_NOT_FOUND = _spec("user_not_found", 400, "No user with that id or email.")
+INVALID_PERIOD = _spec("invalid_period", 400, "The period must start before it ends and span at most 366 days.")
 UNKNOWN_CATEGORY = _spec(
     "unknown_category",
     400,

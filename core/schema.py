@@ -52,18 +52,30 @@ def add_error_responses(result: dict[str, Any], generator: Any, request: Any, pu
 # So that a request the schema allows is one the API accepts (Schemathesis' positive data).
 
 
+def text_pattern(required_character: str = "") -> str:
+    """A pattern for DRF's text: no NUL character anywhere (every CharField refuses one) and, if
+    given, at least one character of the class ``required_character`` (e.g. ``[^\\s]``)."""
+    if not required_character:
+        return "^[^\\u0000]*$"
+    return f"^[^\\u0000]*{required_character}[^\\u0000]*$"
+
+
 class CharFieldExtension(OpenApiSerializerFieldExtension):
-    """A non-blank CharField refuses "" and, when it trims, whitespace alone: say so."""
+    """A CharField refuses NUL characters; a non-blank one refuses "" and, when it trims,
+    whitespace alone: say so."""
 
     target_class = "rest_framework.fields.CharField"
     match_subclasses = True
 
     def map_serializer_field(self, auto_schema: Any, direction: Any) -> Any:
         schema = auto_schema._map_serializer_field(self.target, direction, bypass_extensions=True)
-        if direction == "request" and not self.target.allow_blank and schema.get("type") == "string":
+        if direction != "request" or schema.get("type") != "string" or "enum" in schema or "pattern" in schema:
+            return schema
+        if self.target.allow_blank:
+            schema["pattern"] = text_pattern()
+        else:
             schema.setdefault("minLength", 1)
-            if self.target.trim_whitespace and "enum" not in schema and "pattern" not in schema:
-                schema["pattern"] = r"\S"
+            schema["pattern"] = text_pattern("[^\\s\\u0000]" if self.target.trim_whitespace else "")
         return schema
 
 

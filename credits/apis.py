@@ -150,7 +150,8 @@ class UsageBreakdownApi(APIView):
         end = filters.validated_data.get("end") or timezone.now()
         start = filters.validated_data.get("start") or end - DEFAULT_USAGE_PERIOD
         if not start < end or end - start > MAX_USAGE_PERIOD:
-            raise errors.NiyraError(errors.INVALID_INPUT, detail={"start": ["start before end, at most 366 days."]})
+            # Each date is well formed; together they are not a period this report covers.
+            raise errors.NiyraError(errors.INVALID_PERIOD, detail={"start": start, "end": end})
         usage = usage_breakdown(user=request_user(request), start=start, end=end)
         data = {
             "start": usage.start,
@@ -203,7 +204,7 @@ def _user_from(reference: str) -> User:
     else:
         user = User.objects.filter(email__iexact=reference).first()
     if user is None:
-        raise errors.NiyraError(errors.INVALID_INPUT, detail={"user": ["No such user (give an id or an email)."]})
+        raise errors.NiyraError(errors.USER_NOT_FOUND, detail={"user": reference[:254]})
     return user
 
 

@@ -272,13 +272,23 @@ class StreamOptionsSerializer(serializers.Serializer):
     include_usage = StrictBooleanField(default=False)
 
 
+@extend_schema_field(
+    {
+        "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}],
+        "nullable": True,
+    }
+)
+class StopField(serializers.JSONField):
+    """OpenAI's `stop`: a string, up to 4 strings, or null (checked by `validate_stop`)."""
+
+
 class ChatCompletionRequestSerializer(serializers.Serializer):
     model = StrictCharField(max_length=100)
     messages = OpenAIMessageSerializer(many=True, allow_empty=False, max_length=MAX_MESSAGES)  # type: ignore[call-arg]
     max_tokens = StrictIntegerField(required=False, min_value=1, max_value=MAX_TOKENS_LIMIT)
     max_completion_tokens = StrictIntegerField(required=False, min_value=1, max_value=MAX_TOKENS_LIMIT)
     temperature = StrictFloatField(required=False, min_value=0.0, max_value=2.0)
-    stop = serializers.JSONField(required=False)
+    stop = StopField(required=False, allow_null=True)  # OpenAI's null: no stop sequences
     stream = StrictBooleanField(default=False)
     stream_options = StreamOptionsSerializer(required=False)
     n = StrictIntegerField(required=False, min_value=1, max_value=1)
@@ -297,7 +307,7 @@ def _openai_call(data: dict[str, Any]) -> dict[str, Any]:
     system_parts = [m["content"] for m in data["messages"] if m["role"] in ("system", "developer")]
     chat = [ChatMessage(m["role"], m["content"]) for m in data["messages"] if m["role"] in ("user", "assistant")]
     if not chat:
-        raise NiyraError(errors.INVALID_INPUT, detail={"messages": ["At least one user message."]})
+        raise NiyraError(errors.NO_USER_MESSAGE)
     return {
         "model": data["model"],
         "messages": chat,

@@ -101,7 +101,7 @@ def test_usage_breakdown(user_client: APIClient, funded_user: Any) -> None:
 def test_usage_breakdown_period_rules(user_client: APIClient, funded_user: Any) -> None:
     now = timezone.now()
     empty = user_client.get("/api/credits/usage", {"start": (now - timedelta(days=400)).isoformat()})
-    assert (empty.status_code, empty.json()["code"]) == (400, "invalid_input")
+    assert (empty.status_code, empty.json()["code"]) == (400, "invalid_period")
     past = user_client.get(
         "/api/credits/usage",
         {"start": (now - timedelta(days=10)).isoformat(), "end": (now - timedelta(days=9)).isoformat()},
@@ -173,8 +173,8 @@ def test_metering_idempotency_conflict(service_client: APIClient, funded_user: A
         ({"idempotency_key": ""}, "invalid_input"),
         ({"idempotency_key": "k" * 129}, "invalid_input"),
         ({"idempotency_key": None}, "invalid_input"),
-        ({"user": "nobody@example.com"}, "invalid_input"),
-        ({"user": 987654}, "invalid_input"),
+        ({"user": "nobody@example.com"}, "user_not_found"),
+        ({"user": 987654}, "user_not_found"),
         ({"details": "text"}, "invalid_input"),
     ],
 )

@@ -12,6 +12,7 @@ Django's test client), and LLM calls go to the provider sandbox.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,10 +24,12 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from rest_framework.test import APIClient
 from schemathesis.checks import not_a_server_error
+from schemathesis.config._checks import PositiveDataAcceptanceConfig
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     ignored_auth,
     negative_data_rejection,
+    positive_data_acceptance,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
@@ -58,8 +61,31 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
     negative_data_rejection,
+    positive_data_acceptance,
     ignored_auth,
 ]
+
+
+@schemathesis.check
+def well_formed_requests_are_not_called_malformed(ctx: Any, response: Any, case: Any) -> None:
+    """Positive data: the API must not refuse a request the schema allows as malformed."""
+    if case.meta is None or not case.meta.generation.mode.is_positive or response.status_code != 400:
+        return
+    try:
+        code = response.json().get("code")
+    except ValueError:
+        code = None
+    if code in MALFORMED_CODES:
+        raise AssertionError(f"a request the schema allows was refused as {code}: {response.text[:500]}")
+
+
+CHECKS.append(well_formed_requests_are_not_called_malformed)
+# A request the schema allows may still be refused for what it asks — a domain answer with its
+# own code (400 `model_not_supported`, `key_invalid`, `user_not_found`…; 402 not enough credits;
+# 409 a conflict; 429 the key-check budget; 503 a provider outage), or who asks (401, 403) or
+# what is not there (404) — but never for its form: `well_formed_requests_are_not_called_malformed`.
+POSITIVE_STATUSES = ["2xx", "400", "401", "402", "403", "404", "409", "429", "503"]
+MALFORMED_CODES = frozenset({"invalid_input", "malformed_json", "unsupported_media_type"})
 LLM_PATHS = ("/api/llm/messages", "/v1/chat/completions", "/v1/embeddings")
 CHAT_MODELS = [model.id for model in MODELS if model.kind == Kind.CHAT]
 EMBEDDING_MODELS = [model.id for model in MODELS if model.kind == Kind.EMBEDDINGS]
@@ -70,6 +96,7 @@ def _load(*, max_examples: int, coverage: bool) -> Any:
     loaded.config.seed = SEED
     loaded.config.generation.update(max_examples=max_examples, deterministic=True, database="none")
     loaded.config.phases.coverage.enabled = coverage
+    loaded.config.checks.positive_data_acceptance = PositiveDataAcceptanceConfig(expected_statuses=POSITIVE_STATUSES)
     return loaded
 
 
@@ -198,6 +225,15 @@ def test_a_temperature_on_an_anthropic_model_is_not_a_provider_outage(
     assert response.status_code == 200, response.content
 
 
+def _refuses_blank_and_nul(pattern: str) -> bool:
+    """The schema's pattern (ECMA syntax that Python's re reads alike here) takes text with
+    something besides spaces, and refuses spaces alone, the empty string and NUL characters."""
+    return all(
+        (re.search(pattern, text) is not None) == accepted
+        for text, accepted in (("x", True), (" x ", True), ("", False), ("   ", False), ("x\x00", False))
+    )
+
+
 def test_the_schema_says_what_the_api_refuses(api_client: APIClient) -> None:
     """The 8 requests Schemathesis found the schema allowed and the API refused."""
     schema = api_client.get("/api/schema/?format=json").json()
@@ -210,13 +246,16 @@ def test_the_schema_says_what_the_api_refuses(api_client: APIClient) -> None:
     assert provider["schema"]["enum"] == ["anthropic", "openai"]
     for name in ("NativeRequest", "ChatCompletionRequest"):
         request = components[name]["properties"]
-        assert (request["model"]["minLength"], request["model"]["pattern"]) == (1, r"\S")
+        assert request["model"]["minLength"] == 1 and _refuses_blank_and_nul(request["model"]["pattern"])
         assert request["messages"]["minItems"] == 1
     embeddings_input = components["EmbeddingsRequest"]["properties"]["input"]
     assert "nullable" not in embeddings_input and {s["type"] for s in embeddings_input["oneOf"]} == {"string", "array"}
-    assert components["TokenCreateInput"]["properties"]["name"]["pattern"] == r"\S"
+    assert _refuses_blank_and_nul(components["TokenCreateInput"]["properties"]["name"]["pattern"])
+    key = components["ProviderKeyInput"]["properties"]["key"]  # quotes and spaces alone are no key
+    pasted = (("sk-ant-x", True), (' "sk-x" ', True), ('""', False), ("\u2018 \u2019", False), ("sk\x00", False))
+    assert "oneOf" not in key and all((re.search(key["pattern"], text) is not None) == ok for text, ok in pasted)
     usage_event = components["UsageEventCreateInput"]["properties"]
-    assert usage_event["user"]["pattern"] == r"\S" and usage_event["idempotency_key"]["minLength"] == 1
+    assert _refuses_blank_and_nul(usage_event["user"]["pattern"]) and usage_event["idempotency_key"]["minLength"] == 1
     category = usage_event["category"]
     categories = components[category["$ref"].rsplit("/", 1)[-1]] if "$ref" in category else category
     assert "llm" not in categories["enum"] and "embeddings" in categories["enum"]
