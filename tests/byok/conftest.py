@@ -1,12 +1,9 @@
-"""BYOK tests: the sandbox is both providers, and throttles start fresh (users on each plan and
-clients signed in as them: tests/conftest.py)."""
+"""BYOK tests: the sandbox is both providers (users on each plan, clients signed in as them and
+the fresh cache that throttles start from: tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from django.core.cache import cache
 
 from sandbox import SandboxServer
 
@@ -14,10 +11,3 @@ from sandbox import SandboxServer
 @pytest.fixture(autouse=True)
 def _providers_are_the_sandbox(sandbox_providers: SandboxServer) -> SandboxServer:
     return sandbox_providers
-
-
-@pytest.fixture(autouse=True)
-def _fresh_throttles() -> Iterator[None]:
-    cache.clear()  # throttle history lives in the cache
-    yield
-    cache.clear()

@@ -17,13 +17,12 @@ is cleared around each test, so nothing here waits for a window to pass.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from django.contrib.auth.signals import user_login_failed
-from django.core.cache import cache
 from django.db import connections
 from django.test import Client
 from rest_framework.test import APIClient
@@ -40,13 +39,6 @@ pytestmark = pytest.mark.django_db
 
 PASSWORD = "correct-horse-battery"  # tests/conftest.py's default for make_user
 HTMX: dict[str, Any] = {"HTTP_HX_REQUEST": "true", "HTTP_HX_CURRENT_URL": "http://testserver/settings/byok/"}
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache() -> Iterator[None]:
-    cache.clear()
-    yield
-    cache.clear()
 
 
 @pytest.fixture
