@@ -10,14 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.utils import timezone
 
-from byok.keytext import key_fingerprint, key_hint
-from byok.models import KeyStatus, ProviderKey, provider_key_purpose
-from core.crypto import get_keyring
+from byok.models import KeyStatus
 from routing.models import RoutedCall
 from routing.services import routing_preference_set
 from sandbox import anthropic_key
+from tests.routing import conftest as routing_conftest
 
 try:
     from playwright.sync_api import expect
@@ -26,20 +24,7 @@ except ImportError:  # the conftest skips these tests (or fails them, with NIYRA
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-
-def _store_key(user: Any, provider: str, plaintext: str, status: str) -> ProviderKey:
-    """A key saved earlier whose provider account has since run dry (the sandbox's word says so)."""
-    keyring = get_keyring()
-    return ProviderKey.objects.create(
-        user=user,
-        provider=provider,
-        ciphertext=keyring.encrypt(plaintext, purpose=provider_key_purpose(user_id=user.pk, provider=provider)),
-        encryption_key_id=keyring.primary_kid,
-        hint=key_hint(provider=provider, key=plaintext),
-        fingerprint=key_fingerprint(plaintext),
-        status=status,
-        last_tested_at=timezone.now(),
-    )
+store_key = routing_conftest.store_key
 
 
 def test_without_credits_the_try_page_says_what_to_do(
@@ -61,10 +46,11 @@ def test_without_credits_the_try_page_says_what_to_do(
 
 
 def test_a_quota_exhausted_key_is_not_the_default_and_home_marks_the_fallback(
-    open_tab: Callable[[], Any], make_customer: Callable[..., Any]
+    open_tab: Callable[[], Any], make_customer: Callable[..., Any], store_key: Callable[..., Any]
 ) -> None:
     user = make_customer(plan="pro", credits_mc=50_000)
-    _store_key(user, "anthropic", anthropic_key("noquota"), KeyStatus.QUOTA_EXHAUSTED)
+    # A key saved earlier whose provider account has since run dry (the sandbox's word says so)
+    store_key(user, "anthropic", anthropic_key("noquota"), KeyStatus.QUOTA_EXHAUSTED)
     tab = open_tab()
     page = tab.page
     tab.login(user.email)
