@@ -12,10 +12,6 @@ from byok.models import KeyStatus, ProviderKey
 from core.crypto import DecryptionError, get_keyring
 from core.errors import KEY_NEEDS_REENTRY, NiyraError
 
-# Statuses the dispatcher may route through. Rate-limited and out-of-quota keys are genuine: the
-# provider will answer (or refuse) the call itself, and the user sees its error.
-USABLE_STATUSES = frozenset({KeyStatus.VALID, KeyStatus.RATE_LIMITED, KeyStatus.QUOTA_EXHAUSTED, KeyStatus.UNVERIFIED})
-
 
 def provider_key_list(*, user: User) -> QuerySet[ProviderKey]:
     return ProviderKey.objects.filter(user=user).order_by("provider")
@@ -31,14 +27,6 @@ def provider_key_effective_status(provider_key: ProviderKey) -> str:
     if not get_keyring().can_open_kid(provider_key.encryption_key_id):
         return KeyStatus.NEEDS_REENTRY
     return provider_key.status
-
-
-def provider_key_usable(*, user: User, provider: str) -> ProviderKey | None:
-    """The user's key for `provider` if routing may use it (plan checks are the caller's)."""
-    key = provider_key_get(user=user, provider=provider)
-    if key is None or provider_key_effective_status(key) not in USABLE_STATUSES:
-        return None
-    return key
 
 
 @sensitive_variables()

@@ -26,6 +26,15 @@ class ErrorSpec:
 
 CATALOGUE: dict[str, ErrorSpec] = {}
 
+# The product page's messages read "Title — what to do" ("Rate limited — Your vendor limit…").
+TITLE_SEPARATOR = " — "
+
+
+def message_parts(message: str) -> tuple[str, str]:
+    """(title, what to do) of a "Title — what to do" message; a message without one is all title."""
+    title, _, advice = message.partition(TITLE_SEPARATOR)
+    return title, advice
+
 
 def _spec(code: str, status: int, message: str) -> ErrorSpec:
     if code in CATALOGUE:

@@ -20,7 +20,7 @@ from django.shortcuts import resolve_url
 from django.template.response import TemplateResponse
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from core.errors import NiyraError
+from core.errors import NiyraError, message_parts
 
 View = TypeVar("View", bound=Callable[..., Any])
 
@@ -53,11 +53,11 @@ class ShownError:
     @property
     def headline(self) -> str:
         """The product page's "Title — text" messages show the title in bold."""
-        return self.message.partition(" — ")[0]
+        return message_parts(self.message)[0]
 
     @property
     def detail(self) -> str:
-        return self.message.partition(" — ")[2]
+        return message_parts(self.message)[1]
 
 
 def shown_error(exc: NiyraError | None = None, *, code: str = "", message: str = "", note: str = "") -> ShownError:

@@ -7,7 +7,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 
-from core.errors import CATALOGUE
+from core.errors import CATALOGUE, message_parts
 from credits.models import KeySource
 
 OUTCOME_OK = "ok"
@@ -22,8 +22,7 @@ def outcome_label(outcome: str) -> str:
     spec = CATALOGUE.get(outcome)
     if spec is None:
         return outcome.replace("_", " ").capitalize()
-    title = spec.message.partition(" — ")[0]
-    return title.partition(". ")[0].rstrip(".")
+    return message_parts(spec.message)[0].partition(". ")[0].rstrip(".")
 
 
 class RoutedCall(models.Model):

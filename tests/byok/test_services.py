@@ -11,7 +11,7 @@ from django.db import transaction
 from accounts.models import AuditEvent
 from byok import services
 from byok.models import KeyStatus, ProviderKey, provider_key_purpose
-from byok.selectors import provider_key_effective_status, provider_key_plaintext, provider_key_usable
+from byok.selectors import provider_key_effective_status, provider_key_plaintext
 from byok.services import (
     provider_key_disconnect,
     provider_key_mark_invalid,
@@ -21,11 +21,24 @@ from byok.services import (
 from core import errors
 from core.crypto import Keyring, generate_key_spec, get_keyring
 from providers import PROBE_MODELS
+from routing.catalog import MODELS, Kind
+from routing.credentials import credential_decide
+from routing.selectors import routing_snapshot
 from sandbox import SandboxServer, anthropic_key, openai_key
 
 pytestmark = pytest.mark.django_db
 
 KEYS = {"anthropic": anthropic_key, "openai": openai_key}
+
+
+def routes_through_own_key(user: Any, provider: str) -> ProviderKey | None:
+    """The saved key a chat call to ``provider`` would run on — the dispatcher's own rule
+    (`routing.credentials.credential_decide`) — or None when the call would not use it."""
+    model = next(m for m in MODELS if m.provider == provider and m.kind == Kind.CHAT and not m.byok_only)
+    try:
+        return credential_decide(model=model, snapshot=routing_snapshot(user_id=user.pk)).provider_key
+    except errors.NiyraError:
+        return None
 
 
 def audit_events(user: Any, event: str | None = None) -> list[AuditEvent]:
@@ -295,7 +308,7 @@ def test_a_key_under_an_unknown_key_id_needs_reentry_and_never_crashes(pro_user:
     store_directly(pro_user, "anthropic", anthropic_key(), keyring=Keyring.parse(generate_key_spec("retired")))
     stored = ProviderKey.objects.get()
     assert provider_key_effective_status(stored) == KeyStatus.NEEDS_REENTRY
-    assert provider_key_usable(user=pro_user, provider="anthropic") is None
+    assert routes_through_own_key(pro_user, "anthropic") is None
 
     with pytest.raises(errors.NiyraError) as caught:
         provider_key_test(user=pro_user, provider="anthropic")
@@ -357,7 +370,7 @@ def test_disconnect_deletes_the_ciphertext(pro_user: Any) -> None:
     saved = provider_key_save(user=pro_user, provider="openai", key=openai_key())
     provider_key_disconnect(user=pro_user, provider="openai")
     assert not ProviderKey.objects.exists()
-    assert provider_key_usable(user=pro_user, provider="openai") is None
+    assert routes_through_own_key(pro_user, "openai") is None
     event = audit_events(pro_user, "provider_key.disconnected")[0]
     assert (event.actor, event.details["hint"]) == (pro_user, saved.hint)
     with pytest.raises(errors.NiyraError) as caught:
@@ -382,15 +395,15 @@ def test_mark_invalid_is_audited_and_ignores_a_key_rotated_meanwhile(pro_user: A
     provider_key_mark_invalid(user=pro_user, provider="anthropic", fingerprint=saved.fingerprint)
     marked = ProviderKey.objects.get()
     assert (marked.status, marked.last_error_code) == (KeyStatus.INVALID, "key_invalid")
-    assert provider_key_usable(user=pro_user, provider="anthropic") is None
+    assert routes_through_own_key(pro_user, "anthropic") is None
     [event] = audit_events(pro_user, "provider_key.marked_invalid")
     assert event.actor is None
 
 
 def test_usable_keys(pro_user: Any) -> None:
-    assert provider_key_usable(user=pro_user, provider="anthropic") is None
+    assert routes_through_own_key(pro_user, "anthropic") is None
     provider_key_save(user=pro_user, provider="anthropic", key=anthropic_key("ratelimit"))
-    assert provider_key_usable(user=pro_user, provider="anthropic") is not None
+    assert routes_through_own_key(pro_user, "anthropic") is not None
 
 
 @pytest.mark.django_db(transaction=True)
