@@ -76,54 +76,29 @@ def credit_hold(
     ``expires_in`` are released by the ``credits.tasks.expire_holds`` beat task — so make
     ``expires_in`` longer than the call can take.
     """
-    key = checked_idempotency_key(idempotency_key)
-    context = checked_details(details)
-    if not isinstance(expires_in, timedelta) or not timedelta(seconds=1) <= expires_in <= MAX_HOLD_TTL:
-        raise invalid("expires_in", f"Between 1 second and {MAX_HOLD_TTL}.")
     if (amount is None) == (model is None):
         raise invalid("amount", "Give either an amount or a model with token counts, not both.")
-    called, priced_as = "", ""
-    if model is not None:
-        called, priced_as = checked_model(model, price_key)
-        price = model_price(priced_as)
-        if input_tokens_estimate is None or max_tokens is None:
-            raise invalid("max_tokens", "A model hold needs input_tokens_estimate and max_tokens.")
-        held = price_llm_worst_case(priced_as, input_tokens_estimate, max_tokens)
-        if held <= 0:
-            raise invalid("max_tokens", "Nothing to hold: the estimate and max_tokens are both zero.")
-        if category not in (None, price.category):
-            raise invalid("category", f"{model} is charged as {price.category}.")
-        hold_category = price.category
-        params = fingerprint(
-            op="hold",
-            model=called,
-            price_key=priced_as,
-            input=input_tokens_estimate,
-            max_tokens=max_tokens,
-            details=context,
-        )
-    else:
-        if price_key is not None:
-            raise invalid("price_key", "Only a model hold has a price key.")
-        held = checked_amount(amount)
-        hold_category = category or Category.LLM
-        if hold_category not in USAGE_CATEGORIES:
-            raise errors.NiyraError(errors.UNKNOWN_CATEGORY, detail={"category": [f"Not a usage category: {category}"]})
-        params = fingerprint(op="hold", amount=held, category=hold_category, details=context)
-
     now = timezone.now()
-    draft = CreditHold(
-        category=hold_category,
-        amount=held,
-        idempotency_key=key,
-        fingerprint=params,
-        model=called,
-        price_key=priced_as,
-        input_tokens_estimate=input_tokens_estimate if model else None,
-        max_tokens=max_tokens if model else None,
-        details=context,
-        expires_at=now + expires_in,
+    draft = hold_draft(
+        idempotency_key=idempotency_key,
+        amount=amount,
+        model=model,
+        price_key=price_key,
+        input_tokens_estimate=input_tokens_estimate,
+        max_tokens=max_tokens,
+        category=category,
+        details=details,
+        expires_in=expires_in,
+        now=now,
     )
+    return hold_place(user=user, draft=draft)
+
+
+def hold_place(*, user: User, draft: CreditHold) -> CreditHold:
+    """Reserve a drafted hold (`hold_draft`) — or return the earlier hold with its key — or raise
+    why not (``insufficient_credits``, ``idempotency_conflict``). The gateway runs the reserve
+    statement on its own pool and calls this only to explain a refusal."""
+    held, now = draft.amount, timezone.now()
     available = 0
     for _ in range(MAX_ATTEMPTS):
         try:
@@ -143,6 +118,78 @@ def credit_hold(
             break
         now = timezone.now()  # enough now: credits arrived after the statement looked
     raise insufficient_credits(available=available, required=held)
+
+
+def hold_draft(
+    *,
+    idempotency_key: str,
+    amount: int | None = None,
+    model: str | None = None,
+    price_key: str | None = None,
+    input_tokens_estimate: int | None = None,
+    max_tokens: int | None = None,
+    category: str | None = None,
+    details: dict[str, Any] | None = None,
+    expires_in: timedelta = DEFAULT_HOLD_TTL,
+    now: datetime,
+) -> CreditHold:
+    """The hold `credit_hold` reserves, checked and priced but unsaved: the one place a hold is
+    built, so the gateway can run its statement on an async connection and get the same row.
+
+    ``amount`` with ``model``: the caller priced the worst case itself (the gateway prices every
+    usage kind of its worst case with `credits.pricing`); the token counts are then informative.
+    """
+    key = checked_idempotency_key(idempotency_key)
+    context = checked_details(details)
+    if not isinstance(expires_in, timedelta) or not timedelta(seconds=1) <= expires_in <= MAX_HOLD_TTL:
+        raise invalid("expires_in", f"Between 1 second and {MAX_HOLD_TTL}.")
+    if amount is None and model is None:
+        raise invalid("amount", "Give an amount, or a model with token counts.")
+    called, priced_as = "", ""
+    if model is not None:
+        called, priced_as = checked_model(model, price_key)
+        price = model_price(priced_as)
+        if amount is not None:
+            held = checked_amount(amount)
+        else:
+            if input_tokens_estimate is None or max_tokens is None:
+                raise invalid("max_tokens", "A model hold needs input_tokens_estimate and max_tokens.")
+            held = price_llm_worst_case(priced_as, input_tokens_estimate, max_tokens)
+            if held <= 0:
+                raise invalid("max_tokens", "Nothing to hold: the estimate and max_tokens are both zero.")
+        if category not in (None, price.category):
+            raise invalid("category", f"{model} is charged as {price.category}.")
+        hold_category = price.category
+        priced = {"amount": held} if amount is not None else {}
+        params = fingerprint(
+            op="hold",
+            model=called,
+            price_key=priced_as,
+            input=input_tokens_estimate,
+            max_tokens=max_tokens,
+            details=context,
+            **priced,
+        )
+    else:
+        if price_key is not None:
+            raise invalid("price_key", "Only a model hold has a price key.")
+        held = checked_amount(amount)
+        hold_category = category or Category.LLM
+        if hold_category not in USAGE_CATEGORIES:
+            raise errors.NiyraError(errors.UNKNOWN_CATEGORY, detail={"category": [f"Not a usage category: {category}"]})
+        params = fingerprint(op="hold", amount=held, category=hold_category, details=context)
+    return CreditHold(
+        category=hold_category,
+        amount=held,
+        idempotency_key=key,
+        fingerprint=params,
+        model=called,
+        price_key=priced_as,
+        input_tokens_estimate=input_tokens_estimate if model else None,
+        max_tokens=max_tokens if model else None,
+        details=context,
+        expires_at=now + expires_in,
+    )
 
 
 def _replay(user: User, draft: CreditHold) -> CreditHold | None:
@@ -169,7 +216,7 @@ def _already_resolved(hold: CreditHold) -> errors.NiyraError:
 
 
 @dataclass(frozen=True, slots=True)
-class _Settlement:
+class Settlement:
     """What a settle call asks for, checked before any statement: an amount, or token usage."""
 
     actual_amount: int | None
@@ -256,7 +303,7 @@ def credit_settle(
         isinstance(actual_amount, bool) or not isinstance(actual_amount, int) or not 0 <= actual_amount <= MAX_AMOUNT
     ):
         raise invalid("actual_amount", "A whole number of millicredits, zero or more.")
-    request = _Settlement(
+    request = Settlement(
         actual_amount=actual_amount,
         usage=usage,
         key=checked_idempotency_key(idempotency_key) if idempotency_key is not None else "",
