@@ -1,0 +1,1 @@
+"""The gateway: the providers' own APIs relayed with a swapped credential, metered from what they report."""
