@@ -17,7 +17,12 @@ Choices a reader may question:
   model's choice to call theirs, and leaving the choice open lets it answer in prose.
 - Empty text (an assistant turn with `content: ""` beside its tool calls) adds no block:
   Anthropic refuses empty text blocks, and an empty string says nothing to the model.
-- A trailing assistant message is sent as Anthropic's prefill: the model continues that text.
+- A trailing assistant message is sent as Anthropic's prefill: the model continues that text
+  (models without prefill refuse it with a 400 that says so).
+- `temperature` and `top_p` are sent as given; the models that dropped sampling parameters
+  refuse them with a 400 naming the parameter. This module knows no model's quirks.
+- Thinking blocks in an answer (models that think unasked) are left out: Chat Completions has
+  no place for them, and their tokens are already in `completion_tokens`.
 """
 
 from __future__ import annotations
@@ -553,8 +558,8 @@ def anthropic_to_chat(payload: Mapping[str, Any], *, model: str, json_tool: str 
                     "function": {"name": block.get("name"), "arguments": _json_text(block.get("input", {}))},
                 }
             )
-        # Anything else (thinking, server tool blocks) answers a feature the translation never
-        # requests — reasoning_effort and web search are Untranslatable — so it can't appear.
+        # Anything else: thinking (see the module's docstring), or server tool blocks the
+        # translation never asks for (web search is Untranslatable).
     message: JsonDict = {
         "role": "assistant",
         "content": "".join(texts) if texts or not tool_calls else None,
@@ -641,9 +646,9 @@ class AnthropicChatStream:
     def _take_usage(self, usage: Mapping[str, Any]) -> None:
         """message_start reports the input; message_delta the output so far (and, lately, the input again)."""
         for key in self._usage:
-            if key in usage:
+            if usage.get(key) is not None:
                 self._usage[key] = _int_of(usage, key)
-        if "output_tokens" in usage:
+        if usage.get("output_tokens") is not None:
             self._output_tokens = _int_of(usage, "output_tokens")
 
     def _block_start(self, index: int, block: Mapping[str, Any]) -> list[JsonDict]:
@@ -664,7 +669,7 @@ class AnthropicChatStream:
                 "function": {"name": block.get("name"), "arguments": ""},
             }
             return [self._chunk({"tool_calls": [call]})]
-        # Thinking and server tool blocks: see anthropic_to_chat — never requested, so never sent.
+        # Thinking and server tool blocks: left out, as in anthropic_to_chat.
         return []
 
     def _block_delta(self, index: int, delta: Mapping[str, Any]) -> list[JsonDict]:
