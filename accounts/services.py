@@ -91,16 +91,25 @@ def api_token_revoke(*, user: User, token_id: int, actor: User | None = None) ->
     return token
 
 
+def api_token_prefix(plaintext: str) -> str | None:
+    """The lookup prefix of a presented `niy_<prefix>_<secret>` token; None if it is not shaped
+    like one. (The gateway's own authentication parses tokens with this too.)"""
+    parts = plaintext.split("_")
+    if len(parts) < 3 or parts[0] != "niy" or not parts[1]:
+        return None
+    return parts[1]
+
+
 def api_token_authenticate(*, plaintext: str) -> ApiToken | None:
     """The active token matching `plaintext` (its user loaded with it), or None; records its use.
 
     Hashes are compared in constant time. A service, not a selector: it stamps `last_used_at`
     (at most once per `LAST_USED_RESOLUTION`, with a guarded UPDATE of that one column).
     """
-    parts = plaintext.split("_")
-    if len(parts) < 3 or parts[0] != "niy" or not parts[1]:
+    prefix = api_token_prefix(plaintext)
+    if prefix is None:
         return None
-    token = ApiToken.objects.select_related("user").filter(prefix=parts[1], revoked_at__isnull=True).first()
+    token = ApiToken.objects.select_related("user").filter(prefix=prefix, revoked_at__isnull=True).first()
     if token is None or not hmac.compare_digest(token.token_hash, hash_token(plaintext)):
         return None
     if not token.user.is_active:
