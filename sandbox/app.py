@@ -17,6 +17,7 @@ from aiohttp import web
 from .anthropic import AnthropicAPI
 from .oauth import DEFAULT_ACCESS_TOKEN_TTL, DEFAULT_CODE_TTL, OAuthServer, OAuthState
 from .openai import OpenAIAPI
+from .promptcache import PromptCache
 from .requestlog import RequestLog
 from .wire import Ids, dumps, json_response
 
@@ -31,21 +32,24 @@ def build_app(
     *,
     access_token_ttl: int = DEFAULT_ACCESS_TOKEN_TTL,
     code_ttl: float = DEFAULT_CODE_TTL,
+    cache: PromptCache | None = None,
 ) -> web.Application:
-    """The sandbox aiohttp application (log and OAuth state are created if not given)."""
+    """The sandbox aiohttp application (log, OAuth state and prompt cache are created if not given)."""
     log = log if log is not None else RequestLog()
     state = oauth if oauth is not None else OAuthState(access_token_ttl, code_ttl)
+    prompts = cache if cache is not None else PromptCache()
     ids = Ids()
-    claude = AnthropicAPI(log, ids)
-    gpt = OpenAIAPI(log, ids)
+    claude = AnthropicAPI(log, ids, prompts)
+    gpt = OpenAIAPI(log, ids, prompts)
     auth = OAuthServer(log, state)
 
     async def sandbox_log(request: web.Request) -> web.StreamResponse:
-        return json_response(dumps(log.records()).encode())
+        return json_response(dumps(log.records(deep=False)).encode())
 
     async def sandbox_reset(request: web.Request) -> web.StreamResponse:
         log.clear()
         state.reset()
+        prompts.clear()
         return json_response(b'{"ok":true}')
 
     app = web.Application(client_max_size=32 * 1024 * 1024)
@@ -53,9 +57,11 @@ def build_app(
         ("POST", "/anthropic/v1/messages", claude.messages),
         ("POST", "/anthropic/v1/messages/count_tokens", claude.count_tokens),
         ("GET", "/anthropic/v1/models", claude.models),
+        ("GET", "/anthropic/v1/models/{model_id}", claude.model),
         ("POST", "/openai/v1/chat/completions", gpt.chat),
         ("POST", "/openai/v1/embeddings", gpt.embeddings),
         ("GET", "/openai/v1/models", gpt.models),
+        ("GET", "/openai/v1/models/{model_id}", gpt.model),
         ("GET", "/oauth/authorize", auth.authorize),
         ("POST", "/oauth/token", auth.token),
         ("POST", "/oauth/revoke", auth.revoke),

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from .app import build_app
 from .oauth import DEFAULT_ACCESS_TOKEN_TTL, DEFAULT_CODE_TTL, OAuthState
+from .promptcache import PromptCache
 from .requestlog import RequestLog
 
 __all__ = ["SandboxServer", "is_loopback_host"]
@@ -56,6 +57,7 @@ class SandboxServer:
         self.port = port
         self.log = RequestLog(maxlen=log_maxlen)
         self.oauth = OAuthState(access_token_ttl=access_token_ttl, code_ttl=code_ttl)
+        self.prompt_cache = PromptCache()
         self._bound_port: int | None = None
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -96,14 +98,16 @@ class SandboxServer:
         return self._bound_port is not None
 
     def reset(self) -> None:
-        """Forget the request log and all OAuth codes/grants/tokens; restore OAuth defaults."""
+        """Forget the request log, the prompt cache and all OAuth codes/grants/tokens; restore
+        OAuth defaults."""
         self.log.clear()
         self.oauth.reset()
+        self.prompt_cache.clear()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def _setup(self) -> None:
-        app = build_app(self.log, self.oauth)
+        app = build_app(self.log, self.oauth, cache=self.prompt_cache)
         runner = web.AppRunner(
             app,
             access_log=None,

@@ -14,7 +14,7 @@ from typing import Any, Final, Literal
 from aiohttp import web
 
 from .behaviour import NORMAL, RETRY_AFTER_SECONDS, ApiError, Behaviour, parse_behaviour
-from .requestlog import LogRecord, RequestLog, key_id
+from .requestlog import LOGGED_HEADERS, LogRecord, RequestLog, key_id
 
 __all__ = [
     "JSON_CT",
@@ -125,9 +125,10 @@ Refusal = Literal["no_key"] | ApiError
 async def api_prologue(
     log: RequestLog, request: web.Request, api: str, key: str | None, body: Any
 ) -> tuple[LogRecord, Behaviour, Refusal | None]:
-    """Log an API request (model and stream flag from its body), wait out the key's delay and
-    say why the provider refuses it, if it does: no key, or the key's error word."""
+    """Log an API request (its body, model and stream flag, its provider headers), wait out the
+    key's delay and say why the provider refuses it, if it does: no key, or the key's error word."""
     is_dict = isinstance(body, dict)
+    sent = request.headers
     record = log.add(
         LogRecord(
             api,
@@ -136,6 +137,8 @@ async def api_prologue(
             key_id(key) if key else None,
             str_or_none(body.get("model")) if is_dict else None,
             (body.get("stream") is True) if is_dict else None,
+            body=body,
+            headers={name: sent[name] for name in LOGGED_HEADERS if name in sent},
         )
     )
     if not key:
