@@ -1,10 +1,12 @@
 """The translation against the provider sandbox: what `chat_to_anthropic` builds, sent with the
 official anthropic SDK, is accepted as sent, and the answers translate back to what an OpenAI
-client expects (text, truncation, cached usage, streams with and without usage, typed errors).
+client expects (text, truncation, cached usage, streams with and without usage, tool calls and
+their streamed deltas, a tool round trip, JSON output, images, typed errors).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +18,7 @@ from routing.gateway.translate import (
     anthropic_error_to_openai,
     anthropic_to_chat,
     chat_to_anthropic,
+    json_tool_name,
 )
 from sandbox import SandboxServer, anthropic_key, reply_text
 
@@ -54,13 +57,15 @@ def create(client: anthropic.Anthropic, request: dict[str, Any]) -> Any:
     return client.messages.create(**rest, extra_body=sampling or None)
 
 
-def answer(client: anthropic.Anthropic, request: dict[str, Any]) -> dict[str, Any]:
+def answer(client: anthropic.Anthropic, request: dict[str, Any], json_tool: str | None = None) -> dict[str, Any]:
     message = create(client, request)
-    return anthropic_to_chat(message.model_dump(mode="json"), model=CLIENT_MODEL)
+    return anthropic_to_chat(message.model_dump(mode="json"), model=CLIENT_MODEL, json_tool=json_tool)
 
 
-def streamed(client: anthropic.Anthropic, request: dict[str, Any], *, include_usage: bool) -> list[dict[str, Any]]:
-    translator = AnthropicChatStream(CLIENT_MODEL, include_usage=include_usage)
+def streamed(
+    client: anthropic.Anthropic, request: dict[str, Any], *, include_usage: bool, json_tool: str | None = None
+) -> list[dict[str, Any]]:
+    translator = AnthropicChatStream(CLIENT_MODEL, include_usage=include_usage, json_tool=json_tool)
     chunks = []
     with create(client, request) as events:
         for event in events:
@@ -126,7 +131,105 @@ def test_a_translated_stream_says_what_the_json_answer_says(claude: anthropic.An
         assert all("usage" not in chunk for chunk in chunks)
 
 
-def test_a_tool_round_trip_with_an_image_is_accepted_as_translated(
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            "required": ["city", "days"],
+        },
+    },
+}
+
+
+def tool_calls_of(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tool calls an OpenAI client library assembles from the chunks' deltas."""
+    calls: dict[int, dict[str, Any]] = {}
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            for delta in choice["delta"].get("tool_calls", []):
+                call = calls.setdefault(delta["index"], {"id": None, "name": None, "arguments": ""})
+                call["id"] = delta.get("id", call["id"])
+                call["name"] = delta["function"].get("name", call["name"])
+                call["arguments"] += delta["function"].get("arguments", "")
+    return [calls[index] for index in sorted(calls)]
+
+
+def test_a_tool_call_and_its_streamed_deltas_translate_to_the_same_call(claude: anthropic.Anthropic) -> None:
+    whole = answer(claude, translate(tools=[WEATHER], tool_choice="required"))
+
+    chunks = streamed(claude, translate(tools=[WEATHER], tool_choice="required", stream=True), include_usage=False)
+
+    choice = whole["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] is None
+    [call] = choice["message"]["tool_calls"]
+    assert call["type"] == "function"
+    assert call["function"]["name"] == "get_weather"
+    assert set(json.loads(call["function"]["arguments"])) == {"city", "days"}
+    [streamed_call] = tool_calls_of(chunks)
+    assert streamed_call["id"].startswith("toolu_")
+    assert streamed_call["name"] == "get_weather"
+    assert json.loads(streamed_call["arguments"]) == json.loads(call["function"]["arguments"])
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]] == ["tool_calls"]
+
+
+def test_a_tool_round_trip_ends_in_an_answer(claude: anthropic.Anthropic) -> None:
+    question = [{"role": "user", "content": "Weather in Paris for two days?"}]
+    first = answer(claude, translate(tools=[WEATHER], messages=question))["choices"][0]["message"]
+    [call] = first["tool_calls"]
+
+    history = [*question, first, {"role": "tool", "tool_call_id": call["id"], "content": "Sunny, 21°C"}]
+    second = answer(claude, translate(tools=[WEATHER], messages=history))["choices"][0]
+
+    assert second["finish_reason"] == "stop"
+    assert second["message"]["content"]
+    assert "tool_calls" not in second["message"]
+
+
+@pytest.mark.parametrize(
+    "response_format",
+    [
+        {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "sum",
+                "strict": True,
+                "schema": {
+                    "type": "object",
+                    "properties": {"answer": {"type": "integer"}, "why": {"type": "string"}},
+                    "required": ["answer", "why"],
+                    "additionalProperties": False,
+                },
+            },
+        },
+        {"type": "json_object"},
+    ],
+)
+def test_json_output_comes_back_as_json_content_streamed_or_not(
+    claude: anthropic.Anthropic, response_format: dict[str, Any]
+) -> None:
+    body = {"response_format": response_format, "messages": [{"role": "user", "content": "Two plus two, as JSON"}]}
+    json_tool = json_tool_name(body)
+
+    whole = answer(claude, translate(**body), json_tool)["choices"][0]
+    chunks = streamed(claude, translate(**body, stream=True), include_usage=False, json_tool=json_tool)
+
+    assert whole["finish_reason"] == "stop"
+    assert "tool_calls" not in whole["message"]
+    parsed = json.loads(whole["message"]["content"])
+    assert isinstance(parsed, dict)
+    if response_format["type"] == "json_schema":
+        assert set(parsed) == {"answer", "why"}
+        assert isinstance(parsed["answer"], int)
+    assert json.loads(content_of(chunks)) == parsed
+    assert tool_calls_of(chunks) == []
+
+
+def test_a_tool_history_with_images_is_accepted_as_translated(
     sandbox: SandboxServer, claude: anthropic.Anthropic
 ) -> None:
     call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "cat"}'}}
@@ -146,7 +249,8 @@ def test_a_tool_round_trip_with_an_image_is_accepted_as_translated(
                 "role": "user",
                 "content": [
                     {"type": "text", "text": "What is this?"},
-                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}", "detail": "low"}},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
                 ],
             },
             {"role": "assistant", "content": None, "tool_calls": [call]},
@@ -159,7 +263,7 @@ def test_a_tool_round_trip_with_an_image_is_accepted_as_translated(
 
     sent = sandbox.log.records()[-1]["body"]
     assert sent == request
-    assert [block["type"] for block in sent["messages"][0]["content"]] == ["text", "image"]
+    assert [block["type"] for block in sent["messages"][0]["content"]] == ["text", "image", "image"]
     assert sent["messages"][1]["content"] == [
         {"type": "tool_use", "id": "call_1", "name": "lookup", "input": {"q": "cat"}}
     ]
