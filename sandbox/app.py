@@ -2,8 +2,10 @@
 
 Routes (relative to the server root)
 ------------------------------------
-* ``POST /anthropic/v1/messages`` (+ ``/v1/messages/count_tokens``, ``GET /v1/models``)
-* ``POST /openai/v1/chat/completions``, ``POST /openai/v1/embeddings``, ``GET /openai/v1/models``
+* ``POST /anthropic/v1/messages`` (+ ``/v1/messages/count_tokens``, ``GET /v1/models``,
+  ``GET /v1/models/{id}``)
+* ``POST /openai/v1/chat/completions``, ``/responses``, ``/embeddings``, ``/audio/speech``,
+  ``/audio/transcriptions``; ``GET /openai/v1/models``, ``/models/{id}``
 * ``GET /oauth/authorize``, ``POST /oauth/token``, ``POST /oauth/revoke``, ``GET /oauth/userinfo``
 * ``GET /_sandbox/log`` (JSON list of log records), ``POST /_sandbox/reset``
 """
@@ -15,10 +17,12 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from .anthropic import AnthropicAPI
+from .audio import AudioAPI
 from .oauth import DEFAULT_ACCESS_TOKEN_TTL, DEFAULT_CODE_TTL, OAuthServer, OAuthState
 from .openai import OpenAIAPI
 from .promptcache import PromptCache
 from .requestlog import RequestLog
+from .responses import ResponsesAPI
 from .wire import Ids, dumps, json_response
 
 __all__ = ["build_app"]
@@ -41,6 +45,8 @@ def build_app(
     ids = Ids()
     claude = AnthropicAPI(log, ids, prompts)
     gpt = OpenAIAPI(log, ids, prompts)
+    responses = ResponsesAPI(gpt)
+    audio = AudioAPI(gpt)
     auth = OAuthServer(log, state)
 
     async def sandbox_log(request: web.Request) -> web.StreamResponse:
@@ -59,7 +65,10 @@ def build_app(
         ("GET", "/anthropic/v1/models", claude.models),
         ("GET", "/anthropic/v1/models/{model_id}", claude.model),
         ("POST", "/openai/v1/chat/completions", gpt.chat),
+        ("POST", "/openai/v1/responses", responses.create),
         ("POST", "/openai/v1/embeddings", gpt.embeddings),
+        ("POST", "/openai/v1/audio/speech", audio.speech),
+        ("POST", "/openai/v1/audio/transcriptions", audio.transcriptions),
         ("GET", "/openai/v1/models", gpt.models),
         ("GET", "/openai/v1/models/{model_id}", gpt.model),
         ("GET", "/oauth/authorize", auth.authorize),
