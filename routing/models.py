@@ -36,7 +36,14 @@ class RoutedCall(models.Model):
     tokens_in = models.PositiveIntegerField(default=0)
     tokens_out = models.PositiveIntegerField(default=0)
     tokens_cached = models.PositiveIntegerField(default=0)
+    tokens_cache_write = models.PositiveIntegerField(default=0)
+    tokens_reasoning = models.PositiveIntegerField(default=0)
+    usage = models.JSONField(default=dict, blank=True, help_text="Everything the provider reported (non-zero kinds).")
+    surface = models.CharField(max_length=32, blank=True, default="", help_text="The API called, e.g. openai.chat.")
     credits_charged = models.BigIntegerField(default=0, help_text="Millicredits posted for this call.")
+    credits_would_cost = models.BigIntegerField(
+        default=0, help_text="Millicredits the usage costs at the price book's rates (what a BYOK call saved)."
+    )
     latency_ms = models.PositiveIntegerField(default=0)
     outcome = models.CharField(max_length=48, default=OUTCOME_OK, help_text="'ok' or an error catalogue code.")
     fell_back = models.BooleanField(

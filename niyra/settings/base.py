@@ -125,6 +125,19 @@ def database(url: str) -> dict[str, Any]:
 DB_HOP_THREADS = env.int("DB_HOP_THREADS", default=DB_POOL["max_size"] if DB_POOL is not None else 8)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# The gateway's own async pool, per worker process (routing/gateway/db.py), beside Django's.
+GATEWAY_DB_POOL_MIN = env.int("GATEWAY_DB_POOL_MIN", default=2)
+GATEWAY_DB_POOL_MAX = env.int("GATEWAY_DB_POOL_MAX", default=20)
+# A call that can't get a connection this fast fails, rather than queueing behind the database.
+GATEWAY_DB_POOL_TIMEOUT_SECONDS = env.float("GATEWAY_DB_POOL_TIMEOUT_SECONDS", default=5.0)
+# psycopg's server-side prepared statements: after this many runs of a statement on a
+# connection (None: never). See benchmarks/README.md for the figure that chose it.
+GATEWAY_DB_PREPARE_THRESHOLD: int | None = env.int("GATEWAY_DB_PREPARE_THRESHOLD", default=5)
+# Token -> caller -> routing snapshot, cached per process and dropped when PostgreSQL says the
+# user's routing facts changed (routing/gateway/cache.py); the TTL is only a backstop.
+GATEWAY_CALLER_CACHE_SECONDS = env.float("GATEWAY_CALLER_CACHE_SECONDS", default=300.0)
+GATEWAY_CALLER_CACHE_SIZE = env.int("GATEWAY_CALLER_CACHE_SIZE", default=10_000)
+
 AUTH_USER_MODEL = "accounts.User"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
