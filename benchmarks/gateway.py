@@ -39,7 +39,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -55,6 +54,7 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
+LOGS = VAR / "bench-gateway-logs"  # the servers' own logs and LiteLLM's config, kept for a look after a run
 LITELLM_VENV = VAR / "bench-litellm-venv"
 PORTKEY_DIR = VAR / "bench-portkey"
 PORTKEY_START = PORTKEY_DIR / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
@@ -72,6 +72,7 @@ SLOW_BODY_LITELLM = json.dumps({"model": SLOW_MODEL, "messages": PROMPT, "max_to
 STREAM_BODY = json.dumps({"model": MODEL, "messages": PROMPT, "max_tokens": STREAM_TOKENS, "stream": True}).encode()
 DIRECT_KEY = "sk-proj-bench-direct"
 SLOW_KEY = "sk-proj-slow2000-bench"
+LITELLM_MASTER_KEY = "sk-bench-" + secrets.token_hex(16)  # LiteLLM refuses to start without one
 NIYRA_CONTENDERS = ("credits", "byok")
 ALL_CONTENDERS = ("direct", "credits", "byok", "litellm", "portkey")
 PHASES = ("throughput", "latency", "stream", "slow")
@@ -162,7 +163,6 @@ class Stack:
     """The processes of a run; restartable one by one (for the one-worker slow phase)."""
 
     args: argparse.Namespace
-    tmp: Path
     sandbox_url: str = ""
     niyra_env: dict[str, str] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
@@ -305,7 +305,7 @@ def start_niyra(stack: Stack, workers: int) -> None:
         cwd=stack.args.tree,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=(stack.tmp / "niyra.log").open("ab"),
+        stderr=(LOGS / "niyra.log").open("ab"),
     )
     stack.niyra_url = f"http://127.0.0.1:{port}"
     wait_http(f"{stack.niyra_url}/healthz", stack.niyra, 60)
@@ -338,7 +338,7 @@ def start_litellm(stack: Stack, workers: int) -> None:
     if litellm is None:
         return
     base = f"{stack.sandbox_url}/openai/v1"
-    config = stack.tmp / "litellm_config.yaml"
+    config = LOGS / "litellm_config.yaml"
     config.write_text(
         "model_list:\n"
         f"  - model_name: {MODEL}\n"
@@ -346,6 +346,7 @@ def start_litellm(stack: Stack, workers: int) -> None:
         f"  - model_name: {SLOW_MODEL}\n"
         f"    litellm_params: {{model: openai/{MODEL}, api_base: '{base}', api_key: {SLOW_KEY}-litellm}}\n"
         "litellm_settings: {telemetry: false}\n"
+        f"general_settings: {{master_key: {LITELLM_MASTER_KEY}}}\n"
     )
     port = free_port()
     env = {
@@ -367,16 +368,16 @@ def start_litellm(stack: Stack, workers: int) -> None:
             "--num_workers",
             str(workers),
         ],
-        cwd=stack.tmp,
+        cwd=LOGS,
         env=env,
-        stdout=(stack.tmp / "litellm.log").open("ab"),
+        stdout=(LOGS / "litellm.log").open("ab"),
         stderr=subprocess.STDOUT,
     )
     stack.litellm_url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{stack.litellm_url}/health/liveliness", stack.litellm, 120)
+        wait_http(f"{stack.litellm_url}/health/liveliness", stack.litellm, 240)
     except RuntimeError as exc:
-        print(f"LiteLLM did not start ({exc}); see {stack.tmp / 'litellm.log'}; running without it")
+        print(f"LiteLLM did not start ({exc}); see {LOGS / 'litellm.log'}; running without it")
         stop(stack.litellm)
         stack.litellm = None
 
@@ -413,14 +414,14 @@ def start_portkey(stack: Stack) -> None:
         ["node", str(script), f"--port={port}", "--headless"],
         cwd=PORTKEY_DIR,
         env={**os.environ, "NODE_ENV": "production"},
-        stdout=(stack.tmp / "portkey.log").open("ab"),
+        stdout=(LOGS / "portkey.log").open("ab"),
         stderr=subprocess.STDOUT,
     )
     stack.portkey_url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{stack.portkey_url}/", stack.portkey, 60)
     except RuntimeError as exc:
-        print(f"Portkey did not start ({exc}); see {stack.tmp / 'portkey.log'}; running without it")
+        print(f"Portkey did not start ({exc}); see {LOGS / 'portkey.log'}; running without it")
         stop(stack.portkey)
         stack.portkey = None
 
@@ -447,11 +448,12 @@ def contenders(stack: Stack, names: tuple[str, ...]) -> dict[str, Contender]:
                 pid=stack.niyra.pid,
             )
         elif name == "litellm" and stack.litellm is not None:
+            litellm = {**json_ct, "Authorization": f"Bearer {LITELLM_MASTER_KEY}"}
             built[name] = Contender(
                 name,
                 f"{stack.litellm_url}/v1/chat/completions",
-                json_ct,
-                json_ct,
+                litellm,
+                litellm,
                 slow_body=SLOW_BODY_LITELLM,
                 pid=stack.litellm.pid,
             )
@@ -606,33 +608,36 @@ def new_session() -> aiohttp.ClientSession:
 
 
 async def rounds(stack: Stack, names: tuple[str, ...], phases: tuple[str, ...], count: int) -> Results:
+    """Each measurement opens its own connections: a kept-alive connection left idle while the
+    other contenders run may be closed by the server just as the client reuses it."""
     results: Results = {}
-    async with new_session() as session:
-        live = contenders(stack, names)
-        for contender in live.values():  # warm-up: connections, caches, pools; a failed start shows here
+    live = contenders(stack, names)
+    for contender in live.values():  # warm-up: caches and pools; a failed start shows here
+        async with new_session() as session:
             warm = await closed_loop(session, sender(contender), concurrency=8, seconds=1.0)
             warm_stream = await closed_loop(session, sender(contender, stream=True), concurrency=2, seconds=0.5)
-            if warm.errors or warm_stream.errors:
-                print(f"warm-up {contender.name}: {warm.ok} ok, {dict(warm.errors + warm_stream.errors)}")
-                for sample in warm.samples + warm_stream.samples:
-                    print(f"    {sample}")
-        for number in range(count):
-            order = list(live.values())
-            order = order[number % len(order) :] + order[: number % len(order)]  # rotate who goes first
-            for phase in phases:
-                for contender in order:
-                    if phase == "slow" and contender.name == "credits":
-                        continue  # the slow key is a BYOK key: Niyra's slow calls run as "byok"
+        if warm.errors or warm_stream.errors:
+            print(f"warm-up {contender.name}: {warm.ok} ok, {dict(warm.errors + warm_stream.errors)}")
+            for sample in warm.samples + warm_stream.samples:
+                print(f"    {sample}")
+    for number in range(count):
+        order = list(live.values())
+        order = order[number % len(order) :] + order[: number % len(order)]  # rotate who goes first
+        for phase in phases:
+            for contender in order:
+                if phase == "slow" and contender.name == "credits":
+                    continue  # the slow key is a BYOK key: Niyra's slow calls run as "byok"
+                if phase == "stream" and contender.name == "portkey":
+                    continue  # @portkey-ai/gateway 1.15.2 answers every stream 500 here (see README)
+                async with new_session() as session:
                     run = await measure(session, contender, phase, stack.args)
-                    results.setdefault((phase, contender.name), []).append(run)
-                    summary = (
-                        f"{run.wall:.2f} s wall" if phase == "slow" else f"{run.rate:.0f}/s, p50 {run.pct(50):.2f} ms"
-                    )
-                    print(
-                        f"  round {number + 1} {phase:<10} {contender.name:<8} {run.ok:>6} ok "
-                        f"{sum(run.errors.values()):>4} errors  {summary}",
-                        flush=True,
-                    )
+                results.setdefault((phase, contender.name), []).append(run)
+                summary = f"{run.wall:.2f} s wall" if phase == "slow" else f"{run.rate:.0f}/s, p50 {run.pct(50):.2f} ms"
+                print(
+                    f"  round {number + 1} {phase:<10} {contender.name:<8} {run.ok:>6} ok "
+                    f"{sum(run.errors.values()):>4} errors  {summary}",
+                    flush=True,
+                )
     return results
 
 
@@ -788,35 +793,37 @@ def main() -> int:
         f"# Gateway benchmark — {time.strftime('%Y-%m-%d %H:%M %Z')} — {os.cpu_count()} CPUs, load {load_before}\n"
         f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}"
     )
-    with tempfile.TemporaryDirectory(prefix="niyra-bench-gateway-") as tmp:
-        stack = Stack(args=args, tmp=Path(tmp))
-        try:
-            start_sandbox(stack)
-            stack.niyra_env = niyra_environment(stack)
-            setup_niyra_database(stack)
-            start_niyra(stack, args.workers)
-            if "litellm" in args.names:
-                start_litellm(stack, args.workers)
-            if "portkey" in args.names:
-                start_portkey(stack)
-            print(f"# sandbox {stack.sandbox_url}, Niyra {stack.niyra_url}{args.niyra_path} ({args.workers} workers)")
-            results = asyncio.run(rounds(stack, args.names, args.phases, args.rounds))
-            single: Results = {}
-            if "slow" in args.phases and args.workers != 1 and not args.no_single_worker:
-                print("\n# the slow phase again, Niyra and LiteLLM with one worker")
-                stop(stack.niyra)
-                start_niyra(stack, 1)
-                again = tuple(n for n in args.names if n in ("byok", "litellm"))
-                if stack.litellm is not None:
-                    stop(stack.litellm)
-                    start_litellm(stack, 1)
-                single = asyncio.run(rounds(stack, again, ("slow",), 1 if args.quick else 2))
-            elif args.workers == 1:
-                single = {key: runs for key, runs in results.items() if key[0] == "slow"}
-            summary = report(results, single, args)
-            clean, detail = reconcile(stack)
-        finally:
-            stack.stop_all()
+    LOGS.mkdir(parents=True, exist_ok=True)
+    for old in LOGS.glob("*.log"):
+        old.unlink()
+    stack = Stack(args=args)
+    try:
+        start_sandbox(stack)
+        stack.niyra_env = niyra_environment(stack)
+        setup_niyra_database(stack)
+        start_niyra(stack, args.workers)
+        if "litellm" in args.names:
+            start_litellm(stack, args.workers)
+        if "portkey" in args.names:
+            start_portkey(stack)
+        print(f"# sandbox {stack.sandbox_url}, Niyra {stack.niyra_url}{args.niyra_path} ({args.workers} workers)")
+        results = asyncio.run(rounds(stack, args.names, args.phases, args.rounds))
+        single: Results = {}
+        if "slow" in args.phases and args.workers != 1 and not args.no_single_worker:
+            print("\n# the slow phase again, Niyra and LiteLLM with one worker")
+            stop(stack.niyra)
+            start_niyra(stack, 1)
+            again = tuple(n for n in args.names if n in ("byok", "litellm"))
+            if stack.litellm is not None:
+                stop(stack.litellm)
+                start_litellm(stack, 1)
+            single = asyncio.run(rounds(stack, again, ("slow",), 1 if args.quick else 2))
+        elif args.workers == 1:
+            single = {key: runs for key, runs in results.items() if key[0] == "slow"}
+        summary = report(results, single, args)
+        clean, detail = reconcile(stack)
+    finally:
+        stack.stop_all()
     niyra_errors = sum(summary.get(n, {}).get("errors", 0) for n in NIYRA_CONTENDERS)
     print(f"\nreconcile_ledger: {'clean' if clean else 'MISMATCH'} — {detail}")
     print(f"load average before {load_before}, after {loadavg()}; {time.monotonic() - started:.0f} s in all")
