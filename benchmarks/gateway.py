@@ -367,6 +367,10 @@ def start_litellm(stack: Stack, workers: int) -> None:
             str(port),
             "--num_workers",
             str(workers),
+            # uvicorn's supervisor kills a worker that is not up within 5 s; on a busy 2-CPU
+            # machine LiteLLM's start takes longer, and its workers would be killed forever
+            "--timeout_worker_healthcheck",
+            "180",
         ],
         cwd=LOGS,
         env=env,
