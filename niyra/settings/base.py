@@ -130,8 +130,8 @@ GATEWAY_DB_POOL_MIN = env.int("GATEWAY_DB_POOL_MIN", default=2)
 GATEWAY_DB_POOL_MAX = env.int("GATEWAY_DB_POOL_MAX", default=20)
 # A call that can't get a connection this fast fails, rather than queueing behind the database.
 GATEWAY_DB_POOL_TIMEOUT_SECONDS = env.float("GATEWAY_DB_POOL_TIMEOUT_SECONDS", default=5.0)
-# psycopg's server-side prepared statements: after this many runs of a statement on a
-# connection (None: never). See benchmarks/README.md for the figure that chose it.
+# psycopg prepares a statement server-side after this many runs on a connection, so the
+# ledger's statements are planned once per connection, not once per call.
 GATEWAY_DB_PREPARE_THRESHOLD: int | None = env.int("GATEWAY_DB_PREPARE_THRESHOLD", default=5)
 # Token -> caller -> routing snapshot, cached per process and dropped when PostgreSQL says the
 # user's routing facts changed (routing/gateway/cache.py); the TTL is only a backstop.
