@@ -29,7 +29,12 @@ from routing.gateway.metering import (
 
 @pytest.fixture(autouse=True)
 def _providers_are_the_sandbox() -> None:
-    """Pure code: these tests need no sandbox (overrides the routing tests' autouse fixture)."""
+    """Pure code: no sandbox (overrides the routing tests' autouse fixture)."""
+
+
+@pytest.fixture(autouse=True)
+def _books_balance() -> None:
+    """Pure code: no database, so no books to check (overrides the gateway tests' fixture)."""
 
 
 SONNET = catalog.resolve("claude-sonnet-4-6")
