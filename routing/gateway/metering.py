@@ -95,7 +95,11 @@ _OUTPUT_LIMIT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_token
 
 def worst_case(surface: Surface, body: dict[str, Any], *, body_bytes: int, model: CatalogModel) -> Usage:
     """The most this request can use. A limit the provider would refuse (not a positive int)
-    counts as absent: the hold is the model's ceiling, and the provider's own error answers."""
+    counts as absent: the hold is the model's ceiling, and the provider's own error answers.
+
+    Beyond any request-side bound: what the provider adds on its side (server tools' results:
+    web search and fetch, file search) and PDF pages, whose bytes stay counted (a bound for
+    their text, not for their page images). The settle charges what is reported regardless."""
     if surface is Surface.ANTHROPIC_COUNT_TOKENS:
         return Usage()  # free at the provider: no hold
     if surface is Surface.OPENAI_EMBEDDINGS:
