@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import anthropic
 import httpx2
-import openai
 import pytest
+from anthropic import Anthropic
+from openai import OpenAI
 
 from accounts.services import api_token_create
 from credits.models import BillingAccount, Category, CreditHold, HoldStatus, KeySource, LedgerEntry
@@ -52,19 +52,19 @@ class Niyra:
     def token(self, user: Any) -> str:
         return api_token_create(user=user, name="sdk").plaintext
 
-    def anthropic(self, user: Any | None = None, *, token: str | None = None) -> anthropic.Anthropic:
+    def anthropic(self, user: Any | None = None, *, token: str | None = None) -> Anthropic:
         key = token if token is not None else self.token(user)
-        return anthropic.Anthropic(base_url=f"{self.url}/anthropic", api_key=key, max_retries=0, timeout=SDK_TIMEOUT)
+        return Anthropic(base_url=f"{self.url}/anthropic", api_key=key, max_retries=0, timeout=SDK_TIMEOUT)
 
-    def openai(self, user: Any | None = None, *, token: str | None = None) -> openai.OpenAI:
+    def openai(self, user: Any | None = None, *, token: str | None = None) -> OpenAI:
         """The OpenAI SDK on the native surface (OpenAI models, as OpenAI serves them)."""
         key = token if token is not None else self.token(user)
-        return openai.OpenAI(base_url=f"{self.url}/openai/v1", api_key=key, max_retries=0, timeout=SDK_TIMEOUT)
+        return OpenAI(base_url=f"{self.url}/openai/v1", api_key=key, max_retries=0, timeout=SDK_TIMEOUT)
 
-    def universal(self, user: Any | None = None, *, token: str | None = None) -> openai.OpenAI:
+    def universal(self, user: Any | None = None, *, token: str | None = None) -> OpenAI:
         """The OpenAI SDK on the universal surface (every model, in OpenAI's format)."""
         key = token if token is not None else self.token(user)
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=SDK_TIMEOUT)
+        return OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=SDK_TIMEOUT)
 
     def log(self) -> list[dict[str, Any]]:
         """The sandbox's request log, as its HTTP endpoint serves it (oldest first)."""
@@ -159,9 +159,9 @@ class Payer:
         assert [(c.tokens_in, c.tokens_out, c.tokens_cached) for c in calls] == [
             (u.input_tokens, u.output_tokens, u.cached_tokens) for u in usages
         ]
-        assert [(e.model, e.price_key, e.key_source) for e in entries] == [(model, price_key, self.key_source)] * len(
-            usages
-        )
+        # Entries name who paid for LLM calls only (embeddings and voice always run on credits).
+        assert [(e.model, e.price_key) for e in entries] == [(model, price_key)] * len(usages)
+        assert all(e.key_source == (self.key_source if e.category == Category.LLM else "") for e in entries)
         if self.path == "credits":
             assert [c.credits_charged for c in calls] == costs
             assert [-e.amount for e in entries] == costs

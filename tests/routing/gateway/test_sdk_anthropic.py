@@ -21,22 +21,27 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 MODEL = "claude-sonnet-4-6"
 PRICE_KEY = "claude-sonnet-4"
-HELLO = [{"role": "user", "content": "Hello there, how are you?"}]  # 5 words
+HELLO: Any = [{"role": "user", "content": "Hello there, how are you?"}]  # 5 words
 HELLO_WORDS = 5
-WEATHER_SCHEMA = {
+WEATHER_SCHEMA: Any = {
     "type": "object",
     "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
     "required": ["city", "unit"],
 }
-WEATHER_TOOL = {"name": "get_weather", "description": "The weather in a city", "input_schema": WEATHER_SCHEMA}
-WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris today?"}]
+WEATHER_TOOL: Any = {"name": "get_weather", "description": "The weather in a city", "input_schema": WEATHER_SCHEMA}
+WEATHER_QUESTION: Any = [{"role": "user", "content": "What is the weather in Paris today?"}]
 
 
 def _text(message: Any) -> str:
     return "".join(block.text for block in message.content if block.type == "text")
 
 
-def _tool_result_turn(first: Any) -> list[dict[str, Any]]:
+def _deltas(events: list[Any], kind: str, field: str) -> list[str]:
+    """The `field` of every content_block_delta of `kind` (text_delta, input_json_delta...)."""
+    return [getattr(e.delta, field) for e in events if e.type == "content_block_delta" and e.delta.type == kind]
+
+
+def _tool_result_turn(first: Any) -> Any:
     """The conversation after the model's tool call, with the tool's result appended."""
     call = next(block for block in first.content if block.type == "tool_use")
     return [
@@ -69,12 +74,12 @@ class TestMessages:
         assert RoutedCall.objects.get(user=payer.user).stream is True
 
     def test_create_with_stream_true(self, niyra: Niyra, payer: Payer) -> None:
-        events = list(
+        events: list[Any] = list(
             niyra.anthropic(payer.user).messages.create(model=MODEL, max_tokens=100, messages=HELLO, stream=True)
         )
 
         kinds = [event.type for event in events]
-        deltas = [e.delta.text for e in events if e.type == "content_block_delta" and e.delta.type == "text_delta"]
+        deltas = _deltas(events, "text_delta", "text")
         assert (kinds[0], kinds[-1]) == ("message_start", "message_stop")
         assert "".join(deltas) == REPLY_TEXT
         assert len(deltas) == REPLY_WORDS
@@ -111,13 +116,10 @@ class TestTools:
     def test_tools_round_trip_streamed(self, niyra: Niyra, payer: Payer) -> None:
         client = niyra.anthropic(payer.user)
 
-        partial_json: list[str] = []
         with client.messages.stream(
             model=MODEL, max_tokens=500, tools=[WEATHER_TOOL], messages=WEATHER_QUESTION
         ) as stream:
-            for event in stream:
-                if event.type == "content_block_delta" and event.delta.type == "input_json_delta":
-                    partial_json.append(event.delta.partial_json)
+            partial_json = _deltas(list(stream), "input_json_delta", "partial_json")
             first = stream.get_final_message()
         call = next(block for block in first.content if block.type == "tool_use")
         with client.messages.stream(
@@ -143,7 +145,7 @@ class TestImages:
         ids=["base64", "url"],
     )
     def test_image_input(self, niyra: Niyra, payer: Payer, source: dict[str, Any]) -> None:
-        messages = [
+        messages: Any = [
             {
                 "role": "user",
                 "content": [{"type": "image", "source": source}, {"type": "text", "text": "What is in this picture?"}],
@@ -161,7 +163,7 @@ class TestImages:
 class TestPromptCaching:
     def test_a_cache_write_then_a_cache_read_are_billed_at_cache_prices(self, niyra: Niyra, payer: Payer) -> None:
         client = niyra.anthropic(payer.user)
-        system = [
+        system: Any = [
             {
                 "type": "text",
                 "text": "You are a careful assistant who answers questions about the weather. " * 20,
@@ -195,7 +197,7 @@ class TestPromptCaching:
 
 
 class TestThinking:
-    THINKING = {"type": "enabled", "budget_tokens": 1024}
+    THINKING: Any = {"type": "enabled", "budget_tokens": 1024}
 
     def test_extended_thinking(self, niyra: Niyra, payer: Payer) -> None:
         message = niyra.anthropic(payer.user).messages.create(
@@ -210,13 +212,10 @@ class TestThinking:
         payer.assert_billed(MODEL, PRICE_KEY, anthropic_usage(message.usage))
 
     def test_extended_thinking_streamed(self, niyra: Niyra, payer: Payer) -> None:
-        thinking: list[str] = []
         with niyra.anthropic(payer.user).messages.stream(
             model=MODEL, max_tokens=2048, thinking=self.THINKING, messages=HELLO
         ) as stream:
-            for event in stream:
-                if event.type == "content_block_delta" and event.delta.type == "thinking_delta":
-                    thinking.append(event.delta.thinking)
+            thinking = _deltas(list(stream), "thinking_delta", "thinking")
             final = stream.get_final_message()
 
         assert "".join(thinking) == THINKING_TEXT

@@ -22,22 +22,22 @@ from tests.routing.gateway.conftest import REPLY_WORDS, Niyra, Payer, chat_usage
 pytestmark = pytest.mark.django_db(transaction=True)
 
 MODEL = "gpt-4.1"
-HELLO = [{"role": "user", "content": "Hello there, how are you?"}]  # 5 words
+HELLO: Any = [{"role": "user", "content": "Hello there, how are you?"}]  # 5 words
 HELLO_WORDS = 5
-WEATHER_SCHEMA = {
+WEATHER_SCHEMA: Any = {
     "type": "object",
     "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
     "required": ["city", "unit"],
     "additionalProperties": False,
 }
-WEATHER_TOOL = {
+WEATHER_TOOL: Any = {
     "type": "function",
     "function": {"name": "get_weather", "description": "The weather in a city", "parameters": WEATHER_SCHEMA},
 }
-WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris today?"}]
+WEATHER_QUESTION: Any = [{"role": "user", "content": "What is the weather in Paris today?"}]
 
 
-def _tool_result_turn(message: Any) -> list[dict[str, Any]]:
+def _tool_result_turn(message: Any) -> Any:
     call = message.tool_calls[0]
     return [
         *WEATHER_QUESTION,
@@ -127,7 +127,7 @@ class TestChat:
         pieces = [d.function.arguments for d in deltas if d.function and d.function.arguments]
         call_id = next(d.id for d in deltas if d.id)
         finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-        history = [
+        history: Any = [
             *WEATHER_QUESTION,
             {
                 "role": "assistant",
@@ -160,7 +160,7 @@ class TestChat:
         "url", [f"data:image/png;base64,{TINY_PNG}", "https://example.com/cat.png"], ids=["data", "https"]
     )
     def test_image_input(self, niyra: Niyra, payer: Payer, url: str) -> None:
-        messages = [
+        messages: Any = [
             {
                 "role": "user",
                 "content": [
@@ -178,7 +178,7 @@ class TestChat:
         assert niyra.provider_requests("/chat/completions")[0]["body"]["messages"] == messages
 
     def test_json_schema_output(self, niyra: Niyra, payer: Payer) -> None:
-        response_format = {
+        response_format: Any = {
             "type": "json_schema",
             "json_schema": {"name": "weather", "strict": True, "schema": WEATHER_SCHEMA},
         }
@@ -238,7 +238,7 @@ class TestResponses:
         assert RoutedCall.objects.get(user=payer.user).stream is True
 
     def test_function_tool(self, niyra: Niyra, payer: Payer) -> None:
-        tool = {"type": "function", "name": "get_weather", "parameters": WEATHER_SCHEMA, "strict": True}
+        tool: Any = {"type": "function", "name": "get_weather", "parameters": WEATHER_SCHEMA, "strict": True}
 
         response = niyra.openai(payer.user).responses.create(
             model=MODEL, input="What is the weather in Paris today?", tools=[tool]
@@ -383,3 +383,12 @@ class TestNothingSilentlyDropped:
             "niyra_test_field": None,
         }
         payer.assert_billed(MODEL, MODEL, Usage(HELLO_WORDS, REPLY_WORDS))
+
+    def test_the_organisation_headers_go_only_with_the_users_own_key(self, niyra: Niyra, payer: Payer) -> None:
+        headers = {"openai-organization": "org-agent", "openai-project": "proj-agent"}
+
+        niyra.openai(payer.user).chat.completions.create(model=MODEL, messages=HELLO, extra_headers=headers)
+
+        (request,) = niyra.provider_requests("/chat/completions")
+        sent = {name: request["headers"].get(name) for name in headers}
+        assert sent == (headers if payer.path == "byok" else dict.fromkeys(headers))

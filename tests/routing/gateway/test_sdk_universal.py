@@ -13,7 +13,7 @@ import pytest
 
 from credits.pricing import Usage
 from routing.models import RoutedCall
-from sandbox import anthropic_key
+from sandbox import anthropic_key, embedding_for
 from sandbox.media import TINY_PNG
 from sandbox.replies import REPLY_TEXT
 from sandbox.schema import sample_for
@@ -23,21 +23,21 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 MODEL = "claude-sonnet-4-6"
 PRICE_KEY = "claude-sonnet-4"
-HELLO = [{"role": "user", "content": "Hello there, how are you?"}]  # 5 words
+HELLO: Any = [{"role": "user", "content": "Hello there, how are you?"}]  # 5 words
 HELLO_WORDS = 5
 # The same message as Anthropic receives it: content as text blocks.
-HELLO_BLOCKS = [{"role": "user", "content": [{"type": "text", "text": "Hello there, how are you?"}]}]
-WEATHER_SCHEMA = {
+HELLO_BLOCKS: Any = [{"role": "user", "content": [{"type": "text", "text": "Hello there, how are you?"}]}]
+WEATHER_SCHEMA: Any = {
     "type": "object",
     "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
     "required": ["city", "unit"],
     "additionalProperties": False,
 }
-WEATHER_TOOL = {
+WEATHER_TOOL: Any = {
     "type": "function",
     "function": {"name": "get_weather", "description": "The weather in a city", "parameters": WEATHER_SCHEMA},
 }
-WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris today?"}]
+WEATHER_QUESTION: Any = [{"role": "user", "content": "What is the weather in Paris today?"}]
 
 
 def _sent_to_anthropic(niyra: Niyra) -> list[dict[str, Any]]:
@@ -59,7 +59,7 @@ class TestChat:
 
     @pytest.mark.parametrize("include_usage", [True, False])
     def test_streaming(self, niyra: Niyra, payer: Payer, include_usage: bool) -> None:
-        options = {"stream_options": {"include_usage": True}} if include_usage else {}
+        options: Any = {"stream_options": {"include_usage": True}} if include_usage else {}
 
         chunks = list(
             niyra.universal(payer.user).chat.completions.create(
@@ -85,8 +85,8 @@ class TestChat:
         )
         message = first.choices[0].message
         assert message.tool_calls is not None
-        call = message.tool_calls[0]
-        history = [
+        call: Any = message.tool_calls[0]
+        history: Any = [
             *WEATHER_QUESTION,
             message.model_dump(exclude_none=True),
             {"role": "tool", "tool_call_id": call.id, "content": "Sunny and twenty degrees"},
@@ -132,7 +132,7 @@ class TestChat:
         deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
         pieces = [d.function.arguments for d in deltas if d.function and d.function.arguments]
         call_id = next(d.id for d in deltas if d.id)
-        history = [
+        history: Any = [
             *WEATHER_QUESTION,
             {
                 "role": "assistant",
@@ -182,7 +182,7 @@ class TestChat:
         ids=["data", "https"],
     )
     def test_image_input(self, niyra: Niyra, payer: Payer, url: str, source: dict[str, Any]) -> None:
-        messages = [
+        messages: Any = [
             {
                 "role": "user",
                 "content": [
@@ -204,7 +204,7 @@ class TestChat:
         ]
 
     def test_system_and_developer_messages_and_stop_sequences(self, niyra: Niyra, payer: Payer) -> None:
-        messages = [
+        messages: Any = [
             {"role": "system", "content": "You are terse."},
             {"role": "developer", "content": "Answer in English."},
             *HELLO,
@@ -252,7 +252,7 @@ class TestChat:
         if path == "byok":
             store_key(user, "anthropic", anthropic_key("cached"))
         payer = Payer(path, user)
-        messages = [{"role": "user", "content": "one two three four five six seven eight nine ten"}]
+        messages: Any = [{"role": "user", "content": "one two three four five six seven eight nine ten"}]
 
         completion = niyra.universal(payer.user).chat.completions.create(model=MODEL, messages=messages, max_tokens=100)
 
@@ -345,3 +345,14 @@ class TestModels:
         assert (claude.id, claude.owned_by) == (MODEL, "anthropic")
         assert (gpt.id, gpt.owned_by) == ("gpt-4.1", "openai")
         payer.assert_nothing_billed()
+
+
+class TestEmbeddings:
+    def test_embeddings_with_the_sdks_defaults(self, niyra: Niyra, payer: Payer) -> None:
+        """Always paid in credits, on the universal surface too."""
+        result = niyra.universal(payer.user).embeddings.create(model="text-embedding-3-small", input="hello world")
+
+        assert [item.embedding for item in result.data] == [embedding_for("hello world")]
+        credits = Payer("credits", payer.user)
+        credits.start = payer.start
+        credits.assert_billed("text-embedding-3-small", "text-embedding-3-small", Usage(input_tokens=2))
