@@ -239,14 +239,14 @@ def model_not_found(model: str) -> web.Response:
 
 # -- shared rules ----------------------------------------------------------------------
 
-_REASONING_MODEL: Final = re.compile(r"(gpt-5|o\d)")
+_REASONING_PREFIXES: Final = ("gpt-5", "o1", "o3", "o4")
 _TOOL_NAME: Final = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _IMAGE_DATA_URL: Final = re.compile(r"data:([\w/+.-]+);base64,(.*)", re.DOTALL)
 
 
 def is_reasoning_model(model: str) -> bool:
     """gpt-5* and o-series models reason before they answer (and report reasoning tokens)."""
-    return _REASONING_MODEL.match(model) is not None and not model.startswith("gpt-5-chat")
+    return model.startswith(_REASONING_PREFIXES) and not model.startswith("gpt-5-chat")
 
 
 def reasoning_tokens_for(model: str, effort: Any, param: str) -> int:
