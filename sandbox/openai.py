@@ -53,7 +53,6 @@ from .requestlog import LogRecord, RequestLog
 from .schema import sample_for, split_pieces, strict_problem
 from .wire import (
     JSON_CT,
-    MALFORMED_JSON,
     RATE_HEADERS,
     Ids,
     Invalid,
@@ -926,8 +925,6 @@ class OpenAIAPI:
             texts, model, fmt, dims = _embeddings_validate(body)
         except Invalid as exc:
             return finish(record, invalid_response(exc))
-        if b.malformed:
-            return finish(record, json_response(MALFORMED_JSON))
         data: list[dict[str, Any]] = []
         tokens = 0
         for i, (text, words) in enumerate(texts):
@@ -945,7 +942,8 @@ class OpenAIAPI:
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
         ).encode()
-        return finish(record, json_response(payload))
+        headers = {"Content-Type": JSON_CT, "x-request-id": self.ids.next("req_")}
+        return await send_body(request, record, b, payload, headers)
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         record, _b, early = await self.prologue(request, None)

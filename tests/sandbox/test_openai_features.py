@@ -630,3 +630,47 @@ def test_the_log_keeps_bodies_and_provider_headers(sandbox: SandboxServer, http:
     copy = sandbox.log.records()
     copy[0]["body"]["model"] = "changed"
     assert sandbox.log.records()[0]["body"]["model"] == GPT
+
+
+# --- Behaviour words on every new endpoint ------------------------------------------------------
+
+ENDPOINTS: Any = [
+    ("/openai/v1/responses", {"json": {"model": GPT, "input": "hi"}}),
+    ("/openai/v1/audio/speech", {"json": {"model": "tts-1", "input": "hi", "voice": "alloy"}}),
+    ("/openai/v1/audio/transcriptions", {"data": {"model": "whisper-1"}, "files": {"file": ("a.wav", WAV)}}),
+    ("/openai/v1/chat/completions", {"json": {"model": GPT, "messages": ASK, "tools": [WEATHER]}}),
+    ("/openai/v1/embeddings", {"json": {"model": "text-embedding-3-small", "input": "hi", "dimensions": 4}}),
+]
+
+
+@pytest.mark.parametrize(("path", "request_args"), ENDPOINTS, ids=[p for p, _ in ENDPOINTS])
+@pytest.mark.parametrize(
+    ("word", "status", "code"),
+    [
+        ("invalid", 401, "invalid_api_key"),
+        ("ratelimit", 429, "rate_limit_exceeded"),
+        ("noquota", 429, "insufficient_quota"),
+        ("overloaded", 503, None),
+        ("error", 500, None),
+    ],
+)
+def test_error_words_on_every_endpoint(
+    http: httpx2.Client, path: str, request_args: Any, word: str, status: int, code: str | None
+) -> None:
+    resp = http.post(path, headers={"Authorization": f"Bearer {openai_key(word)}"}, **request_args)
+    assert resp.status_code == status
+    assert resp.json()["error"]["code"] == code
+
+
+@pytest.mark.parametrize(("path", "request_args"), ENDPOINTS, ids=[p for p, _ in ENDPOINTS])
+def test_slow_hang_cut_and_malformed_on_every_endpoint(http: httpx2.Client, path: str, request_args: Any) -> None:
+    slow = http.post(path, headers={"Authorization": f"Bearer {openai_key('slow150')}"}, **request_args)
+    assert slow.status_code == 200 and slow.elapsed.total_seconds() >= 0.15
+    with pytest.raises(httpx2.ReadTimeout):
+        http.post(path, headers={"Authorization": f"Bearer {openai_key('hang')}"}, timeout=0.3, **request_args)
+    malformed = http.post(path, headers={"Authorization": f"Bearer {openai_key('malformed')}"}, **request_args)
+    assert malformed.status_code == 200
+    with pytest.raises(ValueError):
+        malformed.json()
+    with pytest.raises(httpx2.RemoteProtocolError):
+        http.post(path, headers={"Authorization": f"Bearer {openai_key('cut')}"}, **request_args)
