@@ -114,6 +114,20 @@ PLAN_KEY_UNUSABLE = _spec(
     "BYOK is available on Pro and Alpha plans, so your saved key can't be used. "
     "Upgrade, or disconnect the key to pay in credits.",
 )
+MODEL_RETIRED = _spec(
+    "model_retired",
+    400,
+    "That model was retired by its provider. Use its replacement from the list of available models.",
+)
+# The same refusal with the model and its replacement named (detail: {"model", "replacement"}).
+MODEL_RETIRED_MESSAGE = "{model} was retired by its provider. Use {replacement} instead."
+UNSUPPORTED_PARAMETER = _spec(
+    "unsupported_parameter",
+    400,
+    "A parameter in this request can't be sent to this model through this endpoint. Nothing was charged.",
+)
+# Filled by the gateway (detail: {"param", "model"}): the parameter, the model, and why not.
+UNSUPPORTED_PARAMETER_MESSAGE = "{param} can't be sent to {model} through this endpoint: {reason}"
 REQUEST_TOO_LARGE = _spec("request_too_large", 413, "The request body is too large.")
 
 # --- Credits --------------------------------------------------------------------------------

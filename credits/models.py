@@ -203,7 +203,7 @@ class LedgerEntry(models.Model):
     )
     description = models.CharField(max_length=255, blank=True)
     # What the user sees is the model called (Opus 4.6, 4.7 and 4.8 apart); how it was priced is
-    # the price key (all three: claude-opus-4).
+    # the price key (all three: claude-opus-4-5).
     model = models.CharField(max_length=64, blank=True, help_text="The model called (e.g. claude-opus-4-6).")
     price_key = models.CharField(
         max_length=64, blank=True, help_text="The price book's key it was priced by (e.g. claude-opus-4)."

@@ -46,8 +46,8 @@ from byok.services import provider_key_mark_invalid, provider_key_mark_needs_ree
 from core import errors
 from core.db import db_sync_to_async
 from core.errors import NiyraError
+from credits import pricing
 from credits.models import CreditHold, KeySource
-from credits.pricing import LlmUsage
 from credits.services.holds import credit_hold, credit_settle, credit_void
 from credits.services.ledger import credit_usage_record
 from providers import Provider, get_adapter
@@ -77,17 +77,6 @@ MESSAGE_OVERHEAD_TOKENS = 8
 
 def _platform_key(provider: str) -> str:
     return str(settings.ANTHROPIC_API_KEY if provider == Provider.ANTHROPIC else settings.OPENAI_API_KEY)
-
-
-def resolve_model(model_id: object) -> CatalogModel:
-    if not isinstance(model_id, str) or not model_id.strip():
-        raise NiyraError(errors.INVALID_INPUT, detail={"model": ["Name a model."]})
-    model = catalog.lookup(model_id)
-    if model is not None:
-        return model
-    if catalog.is_third_party(model_id):
-        raise NiyraError(errors.THIRD_PARTY_PROVIDER, detail={"model": model_id[:100]})
-    raise NiyraError(errors.MODEL_NOT_SUPPORTED, detail={"model": model_id[:100]})
 
 
 def prompt_characters(request: ChatRequest) -> int:
@@ -300,7 +289,7 @@ class LLMDispatcher:
     @sensitive_variables("api_key")
     async def embeddings(self, *, model: str, inputs: list[str]) -> RoutedEmbeddings:
         """Embeddings are always paid in credits (BYOK covers LLM calls only)."""
-        catalog_model = resolve_model(model)
+        catalog_model = catalog.resolve(model)
         if catalog_model.kind != Kind.EMBEDDINGS:
             raise NiyraError(
                 errors.INVALID_INPUT, detail={"model": [f"{catalog_model.id} is not an embeddings model."]}
@@ -341,7 +330,7 @@ class LLMDispatcher:
         stop: tuple[str, ...],
     ) -> tuple[CatalogModel, ChatRequest]:
         """The catalog model (a chat model, else a clear 400) and the request for its adapter."""
-        model = resolve_model(model_id)
+        model = catalog.resolve(model_id)
         if model.kind != Kind.CHAT:
             raise NiyraError(errors.INVALID_INPUT, detail={"model": [f"{model.id} is not a chat model."]})
         return model, ChatRequest(
@@ -418,8 +407,7 @@ class LLMDispatcher:
             idempotency_key=f"routed:{route.call_id}",
             model=model.id,
             price_key=model.price_key,
-            input_tokens_estimate=input_estimate,
-            max_tokens=max_tokens,
+            worst=pricing.Usage(input_tokens=input_estimate, output_tokens=max_tokens),
             details={"routed_call": str(route.call_id), "model": model.id},
             # Longer than any call can take, so the sweeper never races a call in flight.
             expires_in=timedelta(seconds=max(300, 3 * int(settings.PROVIDER_TIMEOUT_SECONDS))),
@@ -436,7 +424,7 @@ class LLMDispatcher:
             if used and (error is None or stream):
                 entry = credit_settle(
                     hold_id=route.hold.pk,
-                    usage=LlmUsage(usage.input_tokens, usage.output_tokens, usage.cached_tokens),
+                    usage=pricing.Usage(usage.input_tokens, usage.output_tokens, usage.cached_tokens),
                     idempotency_key=f"routed:{route.call_id}:settle",
                     details=details,
                     known_hold=route.hold,
@@ -450,9 +438,7 @@ class LLMDispatcher:
                     user=route.user,
                     model=model.id,
                     price_key=model.price_key,
-                    input_tokens=usage.input_tokens,
-                    output_tokens=usage.output_tokens,
-                    cached_tokens=usage.cached_tokens,
+                    usage=pricing.Usage(usage.input_tokens, usage.output_tokens, usage.cached_tokens),
                     idempotency_key=f"routed:{route.call_id}",
                     details=details,
                 )

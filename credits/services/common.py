@@ -23,7 +23,7 @@ from django.db import connection, transaction
 from core import errors
 from credits.ledger_sql import Statement
 from credits.models import CreditHold, LedgerEntry
-from credits.pricing import MAX_UNITS, PRICE_BOOK_VERSION, LlmUsage
+from credits.pricing import MAX_UNITS, PRICE_BOOK_VERSION, Usage
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 128
 MAX_MODEL_LENGTH = 64
@@ -148,13 +148,22 @@ def entry_draft(
     model: str = "",
     price_key: str = "",
     units: int | None = None,
-    usage: LlmUsage | None = None,
+    usage: Usage | None = None,
     key_source: str = "",
     details: dict[str, Any] | None = None,
     pricing: dict[str, Any] | None = None,
 ) -> LedgerEntry:
     """What an entry says, unsaved: its statement adds the account, the balance after it, and
-    (for a settlement) the amount charged."""
+    (for a settlement) the amount charged.
+
+    With ``usage``, the token columns keep input, output and cached tokens (what the usage
+    breakdown sums), TTS characters or STT seconds are the entry's ``units``, and
+    ``details["usage"]`` keeps every kind the provider reported, so nothing billed is lost.
+    """
+    context = dict(details or {})
+    if usage is not None:
+        context["usage"] = usage.as_dict()
+        units = units if units is not None else (usage.characters or usage.seconds or None)
     return LedgerEntry(
         amount=amount,
         category=category,
@@ -168,10 +177,18 @@ def entry_draft(
         output_tokens=usage.output_tokens if usage else None,
         cached_tokens=usage.cached_tokens if usage else None,
         key_source=key_source,
-        details=details or {},
+        details=context,
         pricing={"book": PRICE_BOOK_VERSION} | (pricing or {}),
     )
 
 
-def tokens_text(usage: LlmUsage) -> str:
-    return f"{usage.input_tokens:,} in ({usage.cached_tokens:,} cached) / {usage.output_tokens:,} out tokens"
+def usage_text(usage: Usage) -> str:
+    """The usage, as an entry's description says it."""
+    parts = []
+    if usage.input_tokens or usage.output_tokens or not (usage.characters or usage.seconds):
+        parts.append(f"{usage.input_tokens:,} in ({usage.cached_tokens:,} cached) / {usage.output_tokens:,} out tokens")
+    if usage.characters:
+        parts.append(f"{usage.characters:,} characters")
+    if usage.seconds:
+        parts.append(f"{usage.seconds:,} seconds")
+    return ", ".join(parts)

@@ -3,10 +3,10 @@
 Routing's use, for a hosted LLM call::
 
     hold = credit_hold(user=u, model="claude-sonnet-4-6", price_key="claude-sonnet-4",
-                       input_tokens_estimate=1200, max_tokens=1024, idempotency_key=f"call:{call_id}",
+                       worst=Usage(input_tokens=1200, output_tokens=1024), idempotency_key=f"call:{call_id}",
                        details={"routed_call_id": call_id})
     # ... provider call, outside any transaction ...
-    credit_settle(hold_id=hold.pk, usage=LlmUsage(input_tokens=..., output_tokens=..., cached_tokens=...),
+    credit_settle(hold_id=hold.pk, usage=Usage(input_tokens=..., output_tokens=..., cached_tokens=...),
                   idempotency_key=f"call:{call_id}")     # or, if the call failed:
     credit_void(hold_id=hold.pk)
 
@@ -27,7 +27,7 @@ from accounts.models import User
 from core import errors
 from credits import ledger_sql
 from credits.models import USAGE_CATEGORIES, Category, CreditHold, HoldStatus, KeySource, LedgerEntry
-from credits.pricing import LlmUsage, model_price, price_llm_usage, price_llm_worst_case
+from credits.pricing import Usage, model_price, price_usage, usage_check
 from credits.services.common import (
     MAX_AMOUNT,
     MAX_ATTEMPTS,
@@ -41,7 +41,7 @@ from credits.services.common import (
     invalid,
     replay_of,
     statement_fetch,
-    tokens_text,
+    usage_text,
 )
 
 DEFAULT_HOLD_TTL = timedelta(minutes=15)
@@ -56,8 +56,7 @@ def credit_hold(
     amount: int | None = None,
     model: str | None = None,
     price_key: str | None = None,
-    input_tokens_estimate: int | None = None,
-    max_tokens: int | None = None,
+    worst: Usage | None = None,
     category: str | None = None,
     details: dict[str, Any] | None = None,
     expires_in: timedelta = DEFAULT_HOLD_TTL,
@@ -65,11 +64,11 @@ def credit_hold(
     """Reserve a worst-case amount before a hosted call; call it before talking to the provider.
 
     Give either ``amount`` (millicredits; ``category`` defaults to ``llm``) or ``model`` with
-    ``input_tokens_estimate`` and ``max_tokens``: the hold is then the whole prompt at the
-    uncached input rate plus ``max_tokens`` of output (`price_llm_worst_case`), and the category
-    is the model's (``llm``, or ``embeddings`` for embedding models). ``model`` is the model
-    called, which the settlement's entry shows; ``price_key`` the price book's key it is priced
-    by (default: ``model`` itself, when that is a price key).
+    ``worst``, the most the call can use (a `Usage`, priced like any usage: state the worst case
+    as uncached input and plain output, the dearest kinds a call is billed at). The category is
+    then the model's price category (``llm``, ``embeddings``, ``voice_tts``, ``voice_stt``).
+    ``model`` is the model called, which the settlement's entry shows; ``price_key`` the price
+    book's key it is priced by (default: ``model`` itself, when that is a price key).
 
     Raises ``insufficient_credits`` (402) if ``balance - reserved`` is below the amount. Resolve
     the hold exactly once with `credit_settle` or `credit_void`; holds still open after
@@ -77,15 +76,14 @@ def credit_hold(
     ``expires_in`` longer than the call can take.
     """
     if (amount is None) == (model is None):
-        raise invalid("amount", "Give either an amount or a model with token counts, not both.")
+        raise invalid("amount", "Give either an amount or a model with its worst-case usage, not both.")
     now = timezone.now()
     draft = hold_draft(
         idempotency_key=idempotency_key,
         amount=amount,
         model=model,
         price_key=price_key,
-        input_tokens_estimate=input_tokens_estimate,
-        max_tokens=max_tokens,
+        worst=worst,
         category=category,
         details=details,
         expires_in=expires_in,
@@ -126,8 +124,7 @@ def hold_draft(
     amount: int | None = None,
     model: str | None = None,
     price_key: str | None = None,
-    input_tokens_estimate: int | None = None,
-    max_tokens: int | None = None,
+    worst: Usage | None = None,
     category: str | None = None,
     details: dict[str, Any] | None = None,
     expires_in: timedelta = DEFAULT_HOLD_TTL,
@@ -136,27 +133,28 @@ def hold_draft(
     """The hold `credit_hold` reserves, checked and priced but unsaved: the one place a hold is
     built, so the gateway can run its statement on an async connection and get the same row.
 
-    ``amount`` with ``model``: the caller priced the worst case itself (the gateway prices every
-    usage kind of its worst case with `credits.pricing`); the token counts are then informative.
+    ``amount`` with ``model``: the caller priced ``worst`` itself (with `credits.pricing`), and
+    ``worst`` is then informative; without ``amount``, ``worst`` is priced here.
     """
     key = checked_idempotency_key(idempotency_key)
     context = checked_details(details)
     if not isinstance(expires_in, timedelta) or not timedelta(seconds=1) <= expires_in <= MAX_HOLD_TTL:
         raise invalid("expires_in", f"Between 1 second and {MAX_HOLD_TTL}.")
     if amount is None and model is None:
-        raise invalid("amount", "Give an amount, or a model with token counts.")
+        raise invalid("amount", "Give an amount, or a model with its worst-case usage.")
     called, priced_as = "", ""
     if model is not None:
         called, priced_as = checked_model(model, price_key)
         price = model_price(priced_as)
+        if not isinstance(worst, Usage):
+            raise invalid("worst", "A model hold needs its worst-case usage (a credits.pricing.Usage).")
         if amount is not None:
+            usage_check(worst)
             held = checked_amount(amount)
         else:
-            if input_tokens_estimate is None or max_tokens is None:
-                raise invalid("max_tokens", "A model hold needs input_tokens_estimate and max_tokens.")
-            held = price_llm_worst_case(priced_as, input_tokens_estimate, max_tokens)
+            held = price_usage(priced_as, worst)
             if held <= 0:
-                raise invalid("max_tokens", "Nothing to hold: the estimate and max_tokens are both zero.")
+                raise invalid("worst", "Nothing to hold: the worst case costs nothing.")
         if category not in (None, price.category):
             raise invalid("category", f"{model} is charged as {price.category}.")
         hold_category = price.category
@@ -165,14 +163,14 @@ def hold_draft(
             op="hold",
             model=called,
             price_key=priced_as,
-            input=input_tokens_estimate,
-            max_tokens=max_tokens,
+            worst=worst.as_dict(),
             details=context,
             **priced,
         )
     else:
-        if price_key is not None:
-            raise invalid("price_key", "Only a model hold has a price key.")
+        if price_key is not None or worst is not None:
+            field = "price_key" if price_key is not None else "worst"
+            raise invalid(field, "Only a model hold has a price key and a worst case.")
         held = checked_amount(amount)
         hold_category = category or Category.LLM
         if hold_category not in USAGE_CATEGORIES:
@@ -185,8 +183,8 @@ def hold_draft(
         fingerprint=params,
         model=called,
         price_key=priced_as,
-        input_tokens_estimate=input_tokens_estimate if model else None,
-        max_tokens=max_tokens if model else None,
+        input_tokens_estimate=worst.input_tokens if worst is not None else None,
+        max_tokens=worst.output_tokens if worst is not None else None,
         details=context,
         expires_at=now + expires_in,
     )
@@ -217,10 +215,10 @@ def _already_resolved(hold: CreditHold) -> errors.NiyraError:
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    """What a settle call asks for, checked before any statement: an amount, or token usage."""
+    """What a settle call asks for, checked before any statement: an amount, or usage."""
 
     actual_amount: int | None
-    usage: LlmUsage | None
+    usage: Usage | None
     key: str
     extra: dict[str, Any]
 
@@ -230,16 +228,9 @@ class Settlement:
             actual = self.actual_amount or 0
             return actual, fingerprint(op="settle", amount=actual, details=self.extra)
         if not hold.price_key:
-            raise invalid("usage", "This hold has no model to price tokens with; give actual_amount.")
-        usage = self.usage
-        params = fingerprint(
-            op="settle",
-            input=usage.input_tokens,
-            output=usage.output_tokens,
-            cached=usage.cached_tokens,
-            details=self.extra,
-        )
-        return price_llm_usage(hold.price_key, usage), params
+            raise invalid("usage", "This hold has no model to price usage with; give actual_amount.")
+        actual = price_usage(hold.price_key, self.usage)
+        return actual, fingerprint(op="settle", usage=self.usage.as_dict(), details=self.extra)
 
     def entry(self, hold: CreditHold, *, actual: int, params: str) -> LedgerEntry:
         """What the settlement's entry says; its statement adds what it charged and how."""
@@ -252,7 +243,7 @@ class Settlement:
             category=hold.category,
             idempotency_key=hold.idempotency_key,
             fingerprint=params,
-            description=f"{label}: {tokens_text(self.usage)}" if self.usage else f"{label}: hold #{hold.pk} settled",
+            description=f"{label}: {usage_text(self.usage)}" if self.usage else f"{label}: hold #{hold.pk} settled",
             model=hold.model,
             price_key=hold.price_key,
             usage=self.usage,
@@ -266,15 +257,16 @@ def credit_settle(
     *,
     hold_id: int,
     actual_amount: int | None = None,
-    usage: LlmUsage | None = None,
+    usage: Usage | None = None,
     idempotency_key: str | None = None,
     details: dict[str, Any] | None = None,
     known_hold: CreditHold | None = None,
 ) -> LedgerEntry:
     """Post the actual cost of a held call and release the rest of the hold. Returns the entry.
 
-    Give either ``actual_amount`` (millicredits) or ``usage`` (token counts, priced with the
-    hold's model; use this for model holds, so the entry records the tokens). ``details`` are
+    Give either ``actual_amount`` (millicredits) or ``usage`` (every kind the provider
+    reported, priced with the hold's price key; use this for model holds, so the entry records
+    the usage: its token columns, and the whole breakdown in ``details["usage"]``). ``details`` are
     added to the hold's details on the entry (e.g. the provider's request id).
 
     * Actual ≤ held: charged in full; the remainder is released.
@@ -297,8 +289,8 @@ def credit_settle(
         raise invalid("known_hold", "Not the hold with this hold_id.")
     if (actual_amount is None) == (usage is None):
         raise invalid("actual_amount", "Give either actual_amount or usage, not both.")
-    if usage is not None and not isinstance(usage, LlmUsage):
-        raise invalid("usage", "An LlmUsage(input_tokens, output_tokens, cached_tokens).")
+    if usage is not None and not isinstance(usage, Usage):
+        raise invalid("usage", "A credits.pricing.Usage.")
     if actual_amount is not None and (
         isinstance(actual_amount, bool) or not isinstance(actual_amount, int) or not 0 <= actual_amount <= MAX_AMOUNT
     ):

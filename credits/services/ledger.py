@@ -16,7 +16,7 @@ from accounts.services import audit_event_record
 from core import errors
 from credits import ledger_sql
 from credits.models import Category, KeySource, LedgerEntry
-from credits.pricing import LlmUsage, model_price, price_llm_call, price_units, unit_price
+from credits.pricing import Usage, model_price, price_units, price_usage, unit_price
 from credits.services.accounts import billing_account_ensure
 from credits.services.common import (
     MAX_ATTEMPTS,
@@ -31,7 +31,7 @@ from credits.services.common import (
     invalid,
     replay_of,
     statement_fetch,
-    tokens_text,
+    usage_text,
 )
 
 
@@ -112,43 +112,19 @@ def credit_usage_record(
     user: User,
     model: str,
     price_key: str | None = None,
-    input_tokens: int,
-    output_tokens: int,
-    cached_tokens: int = 0,
+    usage: Usage,
     idempotency_key: str,
     details: dict[str, Any] | None = None,
 ) -> LedgerEntry:
     """Record an LLM call served by the user's own key (BYOK): a zero-amount ``llm`` entry with
-    ``key_source=byok`` and the token volume, so the usage breakdown can count it at zero cost.
+    ``key_source=byok``, the usage (token columns, and every kind in ``details["usage"]``) and,
+    in ``pricing``, what it would have cost in credits (``would_cost``, at the ``rate`` row), so
+    the usage breakdown can count it at zero cost and show what the key saved.
     ``model`` is the model called; ``price_key`` the price book's key for it (default: ``model``
-    itself). Embeddings are always paid in credits, so an embeddings model is refused here.
+    itself). Embeddings and voice are always paid in credits, so their models are refused here.
     """
-    model, price_key = checked_model(model, price_key)
-    price = model_price(price_key)
-    if price.category != Category.LLM:
-        raise invalid("model", "BYOK covers LLM calls only; embeddings are charged in credits (credit_charge).")
-    price_llm_call(price_key, input_tokens, output_tokens, cached_tokens)  # validates the counts
-    usage = LlmUsage(input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=cached_tokens)
-    context = checked_details(details)
-    entry = entry_draft(
-        amount=0,
-        category=Category.LLM,
-        idempotency_key=checked_idempotency_key(idempotency_key),
-        fingerprint=fingerprint(
-            op="byok_usage",
-            model=model,
-            price_key=price_key,
-            input=input_tokens,
-            output=output_tokens,
-            cached=cached_tokens,
-            details=context,
-        ),
-        description=f"{model} via your own key: {tokens_text(usage)}",
-        model=model,
-        price_key=price_key,
-        usage=usage,
-        key_source=KeySource.BYOK,
-        details=context,
+    entry = usage_record_draft(
+        model=model, price_key=price_key, usage=usage, idempotency_key=idempotency_key, details=details
     )
     for _ in range(2):
         try:
@@ -161,6 +137,39 @@ def credit_usage_record(
             return ledger_sql.entry_from_row(recorded)
         billing_account_ensure(user=user)  # the user's first call: no account yet
     raise errors.NiyraError(errors.INTERNAL_ERROR)  # the account was deleted meanwhile
+
+
+def usage_record_draft(
+    *,
+    model: str,
+    price_key: str | None = None,
+    usage: Usage,
+    idempotency_key: str,
+    details: dict[str, Any] | None = None,
+) -> LedgerEntry:
+    """The entry `credit_usage_record` posts, checked and priced but unsaved: the one place it
+    is built, so the gateway can run `ledger_sql.usage_record` on its own connection."""
+    model, price_key = checked_model(model, price_key)
+    price = model_price(price_key)
+    if price.category != Category.LLM:
+        raise invalid("model", "BYOK covers LLM calls only; embeddings and voice are charged in credits.")
+    would_cost = price_usage(price_key, usage)  # also checks the counts
+    context = checked_details(details)
+    return entry_draft(
+        amount=0,
+        category=Category.LLM,
+        idempotency_key=checked_idempotency_key(idempotency_key),
+        fingerprint=fingerprint(
+            op="byok_usage", model=model, price_key=price_key, usage=usage.as_dict(), details=context
+        ),
+        description=f"{model} via your own key: {usage_text(usage)}",
+        model=model,
+        price_key=price_key,
+        usage=usage,
+        key_source=KeySource.BYOK,
+        details=context,
+        pricing={"rate": price.as_rate(), "would_cost": would_cost},
+    )
 
 
 # --- Support: grants and adjustments ----------------------------------------------------------

@@ -10,7 +10,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from credits.models import LedgerEntry
-from credits.pricing import LlmUsage, price_llm_call
+from credits.pricing import Usage, price_usage
 from credits.services.holds import credit_hold, credit_settle
 from credits.services.ledger import credit_charge, credit_usage_record
 from tests.credits.conftest import CREDIT
@@ -68,14 +68,10 @@ def test_ledger_shows_only_my_entries(user_client: APIClient, funded_user: Any, 
 
 def test_usage_breakdown(user_client: APIClient, funded_user: Any) -> None:
     credit_charge(user=funded_user, category="tool_call", units=2, idempotency_key="t")  # 200 mc
-    hold = credit_hold(
-        user=funded_user, model="claude-haiku-4", input_tokens_estimate=2_000, max_tokens=2_000, idempotency_key="c"
-    )
-    credit_settle(hold_id=hold.pk, usage=LlmUsage(1_000, 1_000, 0))
-    llm = price_llm_call("claude-haiku-4", 1_000, 1_000)  # 600 mc
-    credit_usage_record(
-        user=funded_user, model="gpt-5", input_tokens=5_000, output_tokens=700, cached_tokens=100, idempotency_key="b"
-    )
+    hold = credit_hold(user=funded_user, model="claude-haiku-4", worst=Usage(2_000, 2_000), idempotency_key="c")
+    credit_settle(hold_id=hold.pk, usage=Usage(1_000, 1_000, 0))
+    llm = price_usage("claude-haiku-4", Usage(1_000, 1_000))  # 600 mc
+    credit_usage_record(user=funded_user, model="gpt-5", usage=Usage(5_000, 700, 100), idempotency_key="b")
     body = user_client.get("/api/credits/usage").json()
     assert body["by_category"]["tool_call"] == 200
     assert body["by_category"]["llm"] == llm

@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-from credits.pricing import LlmUsage, price_llm_call
+from credits.pricing import Usage, price_usage
 from credits.services.holds import credit_hold, credit_settle
 from credits.services.ledger import credit_usage_record
 
@@ -20,23 +20,20 @@ def test_a_settled_hold_shows_the_model_called_and_is_priced_by_its_price_key(fu
         user=funded_user,
         model="claude-opus-4-7",
         price_key="claude-opus-4",
-        input_tokens_estimate=10,
-        max_tokens=10,
+        worst=Usage(10, 10),
         idempotency_key="h",
     )
-    entry = credit_settle(hold_id=hold.pk, usage=LlmUsage(10, 5), idempotency_key="s")
+    entry = credit_settle(hold_id=hold.pk, usage=Usage(10, 5), idempotency_key="s")
 
     assert (hold.model, hold.price_key) == ("claude-opus-4-7", "claude-opus-4")
     assert (entry.model, entry.price_key) == ("claude-opus-4-7", "claude-opus-4")
-    assert -entry.amount == price_llm_call("claude-opus-4", 10, 5)
+    assert -entry.amount == price_usage("claude-opus-4", Usage(10, 5))
     assert entry.description.startswith("claude-opus-4-7: ")
 
 
 @pytest.mark.django_db
 def test_a_price_key_named_alone_is_both(funded_user: Any) -> None:
-    entry = credit_usage_record(
-        user=funded_user, model="claude-sonnet-4", input_tokens=1, output_tokens=1, idempotency_key="b"
-    )
+    entry = credit_usage_record(user=funded_user, model="claude-sonnet-4", usage=Usage(1, 1), idempotency_key="b")
     assert (entry.model, entry.price_key) == ("claude-sonnet-4", "claude-sonnet-4")
 
 

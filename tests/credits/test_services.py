@@ -13,7 +13,7 @@ from django.utils import timezone
 from accounts.models import AuditEvent
 from core import errors
 from credits.models import BillingAccount, CreditHold, HoldStatus, KeySource, LedgerEntry
-from credits.pricing import LlmUsage, price_llm_call, price_llm_worst_case
+from credits.pricing import Usage, model_price, price_usage
 from credits.selectors import billing_account_for, credit_balance, ledger_mismatches
 from credits.services.accounts import billing_apex_set, billing_plan_set
 from credits.services.holds import credit_hold, credit_holds_expire, credit_settle, credit_void
@@ -192,10 +192,8 @@ def test_adjust_is_a_reversing_entry_and_cannot_go_below_zero(funded_user: Any, 
 
 
 def test_model_hold_reserves_the_worst_case(funded_user: Any, account_of: Any) -> None:
-    hold = credit_hold(
-        user=funded_user, model="claude-sonnet-4", input_tokens_estimate=1_200, max_tokens=1_024, idempotency_key="c-1"
-    )
-    expected = price_llm_worst_case("claude-sonnet-4", 1_200, 1_024)
+    hold = credit_hold(user=funded_user, model="claude-sonnet-4", worst=Usage(1_200, 1_024), idempotency_key="c-1")
+    expected = price_usage("claude-sonnet-4", Usage(1_200, 1_024))
     assert (hold.amount, hold.category, hold.status) == (expected, "llm", HoldStatus.OPEN)
     account = account_of(funded_user)
     assert (account.balance, account.reserved) == (100 * CREDIT, expected)
@@ -203,9 +201,7 @@ def test_model_hold_reserves_the_worst_case(funded_user: Any, account_of: Any) -
 
 
 def test_embedding_hold_books_to_embeddings(funded_user: Any) -> None:
-    hold = credit_hold(
-        user=funded_user, model="text-embedding-3-small", input_tokens_estimate=5_000, max_tokens=0, idempotency_key="e"
-    )
+    hold = credit_hold(user=funded_user, model="text-embedding-3-small", worst=Usage(5_000, 0), idempotency_key="e")
     assert hold.category == "embeddings"
 
 
@@ -242,16 +238,16 @@ def test_a_hold_refused_on_a_replayed_key_is_the_first_hold(user: Any, fund: Any
     ("params", "code"),
     [
         ({}, "invalid_input"),  # neither amount nor model
-        ({"amount": 10, "model": "gpt-5", "input_tokens_estimate": 1, "max_tokens": 1}, "invalid_input"),
+        ({"amount": 10, "model": "gpt-5", "worst": Usage(1, 1)}, "invalid_input"),
         ({"amount": 0}, "invalid_input"),
         ({"amount": -10}, "invalid_input"),
         ({"amount": 10.5}, "invalid_input"),
         ({"amount": 10, "category": "grant"}, "unknown_category"),
-        ({"model": "llama-3", "input_tokens_estimate": 1, "max_tokens": 1}, "model_not_supported"),
-        ({"model": "gpt-5", "max_tokens": 1}, "invalid_input"),
-        ({"model": "gpt-5", "input_tokens_estimate": 0, "max_tokens": 0}, "invalid_input"),
-        ({"model": "gpt-5", "input_tokens_estimate": -1, "max_tokens": 5}, "invalid_input"),
-        ({"model": "gpt-5", "input_tokens_estimate": 1, "max_tokens": 1, "category": "embeddings"}, "invalid_input"),
+        ({"model": "llama-3", "worst": Usage(1, 1)}, "model_not_supported"),
+        ({"model": "gpt-5"}, "invalid_input"),  # no worst case
+        ({"model": "gpt-5", "worst": Usage(0, 0)}, "invalid_input"),
+        ({"model": "gpt-5", "worst": Usage(-1, 5)}, "invalid_input"),
+        ({"model": "gpt-5", "worst": Usage(1, 1), "category": "embeddings"}, "invalid_input"),
         ({"amount": 10, "expires_in": timedelta(0)}, "invalid_input"),
         ({"amount": 10, "expires_in": timedelta(days=2)}, "invalid_input"),
         ({"amount": 10, "idempotency_key": "x" * 129}, "invalid_input"),
@@ -277,14 +273,13 @@ def test_settle_posts_actual_usage_and_releases_the_rest(funded_user: Any, accou
     hold = credit_hold(
         user=funded_user,
         model="claude-sonnet-4",
-        input_tokens_estimate=2_000,
-        max_tokens=1_000,
+        worst=Usage(2_000, 1_000),
         idempotency_key="c-1",
         details={"routed_call_id": "rc_1"},
     )
-    usage = LlmUsage(input_tokens=1_800, output_tokens=400, cached_tokens=1_000)
+    usage = Usage(input_tokens=1_800, output_tokens=400, cached_tokens=1_000)
     entry = credit_settle(hold_id=hold.pk, usage=usage, idempotency_key="c-1", details={"request_id": "req_9"})
-    cost = price_llm_call("claude-sonnet-4", 1_800, 400, 1_000)
+    cost = price_usage("claude-sonnet-4", Usage(1_800, 400, 1_000))
     assert entry.amount == -cost
     assert (entry.input_tokens, entry.output_tokens, entry.cached_tokens) == (1_800, 400, 1_000)
     assert (entry.model, entry.key_source, entry.category, entry.flagged) == (
@@ -293,7 +288,8 @@ def test_settle_posts_actual_usage_and_releases_the_rest(funded_user: Any, accou
         "llm",
         False,
     )
-    assert entry.details == {"routed_call_id": "rc_1", "request_id": "req_9"}
+    assert entry.details == {"routed_call_id": "rc_1", "request_id": "req_9", "usage": usage.as_dict()}
+    assert entry.pricing["rate"] == model_price("claude-sonnet-4").as_rate()
     assert entry.hold_id == hold.pk
     account = account_of(funded_user)
     assert (account.balance, account.reserved) == (100 * CREDIT - cost, 0)
@@ -377,17 +373,17 @@ def test_settle_and_void_of_an_unknown_hold(db: None) -> None:
     "params",
     [
         {},
-        {"actual_amount": 1, "usage": LlmUsage(1, 1)},
+        {"actual_amount": 1, "usage": Usage(1, 1)},
         {"actual_amount": -1},
         {"actual_amount": 1.0},
-        {"usage": LlmUsage(10, 1, 11)},
-        {"usage": LlmUsage(-1, 1)},
+        {"usage": Usage(10, 1, 11)},
+        {"usage": Usage(-1, 1)},
         {"usage": {"input_tokens": 1, "output_tokens": 1}},
         {"actual_amount": 1, "idempotency_key": ""},
     ],
 )
 def test_bad_settle_input_is_a_400_and_leaves_the_hold_open(funded_user: Any, params: dict[str, Any]) -> None:
-    hold = credit_hold(user=funded_user, model="gpt-5", input_tokens_estimate=10, max_tokens=10, idempotency_key="h")
+    hold = credit_hold(user=funded_user, model="gpt-5", worst=Usage(10, 10), idempotency_key="h")
     before = _state(funded_user)
     assert _code(lambda: credit_settle(hold_id=hold.pk, **params)) == "invalid_input"
     hold.refresh_from_db()
@@ -397,7 +393,7 @@ def test_bad_settle_input_is_a_400_and_leaves_the_hold_open(funded_user: Any, pa
 
 def test_usage_settle_needs_a_model_hold(funded_user: Any) -> None:
     hold = credit_hold(user=funded_user, amount=100, idempotency_key="h")
-    assert _code(lambda: credit_settle(hold_id=hold.pk, usage=LlmUsage(1, 1))) == "invalid_input"
+    assert _code(lambda: credit_settle(hold_id=hold.pk, usage=Usage(1, 1))) == "invalid_input"
 
 
 # --- expiry --------------------------------------------------------------------------------------
@@ -445,30 +441,65 @@ def test_expire_holds_task_calls_the_service(funded_user: Any) -> None:
 
 
 def test_byok_usage_is_recorded_at_zero_cost(funded_user: Any, account_of: Any) -> None:
-    entry = credit_usage_record(
-        user=funded_user, model="claude-opus-4", input_tokens=900, output_tokens=300, idempotency_key="b-1"
-    )
+    entry = credit_usage_record(user=funded_user, model="claude-opus-4", usage=Usage(900, 300), idempotency_key="b-1")
     assert (entry.amount, entry.key_source, entry.category) == (0, KeySource.BYOK, "llm")
     assert (entry.input_tokens, entry.output_tokens, entry.cached_tokens) == (900, 300, 0)
     assert account_of(funded_user).balance == 100 * CREDIT
     assert (
-        credit_usage_record(
-            user=funded_user, model="claude-opus-4", input_tokens=900, output_tokens=300, idempotency_key="b-1"
-        ).pk
+        credit_usage_record(user=funded_user, model="claude-opus-4", usage=Usage(900, 300), idempotency_key="b-1").pk
         == entry.pk
     )
     assert (
         _code(
             lambda: credit_usage_record(
-                user=funded_user, model="text-embedding-3-small", input_tokens=9, output_tokens=0, idempotency_key="b-2"
+                user=funded_user, model="text-embedding-3-small", usage=Usage(9, 0), idempotency_key="b-2"
             )
         )
         == "invalid_input"
     )
 
 
+def test_byok_usage_keeps_every_kind_and_what_it_would_have_cost(funded_user: Any) -> None:
+    usage = Usage(10_000, 2_000, cached_tokens=6_000, cache_write_tokens=3_000, reasoning_tokens=500)
+    entry = credit_usage_record(
+        user=funded_user, model="claude-opus-4-6", price_key="claude-opus-4-5", usage=usage, idempotency_key="b"
+    )
+    assert entry.amount == 0
+    assert entry.details["usage"] == usage.as_dict()
+    assert entry.pricing["would_cost"] == price_usage("claude-opus-4-5", usage) == 7_675
+    assert entry.pricing["rate"] == model_price("claude-opus-4-5").as_rate()
+    # The same call with more cache writes is other parameters, not a replay.
+    other = Usage(10_000, 2_000, cached_tokens=5_000, cache_write_tokens=4_000)
+    kwargs = {"user": funded_user, "model": "claude-opus-4-6", "price_key": "claude-opus-4-5", "idempotency_key": "b"}
+    assert _code(lambda: credit_usage_record(usage=other, **kwargs)) == "idempotency_conflict"
+
+
+@pytest.mark.parametrize(
+    ("model", "worst", "usage", "category", "units"),
+    [
+        ("tts-1", Usage(characters=4_000), Usage(characters=1_000), "voice_tts", 1_000),
+        ("whisper-1", Usage(seconds=600), Usage(seconds=61), "voice_stt", 61),
+        (
+            "gpt-4o-transcribe",
+            Usage(5_000, 2_000, audio_input_tokens=5_000),
+            Usage(1_000, 200, audio_input_tokens=900),
+            "voice_stt",
+            None,
+        ),
+    ],
+)
+def test_voice_holds_and_settles_in_their_own_units(
+    funded_user: Any, model: str, worst: Usage, usage: Usage, category: str, units: int | None
+) -> None:
+    hold = credit_hold(user=funded_user, model=model, worst=worst, idempotency_key="v")
+    assert (hold.category, hold.amount) == (category, price_usage(model, worst))
+    entry = credit_settle(hold_id=hold.pk, usage=usage, idempotency_key="v")
+    assert (entry.amount, entry.category, entry.units) == (-price_usage(model, usage), category, units)
+    assert entry.details["usage"] == usage.as_dict()
+
+
 def test_the_first_byok_call_creates_the_account(user: Any) -> None:
-    entry = credit_usage_record(user=user, model="claude-opus-4", input_tokens=9, output_tokens=3, idempotency_key="b")
+    entry = credit_usage_record(user=user, model="claude-opus-4", usage=Usage(9, 3), idempotency_key="b")
     account = BillingAccount.objects.get(user=user)
     assert (entry.account_id, entry.balance_after, entry.amount) == (account.pk, 0, 0)
     assert (account.plan, account.balance, account.reserved) == ("free", 0, 0)

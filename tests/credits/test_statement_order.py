@@ -22,6 +22,7 @@ from rest_framework.test import APIClient
 
 from accounts.services import api_token_create
 from credits.models import LedgerEntry
+from credits.pricing import Usage
 from credits.selectors import ledger_entries_for
 from credits.services.holds import credit_hold, credit_settle
 from credits.services.ledger import credit_charge, credit_grant, credit_usage_record
@@ -64,9 +65,7 @@ def _worker(index: int, user: Any, start: threading.Barrier, problems: list[str]
                 hold = credit_hold(user=user, amount=5_000, idempotency_key=f"h-{key}")
                 credit_settle(hold_id=hold.pk, actual_amount=100 + index, idempotency_key=f"s-{key}", known_hold=hold)
             else:
-                credit_usage_record(
-                    user=user, model="claude-sonnet-4", input_tokens=10, output_tokens=5, idempotency_key=f"b-{key}"
-                )
+                credit_usage_record(user=user, model="claude-sonnet-4", usage=Usage(10, 5), idempotency_key=f"b-{key}")
     except Exception as exc:  # pragma: no cover - shown by the assertion
         problems.append(repr(exc))
     finally:
@@ -156,9 +155,7 @@ def test_a_byok_usage_record_waits_for_a_charge_in_flight(
     charger = threading.Thread(target=charge_and_linger)
     charger.start()
     assert charged.wait(timeout=10)
-    record = credit_usage_record(
-        user=user, model="claude-sonnet-4", input_tokens=1, output_tokens=1, idempotency_key="b1"
-    )
+    record = credit_usage_record(user=user, model="claude-sonnet-4", usage=Usage(1, 1), idempotency_key="b1")
     charger.join(timeout=10)
 
     charge = results[0]

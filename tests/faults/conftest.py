@@ -17,7 +17,7 @@ from django.db import connection
 
 from accounts.services import api_token_create
 from credits.models import BillingAccount, CreditHold, HoldStatus
-from credits.pricing import price_llm_call
+from credits.pricing import Usage, price_usage
 from credits.selectors import ledger_mismatches
 from sandbox import SandboxServer
 from tests.routing.conftest import live_asgi, make_account, store_key  # noqa: F401 - fixtures, shared
@@ -105,7 +105,9 @@ def serves_normally(
             native = http.post("/api/llm/messages", json=message)
             openai_style = http.post("/v1/chat/completions", json=message | {"model": "gpt-4.1-mini"})
         assert (native.status_code, openai_style.status_code) == (200, 200), (native.text, openai_style.text)
-        charged = price_llm_call("claude-haiku-4", 6, REPLY_WORDS) + price_llm_call("gpt-4.1-mini", 6, REPLY_WORDS)
+        charged = price_usage("claude-haiku-4", Usage(6, REPLY_WORDS)) + price_usage(
+            "gpt-4.1-mini", Usage(6, REPLY_WORDS)
+        )
         wait_until_quiet()
         assert BillingAccount.objects.get(user=bystander).balance == before - charged
         assert_books_balance()

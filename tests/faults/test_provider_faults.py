@@ -22,7 +22,7 @@ import pytest
 
 from core import errors
 from credits.models import BillingAccount, CreditHold, HoldStatus, LedgerEntry
-from credits.pricing import price_llm_call
+from credits.pricing import Usage, price_usage
 from routing import catalog
 from routing.models import RoutedCall
 from sandbox import SandboxServer, anthropic_key, openai_key
@@ -232,7 +232,7 @@ def check_reply_and_bill(fault: Fault, path: str, endpoint: Endpoint, stream: bo
     call = RoutedCall.objects.get(user=user)
     assert (call.key_source, call.stream, call.tokens_in, call.tokens_out) == (path, stream, *tokens)
     assert call.outcome == ("ok" if outcome == "ok" else "provider_unavailable")
-    charge = price_llm_call(model.price_key, *tokens) if path == "platform" else 0
+    charge = price_usage(model.price_key, Usage(*tokens)) if path == "platform" else 0
     assert (account.balance, account.reserved, call.credits_charged) == (STARTING_CREDITS_MC - charge, 0, charge)
     if path == "byok":
         assert holds == []

@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 from accounts.models import AuditEvent
 from byok.models import KeyStatus, ProviderKey
 from credits.models import BillingAccount, CreditHold, LedgerEntry
-from credits.pricing import price_llm_call
+from credits.pricing import Usage, price_usage
 from routing.models import RoutedCall, outcome_label
 from routing.services import routing_preference_set
 from sandbox import SandboxServer, anthropic_key, openai_key
@@ -67,7 +67,7 @@ def test_platform_path_charges_exactly_the_provider_usage(make_account: Any, cli
 
     assert response.status_code == 200, response.content
     body = response.json()
-    expected = price_llm_call("claude-sonnet-4", 6, REPLY_WORDS)
+    expected = price_usage("claude-sonnet-4", Usage(6, REPLY_WORDS))
     assert body["usage"] == {"input_tokens": 6, "output_tokens": REPLY_WORDS, "cached_tokens": 0}
     assert body["routing"]["key_source"] == "platform"
     assert body["routing"]["credits_charged_mc"] == expected
@@ -137,7 +137,7 @@ def test_cached_tokens_are_billed_at_the_cached_rate(make_account: Any, client_f
     body = send(client_for(user)).json()
 
     assert body["usage"] == {"input_tokens": 6, "output_tokens": REPLY_WORDS, "cached_tokens": 3}
-    assert body["routing"]["credits_charged_mc"] == price_llm_call("claude-sonnet-4", 6, REPLY_WORDS, 3)
+    assert body["routing"]["credits_charged_mc"] == price_usage("claude-sonnet-4", Usage(6, REPLY_WORDS, 3))
 
 
 # --- Refusals before the provider is called -----------------------------------------------------
@@ -210,8 +210,9 @@ def test_a_free_plan_with_a_saved_key_is_told_rather_than_billed(
     [
         ("together/llama-3-70b", "third_party_provider"),
         ("groq-mixtral", "third_party_provider"),
-        ("claude-2.1", "model_not_supported"),
-        ("gpt-3.5-turbo", "model_not_supported"),
+        ("claude-2.1", "model_retired"),
+        ("gpt-3.5-turbo", "model_retired"),
+        ("claude-sonnet-5", "model_not_supported"),
         ("text-embedding-3-small", "invalid_input"),
     ],
 )
@@ -226,6 +227,8 @@ def test_unsupported_models_are_refused_with_the_pages_words(
     assert response.json()["code"] == code
     if code == "third_party_provider":
         assert "Use a Niyra-hosted tier instead" in response.json()["message"]
+    if code == "model_retired":
+        assert response.json()["message"].startswith(f"{model} was retired by its provider. Use ")
     assert sandbox.log.records() == []
 
 
@@ -281,7 +284,7 @@ def test_opt_in_fallback_serves_a_rate_limited_byok_call_on_credits(
 
     assert response.status_code == 200, response.content
     assert response.json()["routing"]["key_source"] == "platform"
-    charged = price_llm_call("gpt-4.1", 6, REPLY_WORDS)
+    charged = price_usage("gpt-4.1", Usage(6, REPLY_WORDS))
     assert balance(user) == (before - charged, 0)
     outcomes = sorted(RoutedCall.objects.filter(user=user).values_list("key_source", "outcome"))
     assert outcomes == [("byok", "quota_exhausted"), ("platform", "ok")]
@@ -346,7 +349,7 @@ def test_streaming_platform_call_charges_from_the_final_usage(make_account: Any,
     text = "".join(data["text"] for name, data in events if name == "delta")
     assert len(text.split()) == REPLY_WORDS
     done = events[-1][1]
-    expected = price_llm_call("claude-sonnet-4", 6, REPLY_WORDS)
+    expected = price_usage("claude-sonnet-4", Usage(6, REPLY_WORDS))
     assert done["usage"]["output_tokens"] == REPLY_WORDS
     assert done["routing"]["credits_charged_mc"] == expected
     assert balance(user) == (before - expected, 0)
@@ -381,7 +384,7 @@ def test_a_stream_cut_short_settles_what_was_used(make_account: Any, client_for:
     assert events[-1][0] == "error"
     assert events[-1][1]["code"] == "provider_unavailable"
     assert 0 < len(deltas) < REPLY_WORDS
-    expected = price_llm_call("claude-sonnet-4", 6, len(deltas))
+    expected = price_usage("claude-sonnet-4", Usage(6, len(deltas)))
     assert balance(user) == (before - expected, 0)
     call = RoutedCall.objects.get(user=user)
     assert (call.tokens_out, call.credits_charged, call.outcome) == (len(deltas), expected, "provider_unavailable")
@@ -403,7 +406,7 @@ def test_embeddings_are_charged_in_credits_even_with_a_key(make_account: Any, cl
     body = response.json()
     assert len(body["data"]) == 2
     assert body["usage"]["prompt_tokens"] == 3
-    expected = price_llm_call("text-embedding-3-small", 3, 0)
+    expected = price_usage("text-embedding-3-small", Usage(3, 0))
     assert body["niyra_routing"]["credits_charged_mc"] == expected
     assert balance(user) == (before - expected, 0)
     assert LedgerEntry.objects.filter(account__user=user, category="embeddings").count() == 1
@@ -585,7 +588,7 @@ def test_outcome_labels_are_words(outcome: str, label: str) -> None:
 def test_the_ledger_shows_the_model_called_and_the_price_key_it_was_priced_by(
     make_account: Any, client_for: Any, store_key: Any, key_source: str
 ) -> None:
-    # Given a call to Opus 4.6, which the price book prices as claude-opus-4 (like 4.7 and 4.8)
+    # Given a call to Opus 4.6, which the price book prices as claude-opus-4-5 (like 4.7 and 4.8)
     user = make_account(plan="pro")
     if key_source == "byok":
         store_key(user, "anthropic", anthropic_key())
@@ -596,22 +599,22 @@ def test_the_ledger_shows_the_model_called_and_the_price_key_it_was_priced_by(
     assert response.json()["routing"]["key_source"] == key_source
     # Then the API's ledger names the model called, and the price key beside it
     results = client_for(user).get("/api/credits/ledger", {"category": "llm"}).json()["results"]
-    assert [(row["model"], row["price_key"]) for row in results] == [("claude-opus-4-6", "claude-opus-4")]
+    assert [(row["model"], row["price_key"]) for row in results] == [("claude-opus-4-6", "claude-opus-4-5")]
     assert results[0]["description"].startswith("claude-opus-4-6")
     # And so do the dashboard's ledger and its CSV
     browser = Client()
     browser.force_login(user)
     html = browser.get("/credits/", {"category": "llm"}).content.decode()
     assert '<span data-testid="ledger-model">claude-opus-4-6</span>' in html
-    assert '(priced as <span data-testid="ledger-price-key">claude-opus-4</span>)' in html
+    assert '(priced as <span data-testid="ledger-price-key">claude-opus-4-5</span>)' in html
     text = browser.get("/credits/ledger.csv", {"category": "llm"}).content.decode()
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert [(row["model"], row["price_key"]) for row in rows] == [("claude-opus-4-6", "claude-opus-4")]
+    assert [(row["model"], row["price_key"]) for row in rows] == [("claude-opus-4-6", "claude-opus-4-5")]
     # And it was priced by the price key
     entry = LedgerEntry.objects.get(account__user=user, category="llm")
     if key_source == "platform":
-        assert -entry.amount == price_llm_call("claude-opus-4", 6, REPLY_WORDS)
-        assert CreditHold.objects.get(account__user=user).price_key == "claude-opus-4"
-        assert entry.pricing["rate"]["model"] == "claude-opus-4"
+        assert -entry.amount == price_usage("claude-opus-4-5", Usage(6, REPLY_WORDS))
+        assert CreditHold.objects.get(account__user=user).price_key == "claude-opus-4-5"
+        assert entry.pricing["rate"]["model"] == "claude-opus-4-5"
     else:
         assert entry.amount == 0

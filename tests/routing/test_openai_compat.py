@@ -11,7 +11,7 @@ import pytest
 
 from accounts.services import api_token_create
 from credits.models import BillingAccount
-from credits.pricing import price_llm_call
+from credits.pricing import Usage, price_usage
 from routing.models import RoutedCall
 from sandbox import anthropic_key, openai_key
 
@@ -42,7 +42,7 @@ def test_openai_sdk_non_streaming_for_an_anthropic_model(live_asgi: str, make_ac
     assert completion.choices[0].message.content
     assert completion.usage is not None
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (4, REPLY_WORDS)
-    assert available(user) == before - price_llm_call("claude-haiku-4", 4, REPLY_WORDS)
+    assert available(user) == before - price_usage("claude-haiku-4", Usage(4, REPLY_WORDS))
 
 
 def test_openai_sdk_streaming_with_usage_on_byok(live_asgi: str, make_account: Any, store_key: Any) -> None:
@@ -76,7 +76,7 @@ def test_openai_sdk_streaming_platform_charges_exactly(live_asgi: str, make_acco
         pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
 
     assert len("".join(pieces).split()) == REPLY_WORDS
-    assert available(user) == before - price_llm_call("claude-sonnet-4", 2, REPLY_WORDS)
+    assert available(user) == before - price_usage("claude-sonnet-4", Usage(2, REPLY_WORDS))
 
 
 def test_openai_sdk_sees_niyra_errors_as_sdk_exceptions(live_asgi: str, make_account: Any) -> None:
@@ -173,6 +173,6 @@ def test_client_disconnect_mid_stream_pays_for_what_was_generated_only(
     call = RoutedCall.objects.get(user=user)
     assert call.outcome == "client_disconnected"
     assert received <= call.tokens_out < REPLY_WORDS
-    assert call.credits_charged == price_llm_call("claude-sonnet-4", 1, call.tokens_out)
+    assert call.credits_charged == price_usage("claude-sonnet-4", Usage(1, call.tokens_out))
     assert available(user) == before - call.credits_charged
     assert BillingAccount.objects.get(user=user).reserved == 0
