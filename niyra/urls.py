@@ -1,4 +1,5 @@
-"""URL configuration. API routes live under /api/ (and /v1/ for OpenAI compatibility)."""
+"""URL configuration. API routes live under /api/; the gateway's /v1/, /anthropic/ and /openai/
+are served in front of Django (niyra.asgi)."""
 
 from __future__ import annotations
 
@@ -59,8 +60,9 @@ urlpatterns = [
     path("api/", include("connections.urls")),
     path("api/", include("credits.urls")),
     path("", include("routing.urls")),
-    # Anything else under the API prefixes is a JSON 404, whatever DEBUG says.
-    re_path(r"^(?:api|v1)/", errors.api_not_found),
+    # Anything else under the API prefix is a JSON 404, whatever DEBUG says (the gateway's
+    # prefixes never reach Django: routing.gateway.asgi answers them).
+    re_path(r"^api/", errors.api_not_found),
 ]
 
 handler404 = "core.errors.handler404"

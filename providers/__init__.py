@@ -1,7 +1,7 @@
 """Provider adapters: the only code that talks to the Anthropic and OpenAI SDKs.
 
-BYOK uses :meth:`ProviderAdapter.probe` to validate a key with one tiny real request; the
-routing dispatcher will add generation, streaming and embeddings to the same adapters. Every SDK
+BYOK uses :meth:`ProviderAdapter.probe` to validate a key with one tiny real request (routed
+calls are forwarded by the gateway as the providers' own requests: routing.gateway). Every SDK
 exception becomes a catalogue error through :func:`map_provider_error`, and nothing here ever
 keeps, logs or returns an API key.
 """

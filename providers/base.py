@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar, Final
+from typing import ClassVar, Final
 
-import httpx2
 from django.conf import settings
 from django.db import models
 from django.views.decorators.debug import sensitive_variables
@@ -25,8 +23,6 @@ from core.errors import (
     NiyraError,
 )
 from providers.errors import map_provider_error
-from providers.http import shared_http_client
-from providers.types import ChatRequest, ChatResult, EmbeddingResult, StreamEvent
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +47,6 @@ PROBE_MODELS: Final[Mapping[str, str]] = MappingProxyType(
     }
 )
 PROBE_PROMPT: Final = "ping"
-
-
-def field_of(obj: Any, name: str) -> Any:
-    """A field of a provider's JSON object (a dict) or of the SDK's typed model of it; None if
-    absent. Non-streaming calls read raw JSON, streams the SDK's event models."""
-    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
 
 PROBE_MAX_TOKENS: Final = 1
@@ -94,11 +84,9 @@ class ProbeResult:
 class ProviderAdapter(ABC):
     """One provider behind its official async SDK.
 
-    A client is built per call with the caller's key (`max_retries` chosen per operation, an
-    explicit timeout) and closed afterwards, so no key outlives the call in a shared object.
-    Routing adds `generate`, `stream` and `embed` here; each must catch every exception at this
-    boundary and raise `map_provider_error(...)` from None, so no SDK frame (whose locals hold
-    the key) reaches an exception report.
+    A client is built per call with the caller's key (no retries, an explicit timeout) and
+    closed afterwards, so no key outlives the call in a shared object. Routed calls don't come
+    here: the gateway forwards the providers' own requests (routing.gateway).
     """
 
     provider: ClassVar[str]
@@ -142,77 +130,3 @@ class ProviderAdapter(ABC):
         )
         logger.info("key probe provider=%s outcome=%s elapsed_ms=%d", self.provider, result.code, elapsed_ms)
         return result
-
-    # --- Routed calls -----------------------------------------------------------------------
-    # No SDK retries (max_retries=0), on purpose: a 429 would make the SDK sleep up to a minute
-    # on the caller's request, a retried 5xx doubles the latency of a failure, and on BYOK a
-    # retry spends the user's own rate limit. Errors come back at once, precisely; clients retry.
-    ROUTED_MAX_RETRIES: ClassVar[int] = 0
-
-    @staticmethod
-    def routed_timeout() -> float:
-        return float(settings.PROVIDER_TIMEOUT_SECONDS)
-
-    @abstractmethod
-    def client(
-        self, api_key: str, *, timeout: float, max_retries: int, http_client: httpx2.AsyncClient | None = None
-    ) -> Any:
-        """The provider's official async SDK client, built for one call."""
-
-    @sensitive_variables("api_key")
-    def routed_client(self, api_key: str) -> Any:
-        """A client for a routed call on the shared connection pool (see `http.py`)."""
-        return self.client(
-            api_key,
-            timeout=self.routed_timeout(),
-            max_retries=self.ROUTED_MAX_RETRIES,
-            http_client=shared_http_client(),
-        )
-
-    @staticmethod
-    async def _post_json(client: Any, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-        """A non-streaming call through the SDK client's own request path (auth headers, base
-        URL, timeout, retry policy, typed status errors), answered as the raw HTTP response: a
-        routed call reads four fields, so the typed params and response models would be work
-        for nothing.
-        Returns the JSON object and the provider's request id. A body that is not a JSON object
-        raises, and is reported as provider unavailable, like any malformed answer."""
-        response = await client.post(path, body=body, cast_to=httpx2.Response)
-        payload = json.loads(response.content)
-        if not isinstance(payload, dict):
-            raise TypeError("the provider answered something other than a JSON object")
-        return payload, response.headers.get("request-id") or response.headers.get("x-request-id")
-
-    @abstractmethod
-    async def _generate(self, api_key: str, request: ChatRequest) -> ChatResult: ...
-
-    @abstractmethod
-    def _stream(self, api_key: str, request: ChatRequest) -> AsyncIterator[StreamEvent]: ...
-
-    async def _embed(self, api_key: str, *, vendor_model: str, inputs: list[str]) -> EmbeddingResult:
-        raise NotImplementedError(f"{self.provider} has no embeddings model in the catalog")
-
-    @sensitive_variables("api_key")
-    async def generate(self, api_key: str, request: ChatRequest) -> ChatResult:
-        """One non-streaming completion. Raises a catalogue `NiyraError` for any failure."""
-        try:
-            return await self._generate(api_key, request)
-        except Exception as exc:
-            raise map_provider_error(exc, provider=self.provider) from None
-
-    @sensitive_variables("api_key")
-    async def stream(self, api_key: str, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        """Text deltas as they arrive, usage updates, then `StreamEnd`. A stream that breaks
-        raises a catalogue `NiyraError` after whatever it had already yielded."""
-        try:
-            async for event in self._stream(api_key, request):
-                yield event
-        except Exception as exc:
-            raise map_provider_error(exc, provider=self.provider) from None
-
-    @sensitive_variables("api_key")
-    async def embed(self, api_key: str, *, vendor_model: str, inputs: list[str]) -> EmbeddingResult:
-        try:
-            return await self._embed(api_key, vendor_model=vendor_model, inputs=inputs)
-        except Exception as exc:
-            raise map_provider_error(exc, provider=self.provider) from None

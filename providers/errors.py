@@ -11,6 +11,7 @@ import logging
 import math
 import re
 from email.utils import parsedate_to_datetime
+from enum import StrEnum
 from typing import Any
 
 import anthropic
@@ -71,13 +72,54 @@ def map_provider_error(exc: BaseException, *, provider: str) -> NiyraError:
     return _unavailable(provider)
 
 
+class ProviderFailure(StrEnum):
+    """What a provider's error answer means for the caller, whatever API or SDK it came through."""
+
+    KEY_INVALID = "key_invalid"  # 401: the key is not (or no longer) accepted
+    QUOTA = "quota"  # the key's account is out of credit or over a spend limit
+    RATE_LIMITED = "rate_limited"  # 429, not quota
+    UNAVAILABLE = "unavailable"  # 5xx, 529: the provider failed
+    REQUEST = "request"  # any other 4xx: the provider refused this request (the client's to fix)
+
+
+def provider_failure(
+    *, provider: str, status: int, error_type: object, error_code: object, message: object
+) -> ProviderFailure:
+    """The one reading of a provider's error answer: its HTTP status and the `type`, `code` and
+    `message` of its error object (absent ones as None)."""
+    if status == 401:
+        return ProviderFailure.KEY_INVALID
+    if provider == "openai":
+        if status == 429 and _OPENAI_QUOTA_CODE in (error_code, error_type):
+            return ProviderFailure.QUOTA
+    elif (
+        status == 402
+        or error_type == "billing_error"
+        or error_code in _ANTHROPIC_QUOTA_CODES
+        or (status == 400 and isinstance(message, str) and _ANTHROPIC_CREDIT_BALANCE in message.lower())
+    ):
+        return ProviderFailure.QUOTA
+    if status == 429:
+        return ProviderFailure.RATE_LIMITED
+    if status >= 500:
+        return ProviderFailure.UNAVAILABLE
+    return ProviderFailure.REQUEST
+
+
 def _from_status(exc: anthropic.APIStatusError | openai.APIStatusError, *, provider: str) -> NiyraError:
     status = exc.status_code
-    if status == 401:
+    failure = provider_failure(
+        provider=provider,
+        status=status,
+        error_type=_error_type(exc),
+        error_code=exc.code if isinstance(exc, openai.APIStatusError) else exc.error_code,
+        message=exc.api_message if isinstance(exc, anthropic.APIStatusError) else exc.message,
+    )
+    if failure is ProviderFailure.KEY_INVALID:
         return NiyraError(KEY_INVALID, detail={"provider": provider})
-    if _is_quota(exc, provider=provider):
+    if failure is ProviderFailure.QUOTA:
         return NiyraError(KEY_QUOTA_EXHAUSTED, detail={"provider": provider})
-    if status == 429:
+    if failure is ProviderFailure.RATE_LIMITED:
         retry_after = retry_after_seconds(exc.response.headers)
         detail: dict[str, Any] = {"provider": provider}
         headers: dict[str, str] = {}
@@ -91,21 +133,10 @@ def _from_status(exc: anthropic.APIStatusError | openai.APIStatusError, *, provi
         "provider %s answered HTTP %d (type=%s, request_id=%s); reported as unavailable",
         provider,
         status,
-        _safe(_error_type(exc)),
-        _safe(exc.request_id),
+        safe_token(_error_type(exc)),
+        safe_token(exc.request_id),
     )
     return _unavailable(provider)
-
-
-def _is_quota(exc: anthropic.APIStatusError | openai.APIStatusError, *, provider: str) -> bool:
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code == 429 and _OPENAI_QUOTA_CODE in (exc.code, exc.type)
-    if exc.status_code == 402 or _error_type(exc) == "billing_error":
-        return True
-    if exc.error_code in _ANTHROPIC_QUOTA_CODES:
-        return True
-    message = exc.api_message if isinstance(exc.api_message, str) else ""
-    return exc.status_code == 400 and _ANTHROPIC_CREDIT_BALANCE in message.lower()
 
 
 def _error_type(exc: anthropic.APIStatusError | openai.APIStatusError) -> str | None:
@@ -113,7 +144,7 @@ def _error_type(exc: anthropic.APIStatusError | openai.APIStatusError) -> str | 
     return kind if isinstance(kind, str) else None
 
 
-def _safe(value: object) -> str:
+def safe_token(value: object) -> str:
     """A provider-supplied token fit for a log line (an error type, a request id), else "-"."""
     return value if isinstance(value, str) and _SAFE_TOKEN.match(value) else "-"
 

@@ -1,24 +1,23 @@
-"""Routing endpoints: async views on the hot path, DRF views for the rest.
+"""Routing endpoints of Niyra's own API (the providers' APIs are the gateway's: docs/gateway.md).
 
-* `POST /api/llm/messages` — Niyra's native format; JSON or SSE (`"stream": true`).
-* `POST /v1/chat/completions` — OpenAI-compatible (JSON and SSE), so any OpenAI client works
-  with a Niyra API token as its key, for Anthropic models too.
-* `POST /v1/embeddings` — OpenAI-compatible embeddings (always paid in credits).
-* `GET /api/llm/models`, `GET /v1/models` — what this user can call now, and why not.
+* `POST /api/llm/messages` — Niyra's native format; JSON or SSE (`"stream": true`). It is a
+  call of the gateway's universal surface made in process (`routing.gateway.local`): the same
+  credential decision, hold, relay and bill as `/v1/chat/completions`.
+* `GET /api/llm/models` — what this user can call now, and why not.
 * `GET|PUT /api/llm/preferences` — the opt-in fallback to credits.
 
-The async views parse and validate by hand (DRF views are sync), with the same error catalogue
-and `{code, message, detail}` bodies; `/v1/` errors also carry OpenAI's `error` object.
+The async view parses and validates with a DRF serializer (DRF views are sync), with the same
+error catalogue and `{code, message, detail}` bodies.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from functools import wraps
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.views.decorators.csrf import csrf_exempt
@@ -28,14 +27,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.auth import bearer_token, request_user
+from accounts.auth import bearer_api_token, bearer_token, request_user
+from accounts.models import User
 from core import errors
 from core.errors import NiyraError
 from core.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
 from credits.money import credits_text
-from providers.types import ChatMessage
-from routing.catalog import Kind
-from routing.dispatcher import LLMDispatcher, RoutedStream
+from routing.catalog import resolve
+from routing.gateway import local
 from routing.models import RoutingPreference
 from routing.selectors import model_availability_list
 from routing.services import routing_preference_set
@@ -44,28 +43,16 @@ MAX_BODY_BYTES = 1_000_000
 MAX_TOKENS_LIMIT = 32_768
 DEFAULT_MAX_TOKENS = 1024
 MAX_MESSAGES = 1000
-MAX_EMBEDDING_INPUTS = 2048
 
 AsyncView = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
+STOP_REASONS = {"stop": "stop", "length": "length"}
 
 
-# --- Plumbing shared by the async views --------------------------------------------------------
+# --- Plumbing ----------------------------------------------------------------------------------
 
 
-def _openai_error_body(exc: NiyraError) -> dict[str, Any]:
-    """Niyra's `{code, message, detail}` plus OpenAI's `error` object. A field error names its
-    field in `param` and says what is wrong in `message` (OpenAI clients show only these)."""
-    body = exc.as_dict()
-    param, field_message = errors.field_error_message(exc.detail) if exc.spec is errors.INVALID_INPUT else (None, None)
-    if field_message:
-        body["message"] = field_message
-    body["error"] = {"message": body["message"], "type": exc.code, "code": exc.code, "param": param}
-    return body
-
-
-def _error_response(exc: NiyraError, *, openai_style: bool) -> JsonResponse:
-    body = _openai_error_body(exc) if openai_style else exc.as_dict()
-    response = JsonResponse(body, status=exc.status)
+def _error_response(exc: NiyraError) -> JsonResponse:
+    response = JsonResponse(exc.as_dict(), status=exc.status)
     for name, value in exc.headers.items():
         response[name] = value
     return response
@@ -78,28 +65,44 @@ def _csrf_failure(request: HttpRequest) -> bool:
     return check.process_view(request, lambda _request: HttpResponse(), (), {}) is not None
 
 
-def llm_endpoint(*, openai_style: bool) -> Callable[[AsyncView], AsyncView]:
+def _token_user(request: HttpRequest) -> User | None:
+    token = bearer_api_token(request)
+    return token.user if token is not None else None
+
+
+async def request_caller(request: HttpRequest) -> User:
+    """The caller's user: a Bearer API token if one is sent (a bad one is an error), else the
+    session (with its CSRF check, as DRF's SessionAuthentication demands)."""
+    if bearer_token(request) is not None:
+        user = await sync_to_async(_token_user)(request)
+        if user is None:
+            raise NiyraError(errors.AUTHENTICATION_FAILED)
+    else:
+        session_user = await request.auser()
+        if not isinstance(session_user, User) or not session_user.is_active:
+            raise NiyraError(errors.NOT_AUTHENTICATED)
+        if _csrf_failure(request):
+            raise NiyraError(errors.PERMISSION_DENIED, message="CSRF token missing or incorrect.")
+        user = session_user
+    return user
+
+
+def llm_endpoint(view: AsyncView) -> AsyncView:
     """Method, auth (Bearer token or session + CSRF), JSON body parsing, and catalogue errors."""
 
-    def decorate(view: AsyncView) -> AsyncView:
-        @csrf_exempt
-        @wraps(view)
-        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-            try:
-                if request.method != "POST":
-                    raise NiyraError(errors.METHOD_NOT_ALLOWED)
-                dispatcher: LLMDispatcher = request.llm  # type: ignore[attr-defined]
-                await dispatcher.user()
-                if bearer_token(request) is None and _csrf_failure(request):
-                    raise NiyraError(errors.PERMISSION_DENIED, message="CSRF token missing or incorrect.")
-                payload = _json_body(request)
-                return await view(request, payload, *args, **kwargs)
-            except NiyraError as exc:
-                return _error_response(exc, openai_style=openai_style)
+    @csrf_exempt
+    @wraps(view)
+    async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        try:
+            if request.method != "POST":
+                raise NiyraError(errors.METHOD_NOT_ALLOWED, headers={"Allow": "POST"})
+            user = await request_caller(request)
+            payload = _json_body(request)
+            return await view(request, user, payload, *args, **kwargs)
+        except NiyraError as exc:
+            return _error_response(exc)
 
-        return wrapper
-
-    return decorate
+    return wrapper
 
 
 def _json_body(request: HttpRequest) -> dict[str, Any]:
@@ -127,17 +130,8 @@ def _validated(serializer_class: type[serializers.Serializer], payload: dict[str
     return dict(serializer.validated_data)
 
 
-def _sse(event: str | None, data: dict[str, Any] | str) -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    return (f"event: {event}\ndata: {payload}\n\n" if event else f"data: {payload}\n\n").encode()
-
-
-def _streaming_response(body: AsyncIterator[bytes], stream: RoutedStream) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(body, content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    response["X-Niyra-Key-Source"] = stream.key_source
-    return response
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 def _routing(model_id: str, provider: str, key_source: str, credits_charged: int) -> dict[str, Any]:
@@ -148,6 +142,25 @@ def _routing(model_id: str, provider: str, key_source: str, credits_charged: int
         "credits_charged_mc": credits_charged,
         "credits_charged": credits_text(credits_charged, for_people=False),
     }
+
+
+def answer_error(answer: local.Answer) -> NiyraError:
+    """The error a gateway answer carries, as the catalogue's error (a provider's own refusal
+    of the request keeps its words)."""
+    try:
+        body = answer.json()
+    except ValueError:
+        body = None
+    code = body.get("code") if isinstance(body, dict) else None
+    spec = errors.CATALOGUE.get(code) if isinstance(code, str) else None
+    headers = {"Retry-After": answer.headers["retry-after"]} if "retry-after" in answer.headers else {}
+    if spec is not None and isinstance(body, dict):
+        return NiyraError(spec, message=body.get("message") or None, detail=body.get("detail"), headers=headers)
+    error = body.get("error") if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if answer.status < 500 and isinstance(message, str):
+        return NiyraError(errors.INVALID_INPUT, message=message, detail={"provider_error": error})
+    return NiyraError(errors.PROVIDER_UNAVAILABLE, headers=headers)
 
 
 def _text_content(value: Any) -> str:
@@ -201,257 +214,106 @@ class NativeRequestSerializer(serializers.Serializer):
     stream = StrictBooleanField(default=False)
 
 
-@llm_endpoint(openai_style=False)
-async def messages_create(request: HttpRequest, payload: dict[str, Any]) -> HttpResponseBase:
-    data = _validated(NativeRequestSerializer, payload)
-    dispatcher: LLMDispatcher = request.llm  # type: ignore[attr-defined]
-    call = {
+def _universal_body(data: dict[str, Any]) -> dict[str, Any]:
+    """The native request as a call of the universal surface (OpenAI's format)."""
+    messages = [{"role": "system", "content": data["system"]}] if data.get("system") else []
+    messages += [{"role": m["role"], "content": m["content"]} for m in data["messages"]]
+    body: dict[str, Any] = {
         "model": data["model"],
-        "messages": [ChatMessage(m["role"], m["content"]) for m in data["messages"]],
-        "max_tokens": data["max_tokens"],
-        "system": data.get("system") or None,
-        "temperature": data.get("temperature"),
+        "messages": messages,
+        "max_completion_tokens": data["max_tokens"],
     }
+    if data.get("temperature") is not None:
+        body["temperature"] = data["temperature"]
+    return body
+
+
+def _usage(usage: Any) -> dict[str, int]:
+    usage = usage if isinstance(usage, dict) else {}
+    details = usage.get("prompt_tokens_details") or {}
+    return {
+        "input_tokens": int(usage.get("prompt_tokens") or 0),
+        "output_tokens": int(usage.get("completion_tokens") or 0),
+        "cached_tokens": int(details.get("cached_tokens") or 0),
+    }
+
+
+@llm_endpoint
+async def messages_create(request: HttpRequest, user: User, payload: dict[str, Any]) -> HttpResponseBase:
+    data = _validated(NativeRequestSerializer, payload)
+    body = _universal_body(data)
+    model = data["model"]
     if data["stream"]:
-        stream = await dispatcher.stream(**call)
-        return _streaming_response(_native_events(stream), stream)
-    result = await dispatcher.message(**call)
+        answer, chunks = await local.chat_stream(
+            user.pk, body | {"stream": True, "stream_options": {"include_usage": True}}
+        )
+        if answer.status != 200:
+            answer.body = b"".join([chunk async for chunk in chunks])
+            return _error_response(answer_error(answer))
+        response = StreamingHttpResponse(_native_events(answer, chunks, model), content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        response["X-Niyra-Key-Source"] = answer.key_source
+        return response
+    answer = await local.chat(user.pk, body)
+    if answer.status != 200:
+        return _error_response(answer_error(answer))
+    completion = answer.json()
+    choice = completion["choices"][0]
+    provider = _provider(model)
     response = JsonResponse(
         {
-            "id": str(result.call_id),
-            "model": result.model.id,
-            "content": result.text,
-            "stop_reason": result.stop_reason,
-            "usage": {
-                "input_tokens": result.usage.input_tokens,
-                "output_tokens": result.usage.output_tokens,
-                "cached_tokens": result.usage.cached_tokens,
-            },
-            "routing": _routing(result.model.id, result.model.provider, result.key_source, result.credits_charged),
+            "id": answer.call_id,
+            "model": model,
+            "content": choice["message"].get("content") or "",
+            "stop_reason": STOP_REASONS.get(choice.get("finish_reason"), "other"),
+            "usage": _usage(completion.get("usage")),
+            "routing": _routing(model, provider, answer.key_source, answer.credits_charged),
         }
     )
-    response["X-Niyra-Key-Source"] = result.key_source
+    response["X-Niyra-Key-Source"] = answer.key_source
     return response
 
 
-async def _native_events(stream: RoutedStream) -> AsyncIterator[bytes]:
-    model = stream.route.model
-    try:
-        yield _sse("routing", {"id": str(stream.route.call_id), "key_source": stream.key_source, "model": model.id})
-        async for delta in stream.events():
-            yield _sse("delta", {"text": delta.text})
-    except NiyraError as exc:
-        yield _sse("error", exc.as_dict())
+def _provider(model_id: str) -> str:
+    return str(resolve(model_id).provider)
+
+
+async def _native_events(answer: local.Answer, chunks: AsyncIterator[bytes], model: str) -> AsyncIterator[bytes]:
+    """OpenAI chunks in, Niyra's native events out: `routing`, `delta`..., then `done` or `error`."""
+    yield _sse("routing", {"id": answer.call_id, "key_source": answer.key_source, "model": model})
+    stop_reason, usage, buffer = "other", _usage(None), b""
+    async for chunk in chunks:
+        buffer += chunk
+        *events, buffer = buffer.split(b"\n\n")
+        for event in events:
+            data = event.removeprefix(b"data: ").strip()
+            if not data or data == b"[DONE]":
+                continue
+            parsed = json.loads(data)
+            if "error" in parsed:
+                yield _sse("error", {"code": "provider_unavailable", "message": errors.PROVIDER_UNAVAILABLE.message})
+                return
+            if parsed.get("usage"):
+                usage = _usage(parsed["usage"])
+            for choice in parsed.get("choices") or ():
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    yield _sse("delta", {"text": text})
+                if choice.get("finish_reason"):
+                    stop_reason = STOP_REASONS.get(choice["finish_reason"], "other")
+    receipt = answer.receipt
+    if receipt is None or answer.route is None or answer.route.outcome != "ok":
+        yield _sse("error", NiyraError(errors.PROVIDER_UNAVAILABLE).as_dict())
         return
-    finally:
-        await stream.abandon()
-    usage = stream.usage
     yield _sse(
         "done",
         {
-            "stop_reason": stream.stop_reason,
-            "usage": {
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "cached_tokens": usage.cached_tokens,
-            },
-            "routing": _routing(model.id, model.provider, stream.key_source, stream.credits_charged),
+            "stop_reason": stop_reason,
+            "usage": usage,
+            "routing": _routing(model, _provider(model), answer.key_source, receipt.credits_charged),
         },
     )
-
-
-# --- OpenAI-compatible: POST /v1/chat/completions ----------------------------------------------
-
-
-class OpenAIMessageSerializer(serializers.Serializer):
-    role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant"])
-    content = ContentField()
-
-
-class StreamOptionsSerializer(serializers.Serializer):
-    include_usage = StrictBooleanField(default=False)
-
-
-@extend_schema_field(
-    {
-        "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}],
-        "nullable": True,
-    }
-)
-class StopField(serializers.JSONField):
-    """OpenAI's `stop`: a string, up to 4 strings, or null (checked by `validate_stop`)."""
-
-
-class ChatCompletionRequestSerializer(serializers.Serializer):
-    model = StrictCharField(max_length=100)
-    messages = OpenAIMessageSerializer(many=True, allow_empty=False, max_length=MAX_MESSAGES)  # type: ignore[call-arg]
-    max_tokens = StrictIntegerField(required=False, min_value=1, max_value=MAX_TOKENS_LIMIT)
-    max_completion_tokens = StrictIntegerField(required=False, min_value=1, max_value=MAX_TOKENS_LIMIT)
-    temperature = StrictFloatField(required=False, min_value=0.0, max_value=2.0)
-    stop = StopField(required=False, allow_null=True)  # OpenAI's null: no stop sequences
-    stream = StrictBooleanField(default=False)
-    stream_options = StreamOptionsSerializer(required=False)
-    n = StrictIntegerField(required=False, min_value=1, max_value=1)
-
-    def validate_stop(self, value: Any) -> tuple[str, ...]:
-        if value is None:
-            return ()
-        if isinstance(value, str):
-            return (value,)
-        if isinstance(value, list) and len(value) <= 4 and all(isinstance(item, str) for item in value):
-            return tuple(value)
-        raise serializers.ValidationError("A string or up to 4 strings.")
-
-
-def _openai_call(data: dict[str, Any]) -> dict[str, Any]:
-    system_parts = [m["content"] for m in data["messages"] if m["role"] in ("system", "developer")]
-    chat = [ChatMessage(m["role"], m["content"]) for m in data["messages"] if m["role"] in ("user", "assistant")]
-    if not chat:
-        raise NiyraError(errors.NO_USER_MESSAGE)
-    return {
-        "model": data["model"],
-        "messages": chat,
-        "max_tokens": data.get("max_completion_tokens") or data.get("max_tokens") or DEFAULT_MAX_TOKENS,
-        "system": "\n\n".join(system_parts) or None,
-        "temperature": data.get("temperature"),
-        "stop": data.get("stop") or (),
-    }
-
-
-@llm_endpoint(openai_style=True)
-async def chat_completions(request: HttpRequest, payload: dict[str, Any]) -> HttpResponseBase:
-    data = _validated(ChatCompletionRequestSerializer, payload)
-    dispatcher: LLMDispatcher = request.llm  # type: ignore[attr-defined]
-    call = _openai_call(data)
-    if data["stream"]:
-        stream = await dispatcher.stream(**call)
-        include_usage = bool(data.get("stream_options", {}).get("include_usage"))
-        return _streaming_response(_openai_chunks(stream, include_usage=include_usage), stream)
-    result = await dispatcher.message(**call)
-    usage = result.usage
-    response = JsonResponse(
-        {
-            "id": f"chatcmpl-{result.call_id.hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": result.model.id,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": result.text},
-                    "finish_reason": result.stop_reason if result.stop_reason != "other" else "stop",
-                }
-            ],
-            "usage": {
-                "prompt_tokens": usage.input_tokens,
-                "completion_tokens": usage.output_tokens,
-                "total_tokens": usage.input_tokens + usage.output_tokens,
-                "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-            },
-            "niyra_routing": _routing(
-                result.model.id, result.model.provider, result.key_source, result.credits_charged
-            ),
-        }
-    )
-    response["X-Niyra-Key-Source"] = result.key_source
-    return response
-
-
-async def _openai_chunks(stream: RoutedStream, *, include_usage: bool) -> AsyncIterator[bytes]:
-    model = stream.route.model
-    base = {"id": f"chatcmpl-{stream.route.call_id.hex}", "object": "chat.completion.chunk", "model": model.id}
-    created = int(time.time())
-
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
-        return _sse(None, base | {"created": created, "choices": [choice]})
-
-    try:
-        yield chunk({"role": "assistant", "content": ""})
-        async for delta in stream.events():
-            yield chunk({"content": delta.text})
-    except NiyraError as exc:
-        yield _sse(None, _openai_error_body(exc))
-        return
-    finally:
-        await stream.abandon()
-    yield chunk({}, stream.stop_reason if stream.stop_reason != "other" else "stop")
-    if include_usage:
-        usage = stream.usage
-        yield _sse(
-            None,
-            base
-            | {
-                "created": created,
-                "choices": [],
-                "usage": {
-                    "prompt_tokens": usage.input_tokens,
-                    "completion_tokens": usage.output_tokens,
-                    "total_tokens": usage.input_tokens + usage.output_tokens,
-                    "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-                },
-                "niyra_routing": _routing(model.id, model.provider, stream.key_source, stream.credits_charged),
-            },
-        )
-    yield _sse(None, "[DONE]")
-
-
-# --- POST /v1/embeddings -----------------------------------------------------------------------
-
-
-@extend_schema_field(
-    {
-        "oneOf": [
-            {"type": "string", "minLength": 1},
-            {
-                "type": "array",
-                "items": {"type": "string", "minLength": 1},
-                "minItems": 1,
-                "maxItems": MAX_EMBEDDING_INPUTS,
-            },
-        ]
-    }
-)
-class EmbeddingInputField(serializers.JSONField):
-    """A string or a list of strings (checked by `validate_input`); never null."""
-
-
-class EmbeddingsRequestSerializer(serializers.Serializer):
-    model = StrictCharField(max_length=100)
-    input = EmbeddingInputField()
-    encoding_format = serializers.ChoiceField(choices=["float"], required=False)
-
-    def validate_input(self, value: Any) -> list[str]:
-        inputs = [value] if isinstance(value, str) else value
-        if (
-            not isinstance(inputs, list)
-            or not 1 <= len(inputs) <= MAX_EMBEDDING_INPUTS
-            or not all(isinstance(item, str) and item for item in inputs)
-        ):
-            raise serializers.ValidationError(f"A non-empty string or a list of 1 to {MAX_EMBEDDING_INPUTS} strings.")
-        return inputs
-
-
-@llm_endpoint(openai_style=True)
-async def embeddings_create(request: HttpRequest, payload: dict[str, Any]) -> HttpResponseBase:
-    data = _validated(EmbeddingsRequestSerializer, payload)
-    dispatcher: LLMDispatcher = request.llm  # type: ignore[attr-defined]
-    result = await dispatcher.embeddings(model=data["model"], inputs=data["input"])
-    return JsonResponse(
-        {
-            "object": "list",
-            "data": [
-                {"object": "embedding", "index": index, "embedding": vector}
-                for index, vector in enumerate(result.vectors)
-            ],
-            "model": result.model.id,
-            "usage": {"prompt_tokens": result.input_tokens, "total_tokens": result.input_tokens},
-            "niyra_routing": _routing(result.model.id, result.model.provider, "platform", result.credits_charged),
-        }
-    )
-
-
-# --- Models and preferences (DRF) --------------------------------------------------------------
 
 
 class ModelListApi(APIView):
@@ -485,30 +347,6 @@ class ModelListApi(APIView):
             for item in model_availability_list(user=request_user(request))
         ]
         return Response(self.OutputSerializer(rows, many=True).data)
-
-
-class OpenAIModelSerializer(serializers.Serializer):
-    id = serializers.CharField()
-    object = serializers.CharField()
-    created = serializers.IntegerField()
-    owned_by = serializers.CharField()
-
-
-class OpenAIModelListApi(APIView):
-    """OpenAI's `GET /v1/models`: the chat and embeddings models this user can call now."""
-
-    class OutputSerializer(serializers.Serializer):
-        object = serializers.CharField()
-        data = OpenAIModelSerializer(many=True)  # type: ignore[assignment]  # a field, not .data
-
-    @extend_schema(responses=OutputSerializer)
-    def get(self, request: Request) -> Response:
-        data = [
-            {"id": item.model.id, "object": "model", "created": 0, "owned_by": item.model.provider}
-            for item in model_availability_list(user=request_user(request))
-            if item.available and item.model.kind in (Kind.CHAT, Kind.EMBEDDINGS)
-        ]
-        return Response({"object": "list", "data": data})
 
 
 class PreferencesApi(APIView):
@@ -560,24 +398,6 @@ class NativeResponseSerializer(serializers.Serializer):
     routing = RoutingInfoSerializer()
 
 
-class ChatCompletionResponseSerializer(serializers.Serializer):
-    id = serializers.CharField()
-    object = serializers.CharField()
-    created = serializers.IntegerField()
-    model = serializers.CharField()
-    choices = serializers.ListField(child=serializers.DictField())
-    usage = serializers.DictField()
-    niyra_routing = RoutingInfoSerializer()
-
-
-class EmbeddingsResponseSerializer(serializers.Serializer):
-    object = serializers.CharField()
-    data = serializers.ListField(child=serializers.DictField())  # type: ignore[assignment]
-    model = serializers.CharField()
-    usage = serializers.DictField()
-    niyra_routing = RoutingInfoSerializer()
-
-
 # OpenAPI 3.0 cannot describe a stream, so `text/event-stream` describes one event (as
 # Schemathesis and most generators read it): native streams name each event, /v1/ ones don't.
 SSE = {
@@ -607,32 +427,6 @@ class MessagesSchema(_SchemaOnly):
         raise NotImplementedError
 
 
-class ChatCompletionsSchema(_SchemaOnly):
-    @extend_schema(
-        operation_id="openai_chat_completions_create",
-        request=ChatCompletionRequestSerializer,
-        responses={200: ChatCompletionResponseSerializer, (200, "text/event-stream"): SSE},
-        description="OpenAI-compatible chat completions (JSON and streaming) for every catalog chat model.",
-    )
-    def post(self, request: Request) -> Response:  # pragma: no cover
-        raise NotImplementedError
-
-
-class EmbeddingsSchema(_SchemaOnly):
-    @extend_schema(
-        operation_id="openai_embeddings_create",
-        request=EmbeddingsRequestSerializer,
-        responses={200: EmbeddingsResponseSerializer},
-        description="OpenAI-compatible embeddings. Always paid in credits (BYOK covers LLM calls only).",
-    )
-    def post(self, request: Request) -> Response:  # pragma: no cover
-        raise NotImplementedError
-
-
-for _view, _schema in (
-    (messages_create, MessagesSchema),
-    (chat_completions, ChatCompletionsSchema),
-    (embeddings_create, EmbeddingsSchema),
-):
+for _view, _schema in ((messages_create, MessagesSchema),):
     _view.cls = _schema  # type: ignore[attr-defined]
     _view.initkwargs = {}  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ catalogue's specific errors; nothing here silently switches a user from their ke
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from byok.models import KeyStatus, ProviderKey
@@ -76,3 +77,44 @@ def credential_decide(*, model: CatalogModel, snapshot: RoutingSnapshot, platfor
     if model.byok_only:
         raise NiyraError(errors.APEX_NEEDS_KEY if snapshot.allows_byok or not may_use_key else errors.PLAN_NO_BYOK)
     return PLATFORM
+
+
+@dataclass(frozen=True, slots=True)
+class ModelAvailability:
+    model: CatalogModel
+    available: bool
+    key_source: str | None  # what would pay for the next call: "byok", "platform" or None
+    reason_code: str | None = None
+    reason: str | None = None
+    # On the user's key: its status ("quota_exhausted" and "rate_limited" still route: the call
+    # may succeed, or fall back to credits when the user opted in, ``fallback_allowed``).
+    key_status: str | None = None
+    fallback_allowed: bool = False
+
+
+def model_availability(*, snapshot: RoutingSnapshot, models: Iterable[CatalogModel]) -> list[ModelAvailability]:
+    """Whether (and how) each model can be called now: the credential decision itself, on the
+    caller's snapshot. Apex is left out without the entitlement (the page: "Apex doesn't appear")."""
+    result: list[ModelAvailability] = []
+    for model in models:
+        try:
+            credential = credential_decide(model=model, snapshot=snapshot)
+        except NiyraError as refusal:
+            if refusal.spec is not errors.APEX_NOT_ENABLED:
+                result.append(ModelAvailability(model, False, None, refusal.code, refusal.message))
+            continue
+        if credential.key_source == KeySource.PLATFORM and snapshot.available <= 0:
+            spec = errors.INSUFFICIENT_CREDITS
+            result.append(ModelAvailability(model, False, None, spec.code, spec.message))
+            continue
+        key = credential.provider_key
+        result.append(
+            ModelAvailability(
+                model,
+                True,
+                credential.key_source,
+                key_status=provider_key_effective_status(key) if key is not None else None,
+                fallback_allowed=credential.fallback_allowed,
+            )
+        )
+    return result

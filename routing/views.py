@@ -1,5 +1,6 @@
-"""Dashboard "Try a message": send a prompt to a chosen model through `request.llm` (the same
-dispatcher as the API) and see the answer, which key served it and what it cost.
+"""Dashboard "Try a message": send a prompt to a chosen model through the gateway (the same
+call as `/v1/chat/completions`, made in process: `routing.gateway.local`) and see the answer,
+which key served it and what it cost.
 
 An async view: the provider call is awaited with no thread or database connection held. ORM
 reads and template rendering (which touches `request.user`) run in a thread.
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
@@ -18,15 +20,14 @@ from accounts.auth import arequest_user
 from accounts.models import User
 from byok.models import KeyStatus
 from byok.selectors import provider_key_get
-from core.db import db_sync_to_async
 from core.errors import CATALOGUE, NiyraError
 from core.pages import ShownError, dashboard_login_required, is_htmx, shown_error
 from credits.models import KeySource
 from credits.selectors import billing_account_for, credit_balance
 from providers import Provider
-from providers.types import ChatMessage
-from routing.catalog import Kind
-from routing.dispatcher import LLMDispatcher, RoutedMessage
+from routing.apis import answer_error
+from routing.catalog import CatalogModel, Kind, resolve
+from routing.gateway import local
 from routing.selectors import ModelAvailability, model_availability_list
 
 MAX_PROMPT_CHARACTERS = 20_000
@@ -154,7 +155,44 @@ def _max_tokens(raw: str) -> int | None:
     return value if 1 <= value <= MAX_TOKENS_LIMIT else None
 
 
-def _served_by(user: User, result: RoutedMessage) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class TryUsage:
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class TryResult:
+    """What the page shows of a call: the answer, who paid and what it cost."""
+
+    model: CatalogModel
+    key_source: str
+    text: str
+    usage: TryUsage
+    credits_charged: int
+
+
+def _result(model_id: str, answer: local.Answer) -> TryResult:
+    completion = answer.json()
+    usage = completion.get("usage") or {}
+    return TryResult(
+        model=resolve(model_id),
+        key_source=answer.key_source,
+        text=completion["choices"][0]["message"].get("content") or "",
+        usage=TryUsage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
+        credits_charged=answer.credits_charged,
+    )
+
+
+async def _send(user: User, model: str, prompt: str, max_tokens: int) -> TryResult:
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_completion_tokens": max_tokens}
+    answer = await local.chat(user.pk, body)
+    if answer.status != 200:
+        raise answer_error(answer)
+    return _result(model, answer)
+
+
+def _served_by(user: User, result: TryResult) -> dict[str, Any]:
     """Which key served the call: the user's own (with its hint), or Niyra's credits."""
     provider = str(result.model.provider)
     key = provider_key_get(user=user, provider=provider) if result.key_source == KeySource.BYOK else None
@@ -177,7 +215,7 @@ def _render(request: HttpRequest, context: dict[str, Any]) -> HttpResponse:
 @dashboard_login_required(return_to="dashboard:try")
 async def try_message(request: HttpRequest) -> HttpResponse:
     user = await arequest_user(request)
-    data = await db_sync_to_async(_page_data)(user)
+    data = await sync_to_async(_page_data)(user)
     default_model = _default_model(data.options)
     context: dict[str, Any] = {
         "models": data.options,
@@ -220,15 +258,12 @@ async def try_message(request: HttpRequest) -> HttpResponse:
                 code="invalid_input", message=f"Max tokens is a whole number from 1 to {MAX_TOKENS_LIMIT:,}."
             )
         else:
-            llm: LLMDispatcher = request.llm  # type: ignore[attr-defined]
             try:
-                result = await llm.message(
-                    model=model, messages=[ChatMessage(role="user", content=prompt)], max_tokens=max_tokens
-                )
+                result = await _send(user, model, prompt, max_tokens)
             except NiyraError as exc:
                 error = shown_error(exc)
             else:
                 context["result"] = result
-                context.update(await db_sync_to_async(_served_by)(user, result))
+                context.update(await sync_to_async(_served_by)(user, result))
         context["error"] = error
-    return await db_sync_to_async(_render)(request, context)
+    return await sync_to_async(_render)(request, context)

@@ -65,7 +65,6 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
-    "routing.middleware.RoutingMiddleware",
 ]
 
 ROOT_URLCONF = "niyra.urls"
@@ -120,9 +119,6 @@ def database(url: str) -> dict[str, Any]:
     return config
 
 
-# Threads that run async views' database work under the ASGI server (core/db.py): as many as
-# the pool has connections, so a hop never waits for one.
-DB_HOP_THREADS = env.int("DB_HOP_THREADS", default=DB_POOL["max_size"] if DB_POOL is not None else 8)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # The gateway's own async pool, per worker process (routing/gateway/db.py), beside Django's.

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from django.core.asgi import get_asgi_application
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -19,7 +20,7 @@ from core.crypto import get_keyring
 from credits.models import BillingAccount
 from credits.services.accounts import billing_account_ensure
 from credits.services.ledger import credit_grant
-from niyra.handlers import get_asgi_application
+from routing.gateway.asgi import GatewayApplication
 from sandbox import SandboxServer
 
 STARTING_CREDITS_MC = 10_000_000
@@ -78,8 +79,10 @@ def client_for() -> Callable[[Any], APIClient]:
 
 @pytest.fixture
 def live_asgi(transactional_db: None) -> Iterator[str]:
-    """The real ASGI app under uvicorn on a free loopback port (data must be committed)."""
-    config = uvicorn.Config(get_asgi_application(), host="127.0.0.1", port=0, lifespan="off", log_level="warning")
+    """The real ASGI app (the gateway in front of Django, as `niyra.asgi` builds it) under
+    uvicorn on a free loopback port (data must be committed)."""
+    app = GatewayApplication(get_asgi_application())
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -1,8 +1,9 @@
-"""The production ASGI stack (`niyra.handlers`): Django's middleware with inline hooks, and
-database hops on the shared pool, must behave exactly like Django's own classes."""
+"""The production ASGI stack (`niyra.asgi`): the gateway's app in front of Django's, which
+serves the dashboard and Niyra's own API with Django's middleware unchanged."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -11,22 +12,11 @@ import pytest
 from django.conf import settings
 
 from credits.models import LedgerEntry
-from niyra import handlers
-from niyra.handlers import INLINE_MIDDLEWARE, get_asgi_application
+from routing.gateway.asgi import GatewayApplication
 from routing.models import RoutedCall
 from tests.conftest import DEFAULT_PASSWORD
 
-pytestmark = pytest.mark.django_db
-
-
-def middleware_classes(app: Any) -> list[str]:
-    names = []
-    handler = app._middleware_chain
-    while handler is not None:
-        handler = getattr(handler, "__wrapped__", handler)  # convert_exception_to_response's wrapper
-        names.append(f"{type(handler).__module__}.{type(handler).__qualname__}")
-        handler = getattr(handler, "get_response", None)
-    return names
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
@@ -36,31 +26,41 @@ def plain_http_cookies(settings: Any) -> None:
     settings.CSRF_COOKIE_SECURE = False
 
 
-def test_the_handler_swaps_in_inline_hooks_and_leaves_the_settings_alone() -> None:
-    configured = list(settings.MIDDLEWARE)
-    chain = middleware_classes(get_asgi_application())
+def test_gateway_paths_never_reach_django_and_the_rest_always_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway's prefixes are answered in front of Django (no session, CSRF or template
+    machinery on an SDK's call); every other path goes to Django's own handler, unchanged."""
+    reached: list[str] = []
 
-    assert configured == settings.MIDDLEWARE  # what check --deploy and the admin's checks read
-    for django_path, inline_path in INLINE_MIDDLEWARE.items():
-        assert django_path in configured
-        assert inline_path in chain
-        assert django_path not in chain
+    async def django_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        reached.append(scope["path"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    app = GatewayApplication(django_app)
+    answers: dict[str, int] = {}
+
+    async def call(path: str) -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                answers[path] = message["status"]
+
+        scope = {"type": "http", "method": "GET", "path": path, "headers": [], "query_string": b""}
+        await app(scope, receive, send)
+
+    for path in ("/v1/models", "/anthropic/v1/models", "/openai/v1/models", "/v1/nothing", "/", "/api/keys", "/v1"):
+        asyncio.run(call(path))
+    assert reached == ["/", "/api/keys", "/v1"]
+    assert answers["/v1/models"] == answers["/anthropic/v1/models"] == answers["/openai/v1/models"] == 401
+    assert answers["/v1/nothing"] == 404
 
 
-def test_csrf_in_the_session_keeps_djangos_own_middleware(settings: Any) -> None:
-    """CSRF_USE_SESSIONS makes CSRF's hooks read and write the session: no inline swap then."""
-    settings.CSRF_USE_SESSIONS = True
-    chain = middleware_classes(get_asgi_application())
-    assert "django.middleware.csrf.CsrfViewMiddleware" in chain
-    assert "core.middleware.CsrfViewMiddleware" not in chain
-    assert "core.middleware.SessionMiddleware" in chain
+def test_the_asgi_entry_point_is_the_gateway_in_front_of_django() -> None:
+    from niyra.asgi import application
 
-
-def test_every_swapped_class_is_a_subclass_of_the_one_it_replaces() -> None:
-    from django.utils.module_loading import import_string
-
-    for django_path, inline_path in INLINE_MIDDLEWARE.items():
-        assert issubclass(import_string(inline_path), import_string(django_path))
+    assert isinstance(application, GatewayApplication)
 
 
 def csrf_token(page: str) -> str:
@@ -78,7 +78,6 @@ def test_sign_in_session_csrf_and_headers_over_the_asgi_server(live_asgi: str, m
         assert login.headers["X-Frame-Options"] == "DENY"  # XFrameOptionsMiddleware
         assert login.headers["X-Content-Type-Options"] == "nosniff"  # SecurityMiddleware
 
-        # The session is written by SessionMiddleware's response hook (the one that still hops).
         signed_in = browser.post(
             "/login/",
             data={"username": user.email, "password": DEFAULT_PASSWORD, "csrfmiddlewaretoken": csrf_token(login.text)},
@@ -89,7 +88,7 @@ def test_sign_in_session_csrf_and_headers_over_the_asgi_server(live_asgi: str, m
         assert home.status_code == 200
         assert user.email in home.text
 
-        # CSRF (process_view, now inline) still refuses a form post without the token...
+        # CSRF still refuses a form post without the token...
         refused = browser.post("/settings/tokens/create", data={"name": "no token"})
         assert refused.status_code == 403
         # ...and accepts it with one.
@@ -123,29 +122,3 @@ def test_session_authenticated_llm_call_over_the_asgi_server(live_asgi: str, mak
     assert served.json()["routing"]["key_source"] == "platform"
     assert RoutedCall.objects.filter(user=user, outcome="ok").count() == 1
     assert LedgerEntry.objects.filter(account__user=user, category="llm").count() == 1
-
-
-def test_database_hops_leave_the_request_thread_only_under_the_asgi_server(
-    live_asgi: str, make_account: Any, client_for: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Under the server, hops run on the shared pool (not a thread made per request); under
-    Django's test client they stay on the caller's thread, inside its transaction."""
-    import threading
-
-    from core import db
-
-    seen: list[str] = []
-    original = db.release_connections
-
-    def spy() -> None:
-        seen.append(threading.current_thread().name)
-        original()
-
-    monkeypatch.setattr(db, "release_connections", spy)
-    user = make_account(plan="free")
-    token = client_for(user)._credentials["HTTP_AUTHORIZATION"]
-    body = {"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "hello there"}]}
-    response = httpx2.post(f"{live_asgi}/api/llm/messages", json=body, headers={"Authorization": token}, timeout=15)
-    assert response.status_code == 200, response.text
-    assert seen and all(name.startswith("niyra-db") for name in seen), seen
-    assert handlers.ON_ASGI_SERVER.get() is False  # the test's own context was never marked

@@ -1,0 +1,106 @@
+"""The gateway's ASGI app, in front of Django's.
+
+Requests under `/v1/`, `/anthropic/` and `/openai/` are LLM calls from SDKs with bearer tokens:
+they need no session, CSRF, messages or template machinery, so they don't go through Django's
+request path at all — this app reads them and hands them to `surfaces`. Everything else goes to
+Django's own ASGI handler, unchanged. The ASGI lifespan closes the pooled upstream session and
+database pool of this process on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from core import errors
+from core.errors import NiyraError
+from routing.gateway import db, upstream
+from routing.gateway.core import Exchange, Receive, Send, authenticate
+from routing.gateway.surfaces import endpoint_for, shape_for
+
+logger = logging.getLogger("routing.gateway")
+
+PREFIXES = ("/v1/", "/anthropic/", "/openai/")
+MAX_BODY_BYTES = 32 * 1024 * 1024  # the providers' own limit for a request (audio uploads, images)
+
+
+def is_gateway_path(path: str) -> bool:
+    return path.startswith(PREFIXES)
+
+
+async def _read_body(scope: dict[str, Any], receive: Receive) -> bytes | None:
+    """The whole request body, or None if it is larger than any provider accepts."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
+            return None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b""
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def handle(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    path: str = scope["path"]
+    headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+    shape = shape_for(path)
+    exchange = Exchange(method=scope["method"], path=path, headers=headers, body=b"", send=send, receive=receive)
+    try:
+        endpoint = endpoint_for(path)
+        if endpoint is None:
+            raise NiyraError(errors.NOT_FOUND, message=f"No such endpoint: {scope['method']} {path[:200]}")
+        shape = endpoint.shape
+        if scope["method"] not in endpoint.methods:
+            allow = ", ".join(endpoint.methods)
+            raise NiyraError(errors.METHOD_NOT_ALLOWED, headers={"Allow": allow}, detail={"allow": allow})
+        body = await _read_body(scope, receive)
+        if body is None:
+            raise NiyraError(errors.REQUEST_TOO_LARGE, detail={"max_bytes": MAX_BODY_BYTES})
+        exchange.body = body
+        caller = await authenticate(exchange)
+        await endpoint.handler(exchange, caller)
+    except NiyraError as exc:
+        if not exchange.started:
+            await exchange.error(exc, shape)
+    except Exception:
+        logger.exception("gateway request failed: %s %s", scope["method"], path[:200])
+        if not exchange.started:
+            await exchange.error(NiyraError(errors.INTERNAL_ERROR), shape)
+        else:
+            await send({"type": "http.response.body", "body": b""})
+
+
+async def lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await upstream.session_close()
+            await db.pool_close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+class GatewayApplication:
+    """The process's ASGI application: the gateway's paths here, the rest to `django_app`."""
+
+    def __init__(self, django_app: Any) -> None:
+        self.django_app = django_app
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http" and is_gateway_path(scope["path"]):
+            await handle(scope, receive, send)
+        elif kind == "lifespan":
+            await lifespan(receive, send)
+        else:
+            await self.django_app(scope, receive, send)

@@ -1,0 +1,555 @@
+"""One routed call, from the caller to the settled bill (docs/gateway.md, "One call, step by step").
+
+`Exchange` is the request as the ASGI app read it and the way back to the client. `serve` runs
+a call on a provider surface: the model and credential are chosen, credits held (platform key),
+the request forwarded as sent, the answer relayed as received while its usage is read, and the
+call closed (settled, voided or recorded) before the last byte goes out, so a client that has
+its answer can rely on the books. A BYOK call refused as rate limited or out of quota, before
+any byte went out, is retried once on credits when the user opted in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from asgiref.sync import sync_to_async
+from django.views.decorators.debug import sensitive_variables
+
+from accounts.models import User
+from byok.selectors import provider_key_plaintext
+from byok.services import provider_key_mark_needs_reentry
+from core import errors
+from core.errors import NiyraError
+from credits.models import CreditHold, KeySource
+from credits.pricing import Usage
+from providers import Provider
+from providers.errors import ProviderFailure, provider_failure, retry_after_seconds
+from routing.catalog import CatalogModel, Kind, resolve
+from routing.credentials import Credential, credential_decide
+from routing.gateway import ledger, metering, translate, upstream
+from routing.gateway.auth import Caller, caller_authenticate
+from routing.gateway.errors import Shape, error_bytes, provider_error_message, with_niyra_message
+from routing.gateway.metering import Surface
+
+logger = logging.getLogger("routing.gateway")
+
+FALLBACK_FAILURES = frozenset({ProviderFailure.RATE_LIMITED, ProviderFailure.QUOTA})
+JSON = b"application/json"
+SSE = b"text/event-stream; charset=utf-8"
+MAX_FORWARDED_ERROR_BYTES = 64 * 1024
+OUTCOME_OK = "ok"
+OUTCOME_DISCONNECTED = "client_disconnected"
+OUTCOME_CUT = "stream_cut"
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+@dataclass(slots=True)
+class Exchange:
+    """A request read by the ASGI app, and the client to answer."""
+
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+    send: Send
+    receive: Receive
+    started: bool = False
+    route: Route | None = None  # the call served, once there is one (its receipt once closed)
+
+    async def respond(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        content_type: bytes = JSON,
+        headers: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
+    ) -> None:
+        await self.start(status, content_type=content_type, headers=headers)
+        await self.send({"type": "http.response.body", "body": body})
+
+    async def start(self, status: int, *, content_type: bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
+        self.started = True
+        base = [(b"content-type", content_type)] + [h for h in headers if h[0] != b"content-type"]
+        await self.send({"type": "http.response.start", "status": status, "headers": base})
+
+    async def error(self, exc: NiyraError, shape: Shape) -> None:
+        headers = [(name.lower().encode(), value.encode()) for name, value in exc.headers.items()]
+        await self.respond(exc.status, error_bytes(exc, shape), headers=headers)
+
+    def token(self) -> str | None:
+        """The Niyra API token, sent the way the client's SDK sends its key."""
+        auth = self.headers.get("authorization", "")
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        key = self.headers.get("x-api-key", "").strip()
+        return key or None
+
+
+async def authenticate(exchange: Exchange) -> Caller:
+    token = exchange.token()
+    if token is None:
+        raise NiyraError(errors.NOT_AUTHENTICATED)
+    caller = await caller_authenticate(token)
+    if caller is None:
+        raise NiyraError(errors.AUTHENTICATION_FAILED)
+    return caller
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise NiyraError(errors.MALFORMED_JSON) from None
+    if not isinstance(payload, dict):
+        raise NiyraError(errors.INVALID_INPUT, detail={"non_field_errors": ["Send a JSON object."]})
+    return payload
+
+
+def model_for(payload: Mapping[str, Any], *, provider: Provider | None, kinds: frozenset[Kind]) -> CatalogModel:
+    """The catalog model the request names, checked against the surface it came to."""
+    model = resolve(payload.get("model"))
+    if provider is not None and model.provider != provider:
+        raise NiyraError(
+            errors.MODEL_NOT_SUPPORTED,
+            message=f"{model.id} is a {model.provider.label} model: call it through /{model.provider}/v1 or /v1.",
+            detail={"model": model.id, "param": "model"},
+        )
+    if model.kind not in kinds:
+        raise NiyraError(
+            errors.MODEL_NOT_SUPPORTED,
+            message=f"{model.id} can't be called on this endpoint.",
+            detail={"model": model.id, "param": "model"},
+        )
+    return model
+
+
+@dataclass(slots=True)
+class Route:
+    """An open routed call. Holds no secret: the key is a separate local of the caller."""
+
+    call_id: uuid.UUID
+    caller: Caller
+    model: CatalogModel
+    surface: Surface
+    key_source: KeySource
+    started: float
+    hold: CreditHold | None = None
+    key_fingerprint: str | None = None
+    fallback_allowed: bool = False
+    fell_back: bool = False
+    stream: bool = False
+    outcome: str | None = None  # set when the call is closed
+    receipt: ledger.CallReceipt | None = None
+
+    def receipt_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"x-niyra-call-id", str(self.call_id).encode()), (b"x-niyra-key-source", self.key_source.encode())]
+
+
+@sensitive_variables("api_key")
+async def credential_open(caller: Caller, model: CatalogModel, *, platform_only: bool) -> tuple[Credential, str]:
+    """The credential for a call of `model` and its key: the user's (decrypted for this call)
+    or Niyra's. A saved key that no longer opens is recorded for the user to paste again."""
+    credential = credential_decide(model=model, snapshot=caller.snapshot, platform_only=platform_only)
+    provider_key = credential.provider_key
+    if provider_key is None:
+        return credential, upstream.platform_key(model.provider)
+    try:
+        return credential, provider_key_plaintext(provider_key)
+    except NiyraError:
+        await sync_to_async(_key_needs_reentry)(
+            user_id=caller.user_id, provider=model.provider, fingerprint=provider_key.fingerprint
+        )
+        raise
+
+
+@sensitive_variables("api_key")
+async def route_open(
+    caller: Caller, model: CatalogModel, surface: Surface, worst: Usage, *, platform_only: bool, stream: bool
+) -> tuple[Route, str]:
+    """The credential for this call, and credits held when they pay for it."""
+    credential, api_key = await credential_open(caller, model, platform_only=platform_only)
+    route = Route(
+        call_id=uuid.uuid4(),
+        caller=caller,
+        model=model,
+        surface=surface,
+        key_source=credential.key_source,
+        started=time.monotonic(),
+        stream=stream,
+    )
+    if credential.provider_key is not None:
+        route.key_fingerprint = credential.provider_key.fingerprint
+        route.fallback_allowed = credential.fallback_allowed
+    else:
+        route.hold = await ledger.hold_open(caller=caller, call_id=route.call_id, model=model, worst=worst)
+    return route, api_key
+
+
+def _key_needs_reentry(*, user_id: int, provider: str, fingerprint: str) -> None:
+    user = User.objects.filter(pk=user_id).first()
+    if user is not None:
+        provider_key_mark_needs_reentry(user=user, provider=provider, fingerprint=fingerprint)
+
+
+async def route_close(
+    route: Route, *, usage: Usage, charge: bool, outcome: str, key_rejected: bool = False
+) -> ledger.CallReceipt:
+    route.outcome = outcome
+    route.receipt = await ledger.call_close(
+        ledger.CallClose(
+            call_id=route.call_id,
+            user_id=route.caller.user_id,
+            model=route.model,
+            surface=str(route.surface),
+            key_source=route.key_source,
+            hold=route.hold,
+            usage=usage,
+            charge=charge,
+            outcome=outcome,
+            stream=route.stream,
+            fell_back=route.fell_back,
+            latency_ms=int((time.monotonic() - route.started) * 1000),
+            key_fingerprint=route.key_fingerprint,
+            key_rejected=key_rejected,
+        )
+    )
+    return route.receipt
+
+
+@dataclass(slots=True)
+class Refusal:
+    """A provider's error answer, read in full, and what it means."""
+
+    status: int
+    body: bytes
+    payload: object
+    failure: ProviderFailure
+    headers: list[tuple[bytes, bytes]]
+    retry_after: int | None
+
+    @classmethod
+    async def read(cls, answer: upstream.Upstream, provider: Provider) -> Refusal:
+        body = (await answer.read())[:MAX_FORWARDED_ERROR_BYTES]
+        try:
+            payload: object = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            payload = None
+        kind, code, message = provider_error_message(payload)
+        failure = provider_failure(
+            provider=provider, status=answer.status, error_type=kind, error_code=code, message=message
+        )
+        return cls(
+            status=answer.status,
+            body=body,
+            payload=payload,
+            failure=failure,
+            headers=answer.relayed_headers(),
+            retry_after=retry_after_seconds(answer.response.headers),
+        )
+
+    @property
+    def outcome(self) -> str:
+        return {
+            ProviderFailure.KEY_INVALID: errors.KEY_REJECTED.code,
+            ProviderFailure.QUOTA: errors.KEY_QUOTA_EXHAUSTED.code,
+            ProviderFailure.RATE_LIMITED: errors.KEY_RATE_LIMITED.code,
+            ProviderFailure.UNAVAILABLE: errors.PROVIDER_UNAVAILABLE.code,
+        }.get(self.failure, f"provider_{self.status}")
+
+
+@dataclass(slots=True)
+class Plan:
+    """How one surface's call is made: where it goes, and how its answer is read."""
+
+    surface: Surface
+    shape: Shape
+    path: str  # the provider's path under its /v1
+    body: bytes  # what goes upstream
+    payload: dict[str, Any]  # the request as the client sent it (what metering reads)
+    model: CatalogModel
+    stream: bool
+    content_type: str = "application/json"
+    platform_only: bool = False
+    hide_usage_chunk: bool = False  # Niyra asked for the usage chunk; the client did not
+    translator: Callable[[], translate.AnthropicChatStream] | None = None  # the universal surface
+    translate_json: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    translate_error: bool = False  # an Anthropic error answered on the OpenAI-shaped surface
+    raw_relay: bool = False  # audio: relayed in chunks, not read as JSON or SSE
+    worst: Usage = field(default_factory=Usage)
+
+
+async def serve(exchange: Exchange, caller: Caller, plan: Plan) -> None:
+    """Run the call `plan` describes for `caller`, and answer the client."""
+    route, api_key = await route_open(
+        caller, plan.model, plan.surface, plan.worst, platform_only=plan.platform_only, stream=plan.stream
+    )
+    exchange.route = route
+    while True:
+        answer = await _send_upstream(exchange, plan, route, api_key)
+        del api_key
+        if answer is None:
+            return
+        if isinstance(answer, Refusal):
+            if route.key_source == KeySource.BYOK and route.fallback_allowed and answer.failure in FALLBACK_FAILURES:
+                await route_close(route, usage=Usage(), charge=False, outcome=answer.outcome)
+                route, api_key = await route_open(
+                    caller, plan.model, plan.surface, plan.worst, platform_only=True, stream=plan.stream
+                )
+                route.fell_back = True
+                exchange.route = route
+                continue
+            await _refuse(exchange, plan, route, answer)
+            return
+        if plan.raw_relay:
+            await _relay_raw(exchange, plan, route, answer)
+        elif plan.stream:
+            await _relay_stream(exchange, plan, route, answer)
+        else:
+            await _relay_json(exchange, plan, route, answer)
+        return
+
+
+@sensitive_variables("api_key")
+async def _send_upstream(
+    exchange: Exchange, plan: Plan, route: Route, api_key: str
+) -> upstream.Upstream | Refusal | None:
+    """The provider's answer once its status is known: the answer to relay, a refusal, or None
+    when the provider could not be reached (the client has been told; the call is closed)."""
+    provider = plan.model.provider
+    headers = upstream.request_headers(
+        provider,
+        api_key=api_key,
+        client_headers=exchange.headers,
+        content_type=plan.content_type,
+        byok=route.key_source == KeySource.BYOK,
+    )
+    try:
+        answer = await upstream.send(provider, plan.path, body=plan.body, headers=headers, stream=plan.stream)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        logger.warning("provider %s unreachable for call %s (%s)", provider, route.call_id, type(exc).__name__)
+        await route_close(route, usage=Usage(), charge=False, outcome=errors.PROVIDER_UNAVAILABLE.code)
+        await exchange.error(NiyraError(errors.PROVIDER_UNAVAILABLE, detail={"provider": provider}), plan.shape)
+        return None
+    if answer.status >= 400:
+        return await Refusal.read(answer, provider)
+    return answer
+
+
+async def _refuse(exchange: Exchange, plan: Plan, route: Route, refusal: Refusal) -> None:
+    """Tell the client why the provider refused, in the provider's status and shape."""
+    provider = plan.model.provider
+    byok = route.key_source == KeySource.BYOK
+    key_rejected = byok and refusal.failure is ProviderFailure.KEY_INVALID
+    await route_close(route, usage=Usage(), charge=False, outcome=refusal.outcome, key_rejected=key_rejected)
+    headers = [h for h in refusal.headers if h[0] != b"content-type"] + route.receipt_headers()
+    if (not byok and refusal.failure in (ProviderFailure.KEY_INVALID, ProviderFailure.QUOTA)) or (
+        not byok and refusal.status == 403
+    ):
+        # Niyra's own key was refused: the user can do nothing about it; we must.
+        logger.error(
+            "platform key refused: provider=%s status=%d failure=%s call=%s",
+            provider,
+            refusal.status,
+            refusal.failure,
+            route.call_id,
+        )
+        await exchange.error(NiyraError(errors.PROVIDER_UNAVAILABLE, detail={"provider": provider}), plan.shape)
+        return
+    if byok and refusal.failure in (ProviderFailure.KEY_INVALID, ProviderFailure.QUOTA, ProviderFailure.RATE_LIMITED):
+        spec = {
+            ProviderFailure.KEY_INVALID: errors.KEY_REJECTED,
+            ProviderFailure.QUOTA: errors.KEY_QUOTA_EXHAUSTED,
+            ProviderFailure.RATE_LIMITED: errors.KEY_RATE_LIMITED,
+        }[refusal.failure]
+        detail: dict[str, Any] = {"provider": provider}
+        if refusal.retry_after is not None:
+            detail["retry_after_seconds"] = refusal.retry_after
+        exc = NiyraError(spec, detail=detail)
+        body = with_niyra_message(refusal.payload, exc, plan.shape)
+        await exchange.respond(refusal.status, orjson.dumps(body), headers=headers)
+        return
+    if plan.translate_error:
+        body = orjson.dumps(translate.anthropic_error_to_openai(refusal.status, refusal.payload))
+    else:
+        body = refusal.body
+    await exchange.respond(refusal.status, body, headers=headers)
+
+
+async def _relay_json(exchange: Exchange, plan: Plan, route: Route, answer: upstream.Upstream) -> None:
+    try:
+        body = await answer.read()
+        payload = orjson.loads(body)
+    except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+        logger.warning("provider %s answer unreadable for call %s (%s)", plan.model.provider, route.call_id, exc)
+        await route_close(route, usage=Usage(), charge=False, outcome=errors.PROVIDER_UNAVAILABLE.code)
+        await exchange.error(
+            NiyraError(errors.PROVIDER_UNAVAILABLE, detail={"provider": plan.model.provider}), plan.shape
+        )
+        return
+    usage = (
+        metering.usage_from_response(plan.surface, payload, request_body=plan.payload)
+        if isinstance(payload, dict)
+        else None
+    )
+    receipt = await route_close(route, usage=usage or Usage(), charge=True, outcome=OUTCOME_OK)
+    if plan.translate_json is not None and isinstance(payload, dict):
+        body = orjson.dumps(plan.translate_json(payload))
+    headers = answer.relayed_headers() + route.receipt_headers() + _receipt_totals(receipt)
+    await exchange.respond(200, body, headers=headers)
+
+
+async def _relay_raw(exchange: Exchange, plan: Plan, route: Route, answer: upstream.Upstream) -> None:
+    """Audio: bytes relayed as they come; the usage is what was asked for (characters)."""
+    usage = metering.usage_from_response(plan.surface, {}, request_body=plan.payload) or Usage()
+    outcome = OUTCOME_OK
+    try:
+        await exchange.start(
+            200, content_type=_content_type(answer), headers=answer.relayed_headers() + route.receipt_headers()
+        )
+        async for chunk in answer.response.content.iter_any():
+            await exchange.send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except (aiohttp.ClientError, TimeoutError):
+        outcome = OUTCOME_CUT
+    finally:
+        answer.close()
+        await asyncio.shield(route_close(route, usage=usage, charge=True, outcome=outcome))
+    await exchange.send({"type": "http.response.body", "body": b""})
+
+
+def _content_type(answer: upstream.Upstream) -> bytes:
+    return answer.response.headers.get("content-type", "application/octet-stream").encode("latin-1")
+
+
+def _receipt_totals(receipt: ledger.CallReceipt) -> list[tuple[bytes, bytes]]:
+    headers = [(b"x-niyra-credits-charged", str(receipt.credits_charged).encode())]
+    if receipt.balance_after is not None:
+        headers.append((b"x-niyra-balance-after", str(receipt.balance_after).encode()))
+    return headers
+
+
+async def _events(answer: upstream.Upstream) -> AsyncIterator[metering.SseEvent]:
+    splitter = metering.SseSplitter()
+    async for chunk in answer.response.content.iter_any():
+        for event in splitter.feed(chunk):
+            yield event
+    for event in splitter.flush():
+        yield event
+
+
+def _is_error_event(event: metering.SseEvent) -> bool:
+    return event.event == "error" or event.data.startswith(b'{"error"')
+
+
+async def _relay_stream(exchange: Exchange, plan: Plan, route: Route, answer: upstream.Upstream) -> None:
+    """SSE: each event relayed as received (or translated), its usage read on the way.
+
+    The first event is read before the response starts, so a stream the provider fails at once
+    is an HTTP error, not a 200 with an error inside. The event that ends the stream (and what
+    follows it) is held back until the call is closed: a client that has read the end of its
+    stream can rely on the books."""
+    meter_surface = Surface.ANTHROPIC_MESSAGES if plan.translator is not None else plan.surface
+    meter = metering.StreamMeter(meter_surface, plan.payload)
+    translator = plan.translator() if plan.translator is not None else None
+    events = _events(answer)
+    outcome = OUTCOME_OK
+    tail: list[bytes] = []  # from the event that completes the stream on
+    watcher = _disconnect_watcher(exchange)
+    try:
+        try:
+            first = await anext(events, None)
+        except (aiohttp.ClientError, TimeoutError):
+            first = None
+        if first is None or _is_error_event(first) or not _is_json(first.data):
+            await _stream_failed_at_once(exchange, plan, route, first)
+            return
+        await exchange.start(200, content_type=SSE, headers=route.receipt_headers())
+        pending: metering.SseEvent | None = first
+        while True:
+            event = pending if pending is not None else await anext(events, None)
+            pending = None
+            if event is None:
+                break
+            usage_only = meter.observe(event.data)
+            if translator is not None:
+                out = _translated(translator, event)
+            elif usage_only and plan.hide_usage_chunk:
+                continue
+            else:
+                out = event.raw
+            if meter.complete:
+                tail.append(out)
+            elif out:
+                await exchange.send({"type": "http.response.body", "body": out, "more_body": True})
+        if not meter.complete:
+            outcome = OUTCOME_CUT
+    except (aiohttp.ClientError, TimeoutError, translate.StreamError):
+        outcome = OUTCOME_OK if meter.complete else OUTCOME_CUT
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is None or not watcher.done():
+            raise
+        current.uncancel()
+        outcome = OUTCOME_OK if meter.complete else OUTCOME_DISCONNECTED
+    finally:
+        watcher.cancel()
+        answer.close()
+        if exchange.started:
+            await asyncio.shield(route_close(route, usage=meter.final_usage(), charge=True, outcome=outcome))
+    if outcome == OUTCOME_OK and translator is not None:
+        tail.append(b"data: [DONE]\n\n")
+    if watcher.cancelled() or not watcher.done():
+        await exchange.send({"type": "http.response.body", "body": b"".join(tail)})
+
+
+def _is_json(data: bytes) -> bool:
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _translated(translator: translate.AnthropicChatStream, event: metering.SseEvent) -> bytes:
+    if not event.data:
+        return b""
+    chunks = translator.feed(event.event, orjson.loads(event.data))
+    return b"".join(b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks)
+
+
+async def _stream_failed_at_once(exchange: Exchange, plan: Plan, route: Route, first: metering.SseEvent | None) -> None:
+    await route_close(route, usage=Usage(), charge=False, outcome=errors.PROVIDER_UNAVAILABLE.code)
+    if first is not None:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            payload = orjson.loads(first.data)
+            body = translate.anthropic_error_to_openai(529, payload) if plan.translate_error else payload
+            status = 529 if plan.shape is Shape.ANTHROPIC else 503
+            await exchange.respond(status, orjson.dumps(body), headers=route.receipt_headers())
+            return
+    await exchange.error(NiyraError(errors.PROVIDER_UNAVAILABLE, detail={"provider": plan.model.provider}), plan.shape)
+
+
+def _disconnect_watcher(exchange: Exchange) -> asyncio.Task[None]:
+    """Cancels the relay when the client goes away (the ASGI server's send is silent then)."""
+    relay = asyncio.current_task()
+
+    async def watch() -> None:
+        while True:
+            message = await exchange.receive()
+            if message["type"] == "http.disconnect":
+                if relay is not None:
+                    relay.cancel()
+                return
+
+    return asyncio.create_task(watch())
