@@ -439,13 +439,16 @@ def _receipt_totals(receipt: ledger.CallReceipt) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-async def _events(answer: upstream.Upstream) -> AsyncIterator[metering.SseEvent]:
+async def _event_batches(answer: upstream.Upstream) -> AsyncIterator[list[metering.SseEvent]]:
+    """The stream's events, in the batches its chunks brought: relayed one write per batch."""
     splitter = metering.SseSplitter()
     async for chunk in answer.response.content.iter_any():
-        for event in splitter.feed(chunk):
-            yield event
-    for event in splitter.flush():
-        yield event
+        events = splitter.feed(chunk)
+        if events:
+            yield events
+    rest = splitter.flush()
+    if rest:
+        yield rest
 
 
 def _is_error_event(event: metering.SseEvent) -> bool:
@@ -462,36 +465,34 @@ async def _relay_stream(exchange: Exchange, plan: Plan, route: Route, answer: up
     meter_surface = Surface.ANTHROPIC_MESSAGES if plan.translator is not None else plan.surface
     meter = metering.StreamMeter(meter_surface, plan.payload)
     translator = plan.translator() if plan.translator is not None else None
-    events = _events(answer)
+    batches = _event_batches(answer)
     outcome = OUTCOME_OK
     tail: list[bytes] = []  # from the event that completes the stream on
     watcher = _disconnect_watcher(exchange)
     try:
         try:
-            first = await anext(events, None)
+            batch = await anext(batches, None)
         except (aiohttp.ClientError, TimeoutError):
-            first = None
+            batch = None
+        first = batch[0] if batch else None
         if first is None or _is_error_event(first) or not _is_json(first.data):
             await _stream_failed_at_once(exchange, plan, route, first)
             return
         await exchange.start(200, content_type=SSE, headers=route.receipt_headers())
-        pending: metering.SseEvent | None = first
-        while True:
-            event = pending if pending is not None else await anext(events, None)
-            pending = None
-            if event is None:
-                break
-            usage_only = meter.observe(event.data)
-            if translator is not None:
-                out = _translated(translator, event)
-            elif usage_only and plan.hide_usage_chunk:
-                continue
-            else:
-                out = event.raw
-            if meter.complete:
-                tail.append(out)
-            elif out:
-                await exchange.send({"type": "http.response.body", "body": out, "more_body": True})
+        while batch is not None:
+            out: list[bytes] = []
+            for event in batch:
+                usage_only = meter.observe(event.data)
+                if translator is not None:
+                    relayed = _translated(translator, event)
+                elif usage_only and plan.hide_usage_chunk:
+                    continue
+                else:
+                    relayed = event.raw
+                (tail if meter.complete else out).append(relayed)
+            if out:
+                await exchange.send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+            batch = await anext(batches, None)
         if not meter.complete:
             outcome = OUTCOME_CUT
     except (aiohttp.ClientError, TimeoutError, translate.StreamError):
