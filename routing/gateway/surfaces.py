@@ -31,6 +31,7 @@ from routing.gateway.metering import Surface
 CHAT = frozenset({Kind.CHAT})
 EMBEDDINGS = frozenset({Kind.EMBEDDINGS})
 Handler = Callable[[Exchange, Caller], Awaitable[None]]
+METERED_TRANSCRIPT_FORMATS = frozenset({"json", "verbose_json"})
 MODELS_CREATED = 1_700_000_000  # a fixed "created" for the OpenAI-shaped list (the catalog has no dates)
 
 
@@ -259,6 +260,13 @@ async def openai_transcriptions(exchange: Exchange, caller: Caller) -> None:
             errors.UNSUPPORTED_PARAMETER,
             message="stream can't be used for transcriptions through Niyra yet: send the request without it.",
             detail={"param": "stream"},
+        )
+    if fields.get("response_format", "json") not in METERED_TRANSCRIPT_FORMATS:
+        raise NiyraError(
+            errors.UNSUPPORTED_PARAMETER,
+            message="response_format: Niyra bills a transcription from the usage the provider reports, "
+            "which only json and verbose_json answers carry. Ask for one of those.",
+            detail={"param": "response_format"},
         )
     if fields.get("model") != model.vendor_model:
         raise NiyraError(

@@ -9,6 +9,7 @@ import json
 import wave
 from typing import Any
 
+import openai
 import pytest
 
 from credits.pricing import Usage
@@ -323,6 +324,20 @@ class TestVoice:
         assert transcription.text
         seconds = audio_seconds(len(audio))
         credits_payer.assert_billed("whisper-1", "whisper-1", Usage(seconds=seconds))
+
+    @pytest.mark.parametrize("response_format", ["text", "srt", "vtt"])
+    def test_answers_that_carry_no_usage_are_refused_by_name(
+        self, niyra: Niyra, credits_payer: Payer, response_format: str
+    ) -> None:
+        """Only json and verbose_json answers report the usage a transcription is billed from."""
+        with pytest.raises(openai.BadRequestError) as refused:
+            niyra.openai(credits_payer.user).audio.transcriptions.create(
+                model="whisper-1", file=("hello.wav", _wav(1.0), "audio/wav"), response_format=response_format
+            )
+
+        assert refused.value.body["param"] == "response_format"  # type: ignore[index]
+        assert refused.value.body["code"] == "unsupported_parameter"  # type: ignore[index]
+        assert niyra.provider_requests("/audio/transcriptions") == []
 
 
 class TestModels:
