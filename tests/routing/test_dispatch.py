@@ -42,10 +42,10 @@ def balance(user: Any) -> tuple[int, int]:
     return account.balance, account.reserved
 
 
-def send_stream(user: Any, **body: Any) -> tuple[Any, list[tuple[str, dict[str, Any]]]]:
-    """A streamed message and its events, read to the end on the event loop that served it, as
-    an ASGI server does (the gateway relays on the request's loop; Django's sync test client
-    would end that loop when the view returns)."""
+def stream_response(user: Any, **body: Any) -> tuple[Any, bytes]:
+    """A streamed message and its whole body, read on the event loop that served it, as an ASGI
+    server does (the gateway relays on the request's loop; Django's sync test client would end
+    that loop when the view returns)."""
     token = api_token_create(user=user, name="stream").plaintext
     payload = {"model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 100}
     payload.update(body, stream=True)
@@ -54,10 +54,17 @@ def send_stream(user: Any, **body: Any) -> tuple[Any, list[tuple[str, dict[str, 
         response: Any = await AsyncClient().post(
             "/api/llm/messages", payload, content_type="application/json", headers={"Authorization": f"Bearer {token}"}
         )
-        assert response.streaming, response.content
+        if not response.streaming:  # refused before the stream started
+            return response, response.content
         return response, b"".join([chunk async for chunk in response.streaming_content])
 
-    response, raw = async_to_sync(post_and_read)()
+    return async_to_sync(post_and_read)()
+
+
+def send_stream(user: Any, **body: Any) -> tuple[Any, list[tuple[str, dict[str, Any]]]]:
+    """A streamed message and its events."""
+    response, raw = stream_response(user, **body)
+    assert response.streaming, raw
     events = []
     for block in raw.decode().strip().split("\n\n"):
         lines = dict(line.split(": ", 1) for line in block.splitlines())
