@@ -1,5 +1,7 @@
 """CSRF: every state-changing dashboard request needs the token, and so does every
-session-authenticated API write; an API token (Bearer) needs none.
+session-authenticated API write; an API token (Bearer) needs none. The gateway's paths (/v1/,
+/anthropic/, /openai/) take API tokens only: a session is never a caller there, so CSRF never
+applies.
 
 Routes are enumerated from the URL patterns, so a new dashboard form or API write is caught:
 its unsafe methods are refused without a token by the same loop, and the "works with the
@@ -16,7 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
+import httpx2
 import pytest
+from django.conf import settings as django_settings
 from django.core.cache import cache
 from django.test import Client
 from django.urls import reverse
@@ -29,6 +33,7 @@ from byok.services import provider_key_save
 from connections.models import OAuthAuthorizationRequest, OAuthConnection
 from routing.models import RoutedCall, RoutingPreference
 from sandbox import SandboxServer, anthropic_key
+from tests.routing.conftest import live_asgi  # noqa: F401 - a fixture, shared
 from tests.security.test_idor import (
     INTEGRATION,
     Route,
@@ -42,6 +47,9 @@ from tests.security.test_idor import (
 )
 
 pytestmark = pytest.mark.django_db
+# Tests whose requests reach the gateway (the Try page, /api/llm/messages) commit their data: the
+# gateway reads it on its own connections.
+GATEWAY_DB = pytest.mark.django_db(transaction=True)
 
 UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
 
@@ -191,6 +199,7 @@ def test_every_dashboard_route_that_accepts_post_has_a_valid_form_listed() -> No
     assert posting == {form.name for form in DASHBOARD_FORMS}
 
 
+@GATEWAY_DB
 def test_every_dashboard_form_works_with_its_token(setup: Setup) -> None:
     routes = {route.name: route for route in _dashboard_routes()}
     browser, anonymous = _browser(setup.user), _browser(None)
@@ -268,13 +277,6 @@ API_WRITES = (  # in this order: each may rely on the ones before
         {"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
         200,
     ),
-    Write(
-        "openai-chat-completions",
-        "POST",
-        {"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
-        200,
-    ),
-    Write("openai-embeddings", "POST", {"model": "text-embedding-3-small", "input": "hi"}, 200),
 )
 
 
@@ -299,6 +301,7 @@ def _send(client: APIClient, write: Write, kwargs: dict[str, Any], **headers: An
     return client.generic(write.method, url, json.dumps(body or {}), "application/json", **headers)
 
 
+@GATEWAY_DB
 def test_session_api_writes_need_the_csrf_token(setup: Setup, sandbox: SandboxServer) -> None:
     session = APIClient(enforce_csrf_checks=True)
     session.force_login(setup.user)
@@ -323,6 +326,7 @@ def test_session_api_writes_need_the_csrf_token(setup: Setup, sandbox: SandboxSe
     assert RoutingPreference.objects.get(user=setup.user).fallback_to_credits
 
 
+@GATEWAY_DB
 def test_api_token_writes_need_no_csrf_token(setup: Setup) -> None:
     bearer = APIClient(enforce_csrf_checks=True)
     bearer.credentials(HTTP_AUTHORIZATION=f"Bearer {setup.bearer}")
@@ -333,11 +337,53 @@ def test_api_token_writes_need_no_csrf_token(setup: Setup) -> None:
         assert response.status_code == write.status, f"{write.name}: {response.status_code} {response.content[:200]!r}"
 
 
-def test_the_async_endpoints_say_why_a_session_write_was_refused(setup: Setup) -> None:
+def test_the_async_endpoint_says_why_a_session_write_was_refused(setup: Setup) -> None:
     session = APIClient(enforce_csrf_checks=True)
     session.force_login(setup.user)
-    for path in ("/api/llm/messages", "/v1/chat/completions", "/v1/embeddings"):
-        response = session.post(path, {}, format="json")
-        assert response.status_code == 403
-        assert response.json()["message"] == "CSRF token missing or incorrect."
+
+    response = session.post("/api/llm/messages", {}, format="json")
+
+    assert response.status_code == 403
+    assert response.json()["message"] == "CSRF token missing or incorrect."
     assert not RoutedCall.objects.filter(user=setup.user).exists()
+
+
+GATEWAY_WRITES = (
+    ("/v1/chat/completions", {"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "hi"}]}),
+    ("/v1/embeddings", {"model": "text-embedding-3-small", "input": "hi"}),
+    (
+        "/anthropic/v1/messages",
+        {"model": "claude-haiku-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+    ),
+    ("/openai/v1/chat/completions", {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}),
+)
+
+
+def test_the_gateway_takes_api_tokens_only_so_csrf_never_applies(
+    setup: Setup,
+    live_asgi: str,  # noqa: F811 - the fixture imported above
+    sandbox: SandboxServer,
+) -> None:
+    """A browser's session (with its CSRF token, forged or real) is no caller on the gateway's
+    paths: nothing is routed for it. A Bearer token is all a call needs, and sets no cookie."""
+    browser = Client()
+    browser.force_login(setup.user)
+    assert browser.get("/settings/tokens/").status_code == 200  # the CSRF cookie, as the dashboard sets it
+    csrf = browser.cookies[django_settings.CSRF_COOKIE_NAME].value
+    session = browser.cookies[django_settings.SESSION_COOKIE_NAME].value
+    cookie = f"{django_settings.SESSION_COOKIE_NAME}={session}; {django_settings.CSRF_COOKIE_NAME}={csrf}"
+    calls = len(sandbox.log)
+
+    with httpx2.Client(base_url=live_asgi, timeout=20) as http:
+        for path, body in GATEWAY_WRITES:
+            for headers in ({}, {"X-CSRFToken": csrf}, {"X-CSRFToken": "forged" * 8}):
+                refused = http.post(path, json=body, headers=headers | {"Cookie": cookie})
+                assert refused.status_code == 401, f"{path} {headers}: {refused.status_code}"
+                assert refused.json()["error"]["code"] == "not_authenticated", path
+        assert not RoutedCall.objects.filter(user=setup.user).exists()
+        assert len(sandbox.log) == calls
+
+        for path, body in GATEWAY_WRITES:
+            accepted = http.post(path, json=body, headers={"Authorization": f"Bearer {setup.bearer}"})
+            assert accepted.status_code == 200, f"{path}: {accepted.status_code} {accepted.content[:200]!r}"
+            assert "set-cookie" not in accepted.headers, path

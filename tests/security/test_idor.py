@@ -71,7 +71,7 @@ class Route:
 
     @property
     def is_api(self) -> bool:
-        return self.route.startswith(("api/", "v1/", "^(?:api|v1)/"))
+        return self.route.startswith(("api/", "^api/"))
 
     @property
     def is_admin(self) -> bool:
