@@ -2,7 +2,9 @@
 services and secrets), behind a TLS-terminating proxy as on Fly (`X-Forwarded-Proto: https`):
 HSTS, the Content-Security-Policy, X-Frame-Options, nosniff, Referrer-Policy,
 Cross-Origin-Opener-Policy and the cookie flags, on dashboard pages, API responses (sync DRF
-views and the async LLM views, through the WSGI and the ASGI handlers) and the admin.
+views and the async LLM view, through the WSGI handler and the production ASGI app) and the
+admin. The gateway's paths (/v1/, /anthropic/, /openai/) answer SDKs with bearer tokens, outside
+Django's middleware: they set no cookie.
 
 Also: no page carries an inline script, event handler or style attribute (the policy allows
 none), the two inline <style> blocks are the ones the policy allows (the API docs' by nonce,
@@ -21,11 +23,11 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import httpx2
 import pytest
-from asgiref.sync import async_to_sync
 from django.conf import settings as django_settings
 from django.http import HttpRequest, HttpResponse
-from django.test import AsyncClient, Client, override_settings
+from django.test import Client, override_settings
 from django.urls import path
 
 from accounts.models import User
@@ -39,6 +41,7 @@ from tests.e2e.conftest import (  # noqa: F401 - make_customer is a fixture
     _browser_missing,
     make_customer,
 )
+from tests.routing.conftest import live_asgi  # noqa: F401 - a fixture, shared
 
 pytestmark = pytest.mark.django_db
 
@@ -115,7 +118,7 @@ SURFACES: dict[str, tuple[int, Callable[[dict[str, Any]], Any]]] = {
     "LLM API (async view)": (
         400,
         lambda c: Client().post(
-            "/v1/chat/completions",
+            "/api/llm/messages",
             "{}",
             content_type="application/json",
             HTTP_AUTHORIZATION=f"Bearer {c['token']}",
@@ -140,20 +143,22 @@ def test_every_surface_sends_the_security_headers(
     assert_secure_headers(response)
 
 
-@pytest.mark.django_db(transaction=True)  # the async views read the token from another thread
-def test_the_asgi_handler_sends_them_too(token: str) -> None:
-    """Production serves ASGI: the CSP middleware's async path must set the header as well."""
+def test_the_production_asgi_app_sends_them_too(
+    token: str,
+    live_asgi: str,  # noqa: F811 - the fixture imported above
+) -> None:
+    """Production serves ASGI (the gateway's app in front of Django's): the CSP middleware's
+    async path must set the headers as well, on pages and on the async LLM view."""
+    https = {"X-Forwarded-Proto": "https"}  # uvicorn trusts it from loopback, as Fly's proxy
+    with httpx2.Client(base_url=live_asgi, timeout=20) as http:
+        page = http.get("/login/", headers=https)
+        llm = http.post("/api/llm/messages", json={}, headers=https | {"Authorization": f"Bearer {token}"})
+        gateway = http.get("/v1/models", headers=https | {"Authorization": f"Bearer {token}"})
 
-    async def fetch() -> list[Any]:
-        client = AsyncClient()
-        return [
-            await client.get("/v1/models", secure=True, headers={"Authorization": f"Bearer {token}"}),
-            await client.get("/login/", secure=True),
-        ]
-
-    for response in async_to_sync(fetch)():
-        assert response.status_code == 200
+    assert (page.status_code, llm.status_code, gateway.status_code) == (200, 400, 200)
+    for response in (page, llm):
         assert_secure_headers(response)
+    assert "set-cookie" not in gateway.headers  # bearer only: no session, CSRF or messages cookie
 
 
 @override_settings(SECURE_SSL_REDIRECT=True)
