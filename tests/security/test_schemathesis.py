@@ -7,7 +7,12 @@ Every response must be no 5xx, a documented status, a documented content type an
 matches its schema; invalid input must be rejected and authentication must be enforced.
 
 Requests go in-process through Django's WSGI handler, inside the test's transaction (as with
-Django's test client), and LLM calls go to the provider sandbox.
+Django's test client). `/api/llm/messages` is a call of the gateway, which reads and writes on
+its own connections and relays on the request's event loop: its signed-in cases go to the
+production ASGI app on a live server, with committed data, and its LLM calls to the provider
+sandbox. The gateway's own paths (/v1/, /anthropic/, /openai/) are the providers' APIs,
+documented by the providers, not in Niyra's schema (tests/routing/gateway/ drives them with the
+official SDKs).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from sandbox import anthropic_key, openai_key
 from tests.routing.conftest import (  # noqa: F401 - fixtures
     _providers_are_the_sandbox,
     client_for,
+    live_asgi,
     make_account,
     store_key,
 )
@@ -86,13 +92,13 @@ CHECKS.append(well_formed_requests_are_not_called_malformed)
 # what is not there (404) — but never for its form: `well_formed_requests_are_not_called_malformed`.
 POSITIVE_STATUSES = ["2xx", "400", "401", "402", "403", "404", "409", "429", "503"]
 MALFORMED_CODES = frozenset({"invalid_input", "malformed_json", "unsupported_media_type"})
-LLM_PATHS = ("/api/llm/messages", "/v1/chat/completions", "/v1/embeddings")
+LLM_PATHS = ("/api/llm/messages",)
 CHAT_MODELS = [model.id for model in MODELS if model.kind == Kind.CHAT]
-EMBEDDING_MODELS = [model.id for model in MODELS if model.kind == Kind.EMBEDDINGS]
+SCHEMA_PATH = "/api/schema/?format=json"
+SIGNED_IN_EXAMPLES = 25
 
 
-def _load(*, max_examples: int, coverage: bool) -> Any:
-    loaded = schemathesis.openapi.from_wsgi("/api/schema/?format=json", application)
+def _configured(loaded: Any, *, max_examples: int, coverage: bool) -> Any:
     loaded.config.seed = SEED
     loaded.config.generation.update(max_examples=max_examples, deterministic=True, database="none")
     loaded.config.phases.coverage.enabled = coverage
@@ -100,31 +106,43 @@ def _load(*, max_examples: int, coverage: bool) -> Any:
     return loaded
 
 
-# Signed in: the coverage phase's boundary and type-confusion cases, then 25 fuzzed examples.
-signed_in_schema = _load(max_examples=25, coverage=True)
-# Anonymous (or a generated, forged token/session cookie): every request stops at
-# authentication, so a few fuzzed examples per operation cover that path.
-anonymous_schema = _load(max_examples=8, coverage=False)
+def _load(*, max_examples: int, coverage: bool) -> Any:
+    return _configured(
+        schemathesis.openapi.from_wsgi(SCHEMA_PATH, application), max_examples=max_examples, coverage=coverage
+    )
 
 
-@signed_in_schema.hook
 def before_generate_case(context: Any, strategy: Any) -> Any:
     """Valid requests to the LLM routes name a catalog model half the time, so routed calls
     (to the sandbox) run, and not only the "model isn't supported" answer."""
     path = context.operation.path if context.operation else ""
     if path not in LLM_PATHS:
         return strategy
-    models = EMBEDDING_MODELS if path == "/v1/embeddings" else CHAT_MODELS
 
     def with_model(case: Any, model: str | None) -> Any:
         if model and case.meta.generation.mode.is_positive and isinstance(case.body, dict):
             case.body = {**case.body, "model": model}
         return case
 
-    return st.tuples(strategy, st.none() | st.sampled_from(models)).map(lambda pair: with_model(*pair))
+    return st.tuples(strategy, st.none() | st.sampled_from(CHAT_MODELS)).map(lambda pair: with_model(*pair))
 
 
-@pytest.fixture(autouse=True)
+# Signed in: the coverage phase's boundary and type-confusion cases, then 25 fuzzed examples
+# (the LLM routes on the live server: `llm_schema` below).
+signed_in_schema = _load(max_examples=SIGNED_IN_EXAMPLES, coverage=True).exclude(path=list(LLM_PATHS))
+# Anonymous (or a generated, forged token/session cookie): every request stops at
+# authentication, so a few fuzzed examples per operation cover that path.
+anonymous_schema = _load(max_examples=8, coverage=False)
+
+
+# The LLM routes, generated from the same schema and sent over HTTP to the live server.
+llm_schema = _configured(
+    schemathesis.openapi.from_dict(signed_in_schema.raw_schema), max_examples=SIGNED_IN_EXAMPLES, coverage=True
+).include(path=list(LLM_PATHS))
+llm_schema.hook(before_generate_case)
+
+
+@pytest.fixture
 def _in_process(settings: Any) -> Iterator[None]:
     """Keep `close_old_connections` from closing the test's connection at each request, as
     Django's test client does, and lift the key save/test throttles (tested on their own) so
@@ -161,12 +179,25 @@ def _call_and_validate(case: Any, headers: dict[str, str] | None = None) -> None
 
 @signed_in_schema.parametrize()
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # read-only, rolled back per example
+@pytest.mark.usefixtures("_in_process")
 def test_every_operation_signed_in(case: Any, tokens: Any) -> None:
     token = tokens["service"] if case.path == "/api/usage-events" else tokens["user"]
     _call_and_validate(case, {"Authorization": f"Bearer {token}"})
 
 
+@llm_schema.parametrize()
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # the examples only spend credits
+@pytest.mark.django_db(transaction=True)
+def test_every_llm_operation_signed_in(
+    case: Any,
+    tokens: Any,
+    live_asgi: str,  # noqa: F811 - the fixture imported above
+) -> None:
+    case.call_and_validate(base_url=live_asgi, headers={"Authorization": f"Bearer {tokens['user']}"}, checks=CHECKS)
+
+
 @anonymous_schema.parametrize()
+@pytest.mark.usefixtures("_in_process")
 def test_every_operation_without_valid_credentials(case: Any) -> None:
     _call_and_validate(case)
 
@@ -211,16 +242,15 @@ def test_a_ledger_page_size_out_of_range_is_a_400(
     assert len(client.get("/api/credits/ledger", {"limit": "1"}).json()["results"]) == 1
 
 
-@pytest.mark.parametrize("path", ["/api/llm/messages", "/v1/chat/completions"])
+@pytest.mark.django_db(transaction=True)  # a call of the gateway, which reads on its own connections
 def test_a_temperature_on_an_anthropic_model_is_not_a_provider_outage(
-    path: str,
     make_account: Callable[..., Any],  # noqa: F811
     client_for: Callable[[Any], APIClient],  # noqa: F811
 ) -> None:
     """The Anthropic SDK has no `temperature`; passing it raised TypeError -> a 503."""
     body = {"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.2}
 
-    response = client_for(make_account()).post(path, body, format="json")
+    response = client_for(make_account()).post("/api/llm/messages", body, format="json")
 
     assert response.status_code == 200, response.content
 
@@ -244,12 +274,10 @@ def test_the_schema_says_what_the_api_refuses(api_client: APIClient) -> None:
         assert provider["schema"]["enum"] == ["anthropic", "openai"]
     (provider,) = schema["paths"]["/api/keys/{provider}/test"]["post"]["parameters"]
     assert provider["schema"]["enum"] == ["anthropic", "openai"]
-    for name in ("NativeRequest", "ChatCompletionRequest"):
-        request = components[name]["properties"]
-        assert request["model"]["minLength"] == 1 and _refuses_blank_and_nul(request["model"]["pattern"])
-        assert request["messages"]["minItems"] == 1
-    embeddings_input = components["EmbeddingsRequest"]["properties"]["input"]
-    assert "nullable" not in embeddings_input and {s["type"] for s in embeddings_input["oneOf"]} == {"string", "array"}
+    request = components["NativeRequest"]["properties"]
+    assert request["model"]["minLength"] == 1 and _refuses_blank_and_nul(request["model"]["pattern"])
+    assert request["messages"]["minItems"] == 1
+    assert not [path for path in schema["paths"] if path.startswith(("/v1/", "/anthropic/", "/openai/"))]
     assert _refuses_blank_and_nul(components["TokenCreateInput"]["properties"]["name"]["pattern"])
     key = components["ProviderKeyInput"]["properties"]["key"]  # quotes and spaces alone are no key
     pasted = (("sk-ant-x", True), (' "sk-x" ', True), ('""', False), ("\u2018 \u2019", False), ("sk\x00", False))
