@@ -15,7 +15,8 @@ bodies in base64, pg_dump writes bytea as hex):
   tests/byok/test_never_leaked.py), and every task message it published;
 * the worker's stdout/stderr at loglevel DEBUG, and its log records and published messages
   captured inside the worker before any filter (tests/security/canary_support.py);
-* every response the clients saw (headers and bodies), and the raw bytes Niyra sent back on the
+* every response the clients saw (headers and bodies), Niyra's native API's and the gateway's
+  (the universal surface and each provider's own), and the raw bytes Niyra sent back on the
   wire (a recording proxy sits between the HTTP client and the live ASGI server). What the
   client *sends* is not searched (it carries the key when saving one), nor is the traffic from
   Niyra to the sandbox (the key legitimately goes to the provider);
@@ -87,6 +88,14 @@ EXTRA_LOGGERS = ("celery", "kombu", "amqp", "niyra", "byok", "connections", "rou
 ROUTED_BEHAVIOURS = ("invalid", "ratelimit", "error", "cut")
 VALIDATION_FAILURES = (("invalid", 400), ("overloaded", 503), ("error", 503), ("malformed", 503), ("hang", 503))
 MODELS = {"anthropic": "claude-haiku-4-5", "openai": "gpt-4.1"}
+# Where a routed call can be made with each provider's key: the native API, the universal
+# surface and the provider's own API on the gateway.
+ROUTES = {
+    "anthropic": ("/api/llm/messages", "/v1/chat/completions", "/anthropic/v1/messages"),
+    "openai": ("/api/llm/messages", "/v1/chat/completions", "/openai/v1/chat/completions"),
+}
+# How a stream ends when it was not cut: the native API's last event, the providers' own.
+STREAM_END = {"/api/llm/messages": b"event: done", "/anthropic/v1/messages": b"message_stop"}
 
 
 @dataclass
@@ -256,20 +265,19 @@ def _key_flows(stack: Stack, canary: str, make_account: Callable[..., Any]) -> A
         wrong_provider = put(canary_key(provider, canary), to=other)
         pasted_with_words = put(f"{canary_key(provider, canary)} and some words")
         assert (wrong_provider, pasted_with_words) == (400, 400), provider
-        status, stream = _routed_calls(stack, api, provider)
-        assert (status, stream.status_code) == (200, 200), provider
+        for url, status, stream in _routed_calls(stack, api, provider):
+            assert (status, stream.status_code) == (200, 200), (provider, url)
     return user
 
 
-def _routed_calls(stack: Stack, api: httpx2.Client, provider: str) -> tuple[int, httpx2.Response]:
-    """A call and a streamed call: the first one's status, the stream."""
-    messages = [{"role": "user", "content": "hello canary"}]
-    url = "/api/llm/messages" if provider == "anthropic" else "/v1/chat/completions"
-    plain, streamed = (
-        stack.seen.keep(api.post(url, json={"model": MODELS[provider], "messages": messages, "stream": stream}))
-        for stream in (False, True)
-    )
-    return plain.status_code, streamed
+def _routed_calls(stack: Stack, api: httpx2.Client, provider: str) -> list[tuple[str, int, httpx2.Response]]:
+    """On each route: a call and a streamed call; the route, the first one's status, the stream."""
+    body = {"model": MODELS[provider], "messages": [{"role": "user", "content": "hello canary"}], "max_tokens": 50}
+    calls = []
+    for url in ROUTES[provider]:
+        plain, streamed = (stack.seen.keep(api.post(url, json=body | {"stream": stream})) for stream in (False, True))
+        calls.append((url, plain.status_code, streamed))
+    return calls
 
 
 def _routed_failures(stack: Stack, canary: str, make_account: Callable[..., Any], store_key: Any) -> None:
@@ -280,10 +288,11 @@ def _routed_failures(stack: Stack, canary: str, make_account: Callable[..., Any]
         api = stack.client(token=api_token_create(user=user, name="canary").plaintext)
         for provider in ("anthropic", "openai"):
             store_key(user, provider, canary_key(provider, canary, behaviour))
-            status, stream = _routed_calls(stack, api, provider)
-            assert status >= 400, (behaviour, provider, status)
-            if behaviour == "cut":  # the stream started, then the provider hung up mid-way
-                assert stream.status_code == 200 and b"error" in stream.content, provider
+            for url, status, stream in _routed_calls(stack, api, provider):
+                assert status >= 400, (behaviour, provider, url, status)
+                if behaviour == "cut":  # the stream started, then the provider hung up mid-way
+                    assert stream.status_code == 200, (provider, url)
+                    assert STREAM_END.get(url, b"data: [DONE]") not in stream.content, (provider, url)
 
 
 def _oauth_connect(stack: Stack, api: httpx2.Client, browser: httpx2.Client, integration: str) -> OAuthConnection:
@@ -449,6 +458,7 @@ def test_no_secret_appears_anywhere_after_every_flow(
     assert haystack.find(control, only="pg_dump"), "the marker is not in the dump"
     sql_seen = [r for r in trap.records if r.name == "django.db.backends" and "byok_providerkey" in r.getMessage()]
     assert {r.threadName for r in sql_seen} - {"MainThread"}, "no SQL from the server's threads was captured"
+    assert any(r.name.startswith("routing.gateway") for r in trap.records), "none of the gateway's logs was captured"
     assert "byok_oauthconnection" in stack.worker.raw_log(), "no SQL from the worker was captured"
     assert stack.worker.executed("connections.tasks.oauth_refresh_tick") >= 1
     assert stack.worker.executed("connections.tasks.oauth_connection_refresh") >= 3
