@@ -1,7 +1,7 @@
 """Fixtures for the fault tests: the live ASGI server and funded users of the routing tests, the
 providers swapped for the sandbox, and the check that the web process is healthy after a fault
-(it answers, a normal paid call is billed exactly, no hold or pooled connection is left open,
-and the books balance)."""
+(it answers, a normal paid call is billed exactly, no hold or pooled connection — Django's or
+the gateway's — is left open, and the books balance)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from accounts.services import api_token_create
 from credits.models import BillingAccount, CreditHold, HoldStatus
 from credits.pricing import Usage, price_usage
 from credits.selectors import ledger_mismatches
+from routing.gateway import db as gateway_db
 from sandbox import SandboxServer
 from tests.routing.conftest import live_asgi, make_account, store_key  # noqa: F401 - fixtures, shared
 
@@ -47,13 +48,19 @@ def bearer() -> Headers:
 
 
 def pooled_connections_in_use() -> int:
-    """Connections checked out of psycopg's pool (0 without a pool), the test's own returned first."""
-    pool = connection.pool
-    if pool is None:
-        return 0
-    connection.close()
-    stats = pool.get_stats()
-    return int(stats["pool_size"] - stats["pool_available"])
+    """Connections checked out of Django's psycopg pool (the test's own returned first) and of
+    the gateway's async pools (one per event loop: the live server's)."""
+    in_use = 0
+    pool = connection.pool  # type: ignore[attr-defined]
+    if pool is not None:
+        connection.close()
+        stats = pool.get_stats()
+        in_use += int(stats["pool_size"] - stats["pool_available"])
+    for gateway_pool in list(gateway_db._POOLS.values()):
+        if not gateway_pool.closed:
+            stats = gateway_pool.get_stats()
+            in_use += int(stats["pool_size"] - stats["pool_available"])
+    return in_use
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:
