@@ -78,6 +78,7 @@ def test_home_shows_balance_reserved_spend_and_share(browser: Client, user: Any)
     assert "0%" in html  # LLM share
 
 
+@pytest.mark.django_db(transaction=True)  # the Try page calls the gateway, which reads on its own connections
 def test_home_shows_keys_and_recent_calls(browser: Client, user: Any, settings: Any, sandbox: SandboxServer) -> None:
     settings.ANTHROPIC_BASE_URL = sandbox.anthropic_base_url
     BillingAccount.objects.get_or_create(user=user)

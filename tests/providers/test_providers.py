@@ -180,7 +180,8 @@ def openai_error(status: int, code: str | None, etype: str = "invalid_request_er
     ids=lambda v: v.code if isinstance(v, errors.ErrorSpec) else type(v).__name__,
 )
 def test_map_provider_error(exc: BaseException, spec: errors.ErrorSpec) -> None:
-    mapped = map_provider_error(exc, provider="anthropic")
+    # The provider whose SDK raised it (one rule reads both: `providers.errors.provider_failure`)
+    mapped = map_provider_error(exc, provider="openai" if isinstance(exc, openai.OpenAIError) else "anthropic")
     assert mapped.spec is spec and mapped.message == spec.message
     assert "****" not in str(mapped.as_dict()) and "Incorrect" not in str(mapped.as_dict())
 
