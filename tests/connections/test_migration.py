@@ -10,7 +10,7 @@ are the same rows under the app label `connections`.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -32,7 +32,7 @@ AFTER = [("byok", "0004_oauth_models_to_connections"), ("connections", "0001_ini
 SUPPORT_PERMISSIONS_THEN = importlib.import_module("accounts.migrations.0002_support_group").SUPPORT_PERMISSIONS
 
 
-def _migrate(targets: list[tuple[str, str | None]]) -> Any:
+def _migrate(targets: Sequence[tuple[str, str | None]]) -> Any:
     """Migrate to `targets`; the historical registry of the whole project at that point: the
     migrations applied now (going back also unapplies what depends on the targets, e.g. later
     routing migrations)."""
