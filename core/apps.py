@@ -1,7 +1,9 @@
 from django.apps import AppConfig
 from django.core.checks import register
+from django.core.signals import got_request_exception
 
 from core import checks
+from core.dbpool import check_pools_after_request_exception
 from core.health import readiness_check_register
 
 
@@ -17,3 +19,4 @@ class CoreConfig(AppConfig):
         # unusable one, and /readyz reports it.
         register(checks.check_keyring)
         readiness_check_register("keyring", checks.keyring_ready)
+        got_request_exception.connect(check_pools_after_request_exception, dispatch_uid="core.dbpool")

@@ -292,7 +292,8 @@ async def _native_events(answer: local.Answer, chunks: AsyncIterator[bytes], mod
                 continue
             parsed = json.loads(data)
             if "error" in parsed:
-                yield _sse("error", {"code": "provider_unavailable", "message": errors.PROVIDER_UNAVAILABLE.message})
+                spec = errors.CATALOGUE.get(parsed.get("code") or "", errors.PROVIDER_UNAVAILABLE)
+                yield _sse("error", NiyraError(spec, message=parsed.get("message")).as_dict())
                 return
             if parsed.get("usage"):
                 usage = _usage(parsed["usage"])

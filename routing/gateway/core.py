@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import psycopg
 from asgiref.sync import sync_to_async
 from django.views.decorators.debug import sensitive_variables
 
@@ -287,6 +288,9 @@ class Plan:
     translate_json: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     translate_error: bool = False  # an Anthropic error answered on the OpenAI-shaped surface
     raw_relay: bool = False  # audio: relayed in chunks, not read as JSON or SSE
+    # Niyra's own surface (/v1): a stream that breaks after it started says so in the stream,
+    # in OpenAI's shape. The providers' surfaces relay what the provider sent, nothing invented.
+    in_stream_errors: bool = False
     worst: Usage = field(default_factory=Usage)
 
 
@@ -506,12 +510,28 @@ async def _relay_stream(exchange: Exchange, plan: Plan, route: Route, answer: up
     finally:
         watcher.cancel()
         answer.close()
+        failure: NiyraError | None = None
         if exchange.started:
-            await asyncio.shield(route_close(route, usage=meter.final_usage(), charge=True, outcome=outcome))
-    if outcome == OUTCOME_OK and translator is not None:
+            failure = await asyncio.shield(_close_stream(route, meter, outcome))
+    if failure is None and outcome == OUTCOME_CUT:
+        failure = NiyraError(errors.PROVIDER_UNAVAILABLE, detail={"provider": plan.model.provider})
+    if failure is not None and plan.in_stream_errors:
+        tail = [b"data: " + error_bytes(failure, Shape.OPENAI) + b"\n\n"]
+    elif outcome == OUTCOME_OK and translator is not None:
         tail.append(b"data: [DONE]\n\n")
     if watcher.cancelled() or not watcher.done():
         await exchange.send({"type": "http.response.body", "body": b"".join(tail)})
+
+
+async def _close_stream(route: Route, meter: metering.StreamMeter, outcome: str) -> NiyraError | None:
+    """Close a stream's call; the error to tell its client if the books could not be written
+    (its hold then stays open, and the sweeper releases it: nothing is charged)."""
+    try:
+        await route_close(route, usage=meter.final_usage(), charge=True, outcome=outcome)
+    except (NiyraError, psycopg.Error) as exc:
+        logger.exception("routed call %s could not be closed", route.call_id)
+        return exc if isinstance(exc, NiyraError) else NiyraError(errors.INTERNAL_ERROR)
+    return None
 
 
 def _is_json(data: bytes) -> bool:

@@ -108,7 +108,9 @@ async def _forward_free(exchange: Exchange, caller: Caller, model: CatalogModel,
 # --- OpenAI ------------------------------------------------------------------------------------
 
 
-def _openai_chat_plan(exchange: Exchange, payload: dict[str, Any], model: CatalogModel) -> Plan:
+def _openai_chat_plan(
+    exchange: Exchange, payload: dict[str, Any], model: CatalogModel, *, universal: bool = False
+) -> Plan:
     surface = Surface.OPENAI_CHAT
     stream = _stream(payload)
     changes: dict[str, Any] = {}
@@ -130,6 +132,7 @@ def _openai_chat_plan(exchange: Exchange, payload: dict[str, Any], model: Catalo
         model=model,
         stream=stream,
         hide_usage_chunk=hide_usage,
+        in_stream_errors=universal,
         worst=_worst(surface, payload, exchange.body, model),
     )
 
@@ -299,7 +302,7 @@ async def universal_chat(exchange: Exchange, caller: Caller) -> None:
     payload = json_object(exchange.body)
     model = model_for(payload, provider=None, kinds=CHAT)
     if model.provider == Provider.OPENAI:
-        await serve(exchange, caller, _openai_chat_plan(exchange, payload, model))
+        await serve(exchange, caller, _openai_chat_plan(exchange, payload, model, universal=True))
         return
     try:
         body = translate.chat_to_anthropic(
@@ -327,6 +330,7 @@ async def universal_chat(exchange: Exchange, caller: Caller) -> None:
         ),
         translate_json=lambda answer: translate.anthropic_to_chat(answer, model=client_model, json_tool=json_tool),
         translate_error=True,
+        in_stream_errors=True,
         worst=_worst(Surface.ANTHROPIC_MESSAGES, body, encoded, model),
     )
     await serve(exchange, caller, plan)

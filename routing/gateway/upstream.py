@@ -138,7 +138,11 @@ async def send(
         if stream
         else aiohttp.ClientTimeout(total=limit, connect=10)
     )
-    response = await session().request(
-        method, f"{base_url(provider)}{path}", data=body or None, headers=headers, timeout=timeout
-    )
+    url = f"{base_url(provider)}{path}"
+    try:
+        response = await session().request(method, url, data=body or None, headers=headers, timeout=timeout)
+    except aiohttp.ServerDisconnectedError:
+        # A pooled connection the provider had already closed (it restarted, or dropped an idle
+        # keep-alive): the request never got an answer. Once more, on a new connection.
+        response = await session().request(method, url, data=body or None, headers=headers, timeout=timeout)
     return Upstream(response)
