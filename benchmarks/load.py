@@ -243,10 +243,12 @@ def _code(text: str) -> str:
     return str(body.get("code", "-")) if isinstance(body, dict) else "-"
 
 
-def check_json(path: str, text: str, source: str) -> str:
+def check_json(path: str, text: str, source: str, header: str | None) -> str:
+    """A reply, and the key source asked for (on /v1, the gateway says it in a header: the body
+    is the provider's)."""
     body = json.loads(text)
     if path.startswith("/v1/"):
-        routing, content = body.get("niyra_routing") or {}, body["choices"][0]["message"]["content"]
+        routing, content = {"key_source": header}, body["choices"][0]["message"]["content"]
     else:
         routing, content = body.get("routing") or {}, body.get("content")
     if routing.get("key_source") != source:
@@ -265,7 +267,7 @@ def check_stream(path: str, text: str, source: str, header: str | None) -> str:
         chunks = [json.loads(d) for d in datas[:-1]]
         if any("error" in chunk for chunk in chunks):
             return "check:stream_error=" + next(str(c["error"].get("code")) for c in chunks if "error" in c)
-        final = next((c["niyra_routing"] for c in reversed(chunks) if "niyra_routing" in c), {})
+        final = {"key_source": header}
     else:
         events: list[tuple[str, dict[str, Any]]] = []
         for block in text.split("\n\n"):
@@ -337,7 +339,7 @@ class Traffic:
                 return response.status, _code(text)
             if stream:
                 return 200, check_stream(path, text, source, response.headers.get("X-Niyra-Key-Source"))
-            return 200, check_json(path, text, source)
+            return 200, check_json(path, text, source, response.headers.get("X-Niyra-Key-Source"))
 
     async def key_test(self, kind: str) -> tuple[int, str]:
         token = self.key_tests.pop()

@@ -23,6 +23,7 @@ import aiohttp
 import orjson
 import psycopg
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
 from accounts.models import User
@@ -316,12 +317,17 @@ async def serve(exchange: Exchange, caller: Caller, plan: Plan) -> None:
                 continue
             await _refuse(exchange, plan, route, answer)
             return
-        if plan.raw_relay:
-            await _relay_raw(exchange, plan, route, answer)
-        elif plan.stream:
-            await _relay_stream(exchange, plan, route, answer)
-        else:
-            await _relay_json(exchange, plan, route, answer)
+        try:
+            if plan.raw_relay:
+                await _relay_raw(exchange, plan, route, answer)
+            elif plan.stream:
+                await _relay_stream(exchange, plan, route, answer)
+            else:
+                await _relay_json(exchange, plan, route, answer)
+        except Exception:
+            if route.outcome is None:  # not closed: no hold is left for the sweeper
+                await route_close(route, usage=Usage(), charge=False, outcome=errors.INTERNAL_ERROR.code)
+            raise
         return
 
 
@@ -446,7 +452,17 @@ def _receipt_totals(receipt: ledger.CallReceipt) -> list[tuple[bytes, bytes]]:
 async def _event_batches(answer: upstream.Upstream) -> AsyncIterator[list[metering.SseEvent]]:
     """The stream's events, in the batches its chunks brought: relayed one write per batch."""
     splitter = metering.SseSplitter()
-    async for chunk in answer.response.content.iter_any():
+    content, limit = answer.response.content, float(settings.PROVIDER_TIMEOUT_SECONDS)
+    while True:
+        # A bound on each wait of its own: once a provider has dropped the connection mid-body,
+        # aiohttp's read timeout may never fire (and it may say so with a RuntimeError).
+        try:
+            async with asyncio.timeout(limit):
+                chunk = await content.readany()
+        except RuntimeError as exc:
+            raise aiohttp.ClientPayloadError(str(exc)) from None
+        if not chunk:
+            break
         events = splitter.feed(chunk)
         if events:
             yield events
@@ -476,7 +492,8 @@ async def _relay_stream(exchange: Exchange, plan: Plan, route: Route, answer: up
     try:
         try:
             batch = await anext(batches, None)
-        except (aiohttp.ClientError, TimeoutError):
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            logger.warning("stream of call %s failed before its first event (%r)", route.call_id, exc)
             batch = None
         first = batch[0] if batch else None
         if first is None or _is_error_event(first) or not _is_json(first.data):
@@ -511,7 +528,7 @@ async def _relay_stream(exchange: Exchange, plan: Plan, route: Route, answer: up
         watcher.cancel()
         answer.close()
         failure: NiyraError | None = None
-        if exchange.started:
+        if exchange.started and route.outcome is None:
             failure = await asyncio.shield(_close_stream(route, meter, outcome))
     if failure is None and outcome == OUTCOME_CUT:
         failure = NiyraError(errors.PROVIDER_UNAVAILABLE, detail={"provider": plan.model.provider})

@@ -115,6 +115,8 @@ class Upstream:
     async def read(self) -> bytes:
         try:
             return await self.response.read()
+        except RuntimeError as exc:  # aiohttp, when the provider dropped the connection mid-body
+            raise aiohttp.ClientPayloadError(str(exc)) from None
         finally:
             self.response.release()
 
