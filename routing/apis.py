@@ -250,11 +250,11 @@ async def messages_create(request: HttpRequest, user: User, payload: dict[str, A
         if answer.status != 200:
             answer.body = b"".join([chunk async for chunk in chunks])
             return _error_response(answer_error(answer))
-        response = StreamingHttpResponse(_native_events(answer, chunks, model), content_type="text/event-stream")
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"
-        response["X-Niyra-Key-Source"] = answer.key_source
-        return response
+        streamed = StreamingHttpResponse(_native_events(answer, chunks, model), content_type="text/event-stream")
+        streamed["Cache-Control"] = "no-cache"
+        streamed["X-Accel-Buffering"] = "no"
+        streamed["X-Niyra-Key-Source"] = answer.key_source
+        return streamed
     answer = await local.chat(user.pk, body)
     if answer.status != 200:
         return _error_response(answer_error(answer))

@@ -387,14 +387,14 @@ async def _refuse(exchange: Exchange, plan: Plan, route: Route, refusal: Refusal
         if refusal.retry_after is not None:
             detail["retry_after_seconds"] = refusal.retry_after
         exc = NiyraError(spec, detail=detail)
-        body = with_niyra_message(refusal.payload, exc, plan.shape)
-        await exchange.respond(refusal.status, orjson.dumps(body), headers=headers)
+        niyra_body = with_niyra_message(refusal.payload, exc, plan.shape)
+        await exchange.respond(refusal.status, orjson.dumps(niyra_body), headers=headers)
         return
     if plan.translate_error:
-        body = orjson.dumps(translate.anthropic_error_to_openai(refusal.status, refusal.payload))
+        relayed = orjson.dumps(translate.anthropic_error_to_openai(refusal.status, refusal.payload))
     else:
-        body = refusal.body
-    await exchange.respond(refusal.status, body, headers=headers)
+        relayed = refusal.body
+    await exchange.respond(refusal.status, relayed, headers=headers)
 
 
 async def _relay_json(exchange: Exchange, plan: Plan, route: Route, answer: upstream.Upstream) -> None:

@@ -237,7 +237,7 @@ def form_fields(content_type: str, body: bytes) -> dict[str, Any]:
 
     parser = MultipartParser(
         boundary,
-        callbacks={  # type: ignore[arg-type]
+        callbacks={
             "on_part_begin": on_part_begin,
             "on_header_field": on_header_field,
             "on_header_value": on_header_value,
