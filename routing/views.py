@@ -27,8 +27,9 @@ from credits.selectors import billing_account_for, credit_balance
 from providers import Provider
 from routing.apis import answer_error
 from routing.catalog import CatalogModel, Kind, resolve
+from routing.credentials import ModelAvailability
 from routing.gateway import local
-from routing.selectors import ModelAvailability, model_availability_list
+from routing.selectors import model_availability_list
 
 MAX_PROMPT_CHARACTERS = 20_000
 DEFAULT_MAX_TOKENS = 256
