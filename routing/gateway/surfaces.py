@@ -58,22 +58,45 @@ def _stream(payload: dict[str, Any]) -> bool:
     return payload.get("stream") is True
 
 
+def _passthrough(
+    exchange: Exchange,
+    *,
+    surface: Surface,
+    shape: Shape,
+    path: str,
+    provider: Provider,
+    kinds: frozenset[Kind],
+    streams: bool = True,
+    **options: Any,
+) -> Plan:
+    """The plan of a JSON call forwarded as sent: the request read, its model checked against
+    the surface, its worst case computed (`options`: the Plan's flags for this surface)."""
+    payload = json_object(exchange.body)
+    model = model_for(payload, provider=provider, kinds=kinds)
+    return Plan(
+        surface=surface,
+        shape=shape,
+        path=path,
+        body=_upstream_body(exchange.body, payload, model),
+        payload=payload,
+        model=model,
+        stream=streams and _stream(payload),
+        worst=_worst(surface, payload, exchange.body, model),
+        **options,
+    )
+
+
 # --- Anthropic ---------------------------------------------------------------------------------
 
 
 async def anthropic_messages(exchange: Exchange, caller: Caller) -> None:
-    payload = json_object(exchange.body)
-    model = model_for(payload, provider=Provider.ANTHROPIC, kinds=CHAT)
-    surface = Surface.ANTHROPIC_MESSAGES
-    plan = Plan(
-        surface=surface,
+    plan = _passthrough(
+        exchange,
+        surface=Surface.ANTHROPIC_MESSAGES,
         shape=Shape.ANTHROPIC,
         path="/messages",
-        body=_upstream_body(exchange.body, payload, model),
-        payload=payload,
-        model=model,
-        stream=_stream(payload),
-        worst=_worst(surface, payload, exchange.body, model),
+        provider=Provider.ANTHROPIC,
+        kinds=CHAT,
     )
     await serve(exchange, caller, plan)
 
@@ -144,57 +167,44 @@ async def openai_chat(exchange: Exchange, caller: Caller) -> None:
 
 
 async def openai_responses(exchange: Exchange, caller: Caller) -> None:
-    payload = json_object(exchange.body)
-    model = model_for(payload, provider=Provider.OPENAI, kinds=CHAT)
-    surface = Surface.OPENAI_RESPONSES
-    plan = Plan(
-        surface=surface,
+    plan = _passthrough(
+        exchange,
+        surface=Surface.OPENAI_RESPONSES,
         shape=Shape.OPENAI,
         path="/responses",
-        body=_upstream_body(exchange.body, payload, model),
-        payload=payload,
-        model=model,
-        stream=_stream(payload),
-        worst=_worst(surface, payload, exchange.body, model),
+        provider=Provider.OPENAI,
+        kinds=CHAT,
     )
     await serve(exchange, caller, plan)
 
 
 async def openai_embeddings(exchange: Exchange, caller: Caller) -> None:
     """Embeddings always cost credits (the product page: BYOK covers LLM calls)."""
-    payload = json_object(exchange.body)
-    model = model_for(payload, provider=Provider.OPENAI, kinds=EMBEDDINGS)
-    surface = Surface.OPENAI_EMBEDDINGS
-    plan = Plan(
-        surface=surface,
+    plan = _passthrough(
+        exchange,
+        surface=Surface.OPENAI_EMBEDDINGS,
         shape=Shape.OPENAI,
         path="/embeddings",
-        body=_upstream_body(exchange.body, payload, model),
-        payload=payload,
-        model=model,
-        stream=False,
+        provider=Provider.OPENAI,
+        kinds=EMBEDDINGS,
+        streams=False,
         platform_only=True,
-        worst=_worst(surface, payload, exchange.body, model),
     )
     await serve(exchange, caller, plan)
 
 
 async def openai_speech(exchange: Exchange, caller: Caller) -> None:
     """Text to speech: audio bytes relayed as they come; billed by the characters sent."""
-    payload = json_object(exchange.body)
-    model = model_for(payload, provider=Provider.OPENAI, kinds=frozenset({Kind.VOICE_TTS}))
-    surface = Surface.OPENAI_SPEECH
-    plan = Plan(
-        surface=surface,
+    plan = _passthrough(
+        exchange,
+        surface=Surface.OPENAI_SPEECH,
         shape=Shape.OPENAI,
         path="/audio/speech",
-        body=_upstream_body(exchange.body, payload, model),
-        payload=payload,
-        model=model,
-        stream=False,
+        provider=Provider.OPENAI,
+        kinds=frozenset({Kind.VOICE_TTS}),
+        streams=False,
         platform_only=True,
         raw_relay=True,
-        worst=_worst(surface, payload, exchange.body, model),
     )
     await serve(exchange, caller, plan)
 
