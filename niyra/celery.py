@@ -39,4 +39,10 @@ app.conf.beat_schedule = {
         "schedule": float(settings.OAUTH_REFRESH_INTERVAL_SECONDS),
         "options": {"expires": max(1, settings.OAUTH_REFRESH_INTERVAL_SECONDS * 9 // 10)},
     },
+    # Re-queue notification emails left pending by a lost message or a broker outage.
+    "notifications-email-sweep": {
+        "task": "notifications.tasks.notification_email_sweep",
+        "schedule": 120.0,
+        "options": {"expires": 110},
+    },
 }

@@ -15,6 +15,7 @@ from connections import views as connections_views
 from core import errors, health
 from credits import views as credits_views
 from dashboard import views
+from notifications import views as notifications_views
 from routing import views as routing_views
 
 # The dashboard (server-rendered pages; htmx for the parts that change). Each app owns its views.
@@ -38,6 +39,9 @@ dashboard_patterns = [
         connections_views.connection_disconnect_view,
         name="connection-disconnect",
     ),
+    path("notifications/", notifications_views.notifications_page, name="notifications"),
+    path("notifications/read", notifications_views.notifications_read, name="notifications-read"),
+    path("settings/notifications/", notifications_views.notification_settings, name="notification-settings"),
     path("settings/tokens/", accounts_views.tokens, name="tokens"),
     path("settings/tokens/create", accounts_views.token_create, name="token-create"),
     path("settings/tokens/<int:token_id>/revoke", accounts_views.token_revoke, name="token-revoke"),

@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     # Niyra, from the base up (docs/architecture.md): each app imports only apps listed before it.
     "core",
     "accounts",
+    "notifications",
     "credits",
     "byok",
     "connections",
@@ -81,6 +82,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "notifications.context_processors.notifications_unread",
             ],
         },
     },
@@ -323,6 +325,16 @@ LOGIN_FAILURES_PER_IP_EMAIL = env.int("LOGIN_FAILURES_PER_IP_EMAIL", default=5)
 LOGIN_FAILURES_PER_IP = env.int("LOGIN_FAILURES_PER_IP", default=50)
 LOGIN_THROTTLE_WINDOW_SECONDS = env.int("LOGIN_THROTTLE_WINDOW_SECONDS", default=15 * 60)
 CLIENT_IP_HEADER = env.str("CLIENT_IP_HEADER", default="")
+
+# --- Email (notifications) -------------------------------------------------------------------
+# EMAIL_URL in django-environ's form: smtp+tls://user:password@smtp.example.com:587 in production
+# (required there), the console in development (emails are printed by the web and worker logs).
+EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
+vars().update(EMAIL_CONFIG)
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Niyra <notifications@niyra.ai>")
+# Links in emails point here (the dashboard's own address, no trailing slash needed).
+NIYRA_PUBLIC_URL = env.str("NIYRA_PUBLIC_URL", default="http://127.0.0.1:8000")
 
 # --- Logging: provider keys and bearer tokens are redacted from every record ------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")

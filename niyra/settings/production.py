@@ -20,6 +20,8 @@ _REQUIRED = (
     "ALLOWED_HOSTS",
     "ANTHROPIC_API_KEY",
     "OPENAI_API_KEY",
+    "EMAIL_URL",
+    "NIYRA_PUBLIC_URL",
 )
 _missing = [
     names.replace("|", " or ") for names in _REQUIRED if not any(env.str(name, default="") for name in names.split("|"))

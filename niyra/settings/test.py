@@ -38,6 +38,8 @@ os.environ.setdefault("ALLOWED_HOSTS", "testserver,127.0.0.1,localhost")
 os.environ.setdefault("ANTHROPIC_API_KEY", "sk-ant-platform-test-key")
 os.environ.setdefault("OPENAI_API_KEY", "sk-proj-platform-test-key")
 os.environ.setdefault("SECURE_SSL_REDIRECT", "False")
+os.environ.setdefault("EMAIL_URL", "memorymail://")
+os.environ.setdefault("NIYRA_PUBLIC_URL", "http://testserver")
 
 from niyra.settings.production import *  # noqa: E402,F403
 from niyra.settings.production import REDIS_URL, STORAGES  # noqa: E402

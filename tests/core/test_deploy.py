@@ -64,7 +64,14 @@ def test_gunicorn_worker_class_is_importable() -> None:
 def test_fly_env_holds_no_secrets() -> None:
     env = FLY["env"]
 
-    for secret in ("SECRET_KEY", "NIYRA_ENCRYPTION_KEYS", "DATABASE_URL", "ANTHROPIC_API_KEY", "OPENAI_API_KEY"):
+    for secret in (
+        "SECRET_KEY",
+        "NIYRA_ENCRYPTION_KEYS",
+        "DATABASE_URL",
+        "ANTHROPIC_API_KEY",
+        "OPENAI_API_KEY",
+        "EMAIL_URL",
+    ):
         assert secret not in env
     assert env["DEBUG"] == "False"
 

@@ -20,7 +20,15 @@ def run_manage(*args: str, settings: str = "production", **env: str) -> subproce
         k: v for k, v in os.environ.items() if not k.startswith(("NIYRA_", "DJANGO_", "DATABASE_", "REDIS_", "SECURE_"))
     }
     clean |= {"DJANGO_SETTINGS_MODULE": f"niyra.settings.{settings}", "NIYRA_READ_DOTENV": "0"} | env
-    for name in ("SECRET_KEY", "ANTHROPIC_API_KEY", "OPENAI_API_KEY", "ALLOWED_HOSTS", "DEBUG", "CELERY_BROKER_URL"):
+    for name in (
+        "SECRET_KEY",
+        "ANTHROPIC_API_KEY",
+        "OPENAI_API_KEY",
+        "ALLOWED_HOSTS",
+        "DEBUG",
+        "CELERY_BROKER_URL",
+        "EMAIL_URL",
+    ):
         if name not in env:
             clean.pop(name, None)
     return subprocess.run(
@@ -35,7 +43,14 @@ def test_production_start_names_every_missing_secret_in_one_line() -> None:
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
-    for name in ("NIYRA_ENCRYPTION_KEYS", "DATABASE_URL", "REDIS_URL or CELERY_BROKER_URL", "ANTHROPIC_API_KEY"):
+    for name in (
+        "NIYRA_ENCRYPTION_KEYS",
+        "DATABASE_URL",
+        "REDIS_URL or CELERY_BROKER_URL",
+        "ANTHROPIC_API_KEY",
+        "EMAIL_URL",
+        "NIYRA_PUBLIC_URL",
+    ):
         assert name in lines[0]
     assert "SECRET_KEY" not in lines[0]
 
@@ -121,6 +136,8 @@ PRODUCTION_ENV = {
     "ALLOWED_HOSTS": "niyra.fly.dev",
     "ANTHROPIC_API_KEY": "sk-ant-prod-placeholder",
     "OPENAI_API_KEY": "sk-proj-prod-placeholder",
+    "EMAIL_URL": "smtp+tls://niyra:placeholder@smtp.example.com:587",
+    "NIYRA_PUBLIC_URL": "https://niyra.fly.dev",
 }
 
 
