@@ -66,6 +66,7 @@ urlpatterns = [
     path("", include("routing.urls")),
     # Anything else under the API prefix is a JSON 404, whatever DEBUG says (the gateway's
     # prefixes never reach Django: routing.gateway.asgi answers them).
+    path("api/", include("notifications.urls")),
     re_path(r"^api/", errors.api_not_found),
 ]
 

@@ -137,5 +137,5 @@ def email_preferences_set(*, user: User, emailed_kinds: Iterable[str]) -> set[st
         EmailOptOut.objects.bulk_create(
             [EmailOptOut(user=user, kind=kind) for kind in Kind if kind not in wanted], ignore_conflicts=True
         )
-    logger.info("notification.preferences user=%s emailed=%s", user.pk, sorted(wanted))
+    logger.info("notification.preferences user=%s emailed=%s", user.pk, sorted(str(kind) for kind in wanted))
     return {str(kind) for kind in wanted}

@@ -195,3 +195,32 @@ def test_the_pages_need_a_sign_in(client: Client) -> None:
     for name in ("dashboard:notifications", "dashboard:notification-settings"):
         response = client.get(reverse(name))
         assert response.status_code == 302 and "/login/" in response["Location"]
+
+
+def test_the_api_lists_my_notifications_only_and_marks_them_read(
+    make_user: Callable[..., Any], client_for: Callable[[Any], Any]
+) -> None:
+    ada, bob = make_user(), make_user()
+    mine = send(ada)
+    send(bob)
+    api = client_for(ada)
+
+    listed = api.get("/api/notifications").json()
+    assert [n["id"] for n in listed["results"]] == [mine.pk] if mine else []
+    assert listed["results"][0]["read_at"] is None and "body" in listed["results"][0]
+    assert api.get("/api/notifications?unread=maybe").status_code == 400
+    assert api.post("/api/notifications/read", {"ids": [mine.pk if mine else 0]}, format="json").json() == {"marked": 1}
+    assert api.get("/api/notifications?unread=true").json()["results"] == []
+    assert Notification.objects.get(user=bob).read_at is None
+
+
+def test_the_api_sets_which_kinds_are_emailed(user: Any, client_for: Callable[[Any], Any]) -> None:
+    api = client_for(user)
+    assert api.get("/api/notifications/email").json() == {"emailed_kinds": Kind.values}
+
+    saved = api.put("/api/notifications/email", {"emailed_kinds": ["key_problem"]}, format="json")
+    bad = api.put("/api/notifications/email", {"emailed_kinds": ["everything"]}, format="json")
+
+    assert saved.json() == {"emailed_kinds": ["key_problem"]}
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_input"
+    assert api.get("/api/notifications/email").json() == {"emailed_kinds": ["key_problem"]}

@@ -31,6 +31,8 @@ from accounts.services import api_token_create
 from byok.models import ProviderKey
 from byok.services import provider_key_save
 from connections.models import OAuthAuthorizationRequest, OAuthConnection
+from notifications.models import EmailOptOut, Kind, Notification
+from notifications.services import notification_send
 from routing.models import RoutedCall, RoutingPreference
 from sandbox import SandboxServer, anthropic_key
 from tests.routing.conftest import live_asgi  # noqa: F401 - a fixture, shared
@@ -72,6 +74,7 @@ def setup(make_user: Callable[..., Any], settings: Any, sandbox: SandboxServer) 
     user = make_pro(make_user, "csrf@example.com", 5_000_000)
     provider_key_save(user=user, provider="anthropic", key=anthropic_key())
     connect(user)
+    notification_send(user_id=user.pk, kind=Kind.KEY_RECOVERED, event_key="csrf", title="Works again", body=".")
     yield Setup(
         user=user,
         token=api_token_create(user=user, name="to-revoke").token,
@@ -188,6 +191,18 @@ DASHBOARD_FORMS = (  # in this order: each may rely on the ones before
         200,
         lambda s: RoutedCall.objects.filter(user=s.user, outcome="ok").exists(),
     ),
+    Form(
+        "dashboard:notification-settings",
+        {"email": "key_problem"},
+        302,
+        lambda s: EmailOptOut.objects.filter(user=s.user).count() == len(Kind) - 1,
+    ),
+    Form(
+        "dashboard:notifications-read",
+        {},
+        302,
+        lambda s: Notification.objects.filter(user=s.user).exclude(read_at=None).count() == 1,
+    ),
     Form("logout", {}, 302, lambda s: True),  # checked on the session below
     Form("login", {"password": "correct-horse-battery"}, 302, lambda s: True, anonymous=True),
 )
@@ -271,6 +286,8 @@ API_WRITES = (  # in this order: each may rely on the ones before
     # A user (session or token) may never meter usage: that takes a service token.
     Write("api-usage-events", "POST", {"user": "x", "category": "tool_call", "units": 1, "idempotency_key": "k"}, 403),
     Write("llm-preferences", "PUT", {"fallback_to_credits": True}, 200),
+    Write("api-notification-email", "PUT", {"emailed_kinds": ["key_recovered"]}, 200),
+    Write("api-notifications-read", "POST", None, 200),
     Write(
         "llm-messages",
         "POST",

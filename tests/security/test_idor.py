@@ -48,6 +48,7 @@ from credits.selectors import billing_account_for, credit_balance
 from credits.services.accounts import billing_account_ensure
 from credits.services.holds import credit_hold
 from credits.services.ledger import credit_charge, credit_grant
+from notifications.models import EmailOptOut, Notification
 from routing.models import RoutedCall, RoutingPreference
 from routing.services import routed_call_record, routing_preference_set
 from sandbox import SandboxServer, anthropic_key, openai_key
@@ -141,6 +142,8 @@ def snapshot(*users: User) -> Snapshot:
         "holds": CreditHold.objects.filter(account__user__in=ids),
         "routed_calls": RoutedCall.objects.filter(user__in=ids),
         "preferences": RoutingPreference.objects.filter(user__in=ids),
+        "notifications": Notification.objects.filter(user__in=ids),
+        "email_opt_outs": EmailOptOut.objects.filter(user__in=ids),
     }
     return {name: _rows(queryset) for name, queryset in tables.items()}
 
