@@ -236,6 +236,8 @@ def niyra_environment(stack: Stack) -> dict[str, str]:
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "ANTHROPIC_API_KEY": "sk-ant-platform-bench",
         "OPENAI_API_KEY": "sk-proj-platform-bench",
+        "EMAIL_URL": "consolemail://",
+        "NIYRA_PUBLIC_URL": "http://127.0.0.1",
         "ANTHROPIC_BASE_URL": f"{stack.sandbox_url}/anthropic",
         "OPENAI_BASE_URL": f"{stack.sandbox_url}/openai/v1",
         "LOG_LEVEL": "WARNING",

@@ -120,6 +120,8 @@ def stack_env(args: argparse.Namespace, *, sandbox_url: str, web_port: int) -> d
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "ANTHROPIC_API_KEY": "sk-ant-platform-load",
         "OPENAI_API_KEY": "sk-proj-platform-load",
+        "EMAIL_URL": "consolemail://",
+        "NIYRA_PUBLIC_URL": "http://127.0.0.1",
         "ANTHROPIC_BASE_URL": f"{sandbox_url}/anthropic",
         "OPENAI_BASE_URL": f"{sandbox_url}/openai/v1",
         "LOG_LEVEL": "WARNING",

@@ -107,6 +107,8 @@ def main() -> None:
         "ALLOWED_HOSTS": "127.0.0.1",
         "ANTHROPIC_API_KEY": "sk-ant-platform-bench",
         "OPENAI_API_KEY": "sk-proj-platform-bench",
+        "EMAIL_URL": "consolemail://",
+        "NIYRA_PUBLIC_URL": "http://127.0.0.1",
         "ANTHROPIC_BASE_URL": f"{sandbox}/anthropic",
         "OPENAI_BASE_URL": f"{sandbox}/openai/v1",
         "LOG_LEVEL": "WARNING",

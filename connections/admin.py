@@ -1,8 +1,10 @@
-"""Admin for support staff: connection status and failures at a glance, never token material;
-"refresh now" goes through the service (an audited, forced run of the refresh task)."""
+"""Admin for support staff: connection status, failures and the refresh schedule at a glance,
+never token material; "refresh now" goes through the service (an audited, forced run of the
+refresh task)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.contrib import admin, messages
@@ -11,6 +13,7 @@ from django.http import HttpRequest
 
 from accounts.auth import request_user
 from connections.models import OAuthConnection
+from connections.selectors import connection_health
 from connections.services import connection_refresh_request
 
 
@@ -24,6 +27,7 @@ class OAuthConnectionAdmin(admin.ModelAdmin):
         "status",
         "expires_at",
         "last_refreshed_at",
+        "next_refresh_at",
         "consecutive_failures",
         "last_error_code",
         "last_error_reason",
@@ -38,13 +42,18 @@ class OAuthConnectionAdmin(admin.ModelAdmin):
         "integration",
         "status",
         "scopes",
+        "health_note",
         "expires_at",
         "token_issued_at",
         "last_refreshed_at",
+        "next_refresh",
         "consecutive_failures",
+        "last_failure",
         "last_error_code",
         "last_error_reason",
         "last_error_at",
+        "status_changes",
+        "status_changed_at",
         "has_refresh_token",
         "encryption_key_id",
         "connected_at",
@@ -57,6 +66,22 @@ class OAuthConnectionAdmin(admin.ModelAdmin):
     @admin.display(description="User", ordering="user__email")
     def user_email(self, obj: OAuthConnection) -> str:
         return obj.user.email
+
+    @admin.display(description="Next refresh (about)")
+    def next_refresh_at(self, obj: OAuthConnection) -> datetime | None:
+        return connection_health(obj).next_refresh_at
+
+    @admin.display(description="Next refresh")
+    def next_refresh(self, obj: OAuthConnection) -> str:
+        return connection_health(obj).next_refresh
+
+    @admin.display(description="Last failure (what the user reads)")
+    def last_failure(self, obj: OAuthConnection) -> str:
+        return connection_health(obj).last_failure or "-"
+
+    @admin.display(description="Health")
+    def health_note(self, obj: OAuthConnection) -> str:
+        return connection_health(obj).note or "-"
 
     @admin.display(description="Refresh token", boolean=True)
     def has_refresh_token(self, obj: OAuthConnection) -> bool:

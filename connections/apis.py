@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 from accounts.auth import request_user
 from connections import oauth
 from connections.models import OAuthConnection
-from connections.selectors import connection_list
+from connections.selectors import connection_health, connection_list
 from connections.services import connection_connect_start, connection_disconnect
 from core.errors import CATALOGUE
 
@@ -35,12 +35,24 @@ class OAuthConnectionOutputSerializer(serializers.Serializer):
     scopes = serializers.SerializerMethodField()
     expires_at = serializers.DateTimeField(allow_null=True, help_text="When the current access token expires.")
     last_refreshed_at = serializers.DateTimeField(allow_null=True)
+    next_refresh_at = serializers.SerializerMethodField(
+        help_text="About when Niyra refreshes it next; null when nothing is scheduled (reconnect needed, "
+        "gave up, or the access doesn't expire)."
+    )
     consecutive_failures = serializers.IntegerField()
+    status_changed_at = serializers.DateTimeField(
+        allow_null=True, help_text="When it last stopped working or started working again."
+    )
     last_error = serializers.SerializerMethodField(help_text="{code, message, reason, at} of the last problem or null.")
     connected_at = serializers.DateTimeField()
 
     def get_scopes(self, connection: OAuthConnection) -> list[str]:
         return connection.scopes.split()
+
+    @extend_schema_field(serializers.DateTimeField(allow_null=True))
+    def get_next_refresh_at(self, connection: OAuthConnection) -> str | None:
+        at = connection_health(connection).next_refresh_at
+        return serializers.DateTimeField().to_representation(at) if at else None
 
     def get_last_error(self, connection: OAuthConnection) -> dict[str, Any] | None:
         spec = CATALOGUE.get(connection.last_error_code)

@@ -65,6 +65,14 @@ class OAuthConnection(models.Model):
         max_length=120, blank=True, help_text="What the provider said (its error code or HTTP status). Never a token."
     )
     last_error_at = models.DateTimeField(null=True, blank=True)
+    status_changes = models.PositiveIntegerField(
+        default=0,
+        help_text="How many times the connection stopped or started working again (needs_reauth, error, "
+        "recovered): each transition's number names its one notification.",
+    )
+    status_changed_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it last stopped or started working again (NULL: never changed)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

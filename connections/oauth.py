@@ -84,6 +84,28 @@ def backoff_seconds(failures: int) -> float:
     return float(min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, failures - 1)))
 
 
+def retry_delay_seconds(failures: int, *, retry_after: float | None = None) -> float:
+    """How long the refresh task waits after its `failures`-th transient failure in a row: the
+    backoff, or the provider's `retry-after` when that is longer, capped."""
+    return min(BACKOFF_CAP_SECONDS, max(backoff_seconds(failures), retry_after or 0.0))
+
+
+def follow_up_seconds(*, issued_at: datetime, expires_at: datetime | None) -> float | None:
+    """For a token living less than the tick window, when (seconds after issue) to refresh it next.
+
+    A 5-minute poll cannot keep a token that lives under `interval + margin` alive with `margin`
+    to spare, so such a token gets its own follow-up at `expires_at - margin` (or at half its
+    lifetime when it lives under two margins). The refresh task skips the tick's run while the
+    token is younger than half its lifetime, so tick and follow-up do not both refresh it.
+    """
+    if expires_at is None:
+        return None
+    lifetime = (expires_at - issued_at).total_seconds()
+    if lifetime >= refresh_window().total_seconds():
+        return None
+    return max(1.0, lifetime - refresh_margin().total_seconds(), lifetime / 2)
+
+
 # --- Integrations -------------------------------------------------------------------------------
 
 

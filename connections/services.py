@@ -1,10 +1,16 @@
 """Every write to OAuth connections, each status change with its audit row in the same transaction.
 
-Connect (authorization code + state + PKCE), refresh (the daemon's task and the on-demand
-`connection_access_token_obtain`), disconnect. Token plaintext exists only in these functions'
-locals (`sensitive_variables`) and in connections.oauth's. Successful routine refreshes are not
-audited (one every few minutes per connection would drown the trail); `last_refreshed_at`
+Connect (authorization code + state + PKCE), refresh (the daemon's task, the on-demand
+`connection_access_token_obtain`, and `connection_call` / `connection_token_rejected` when a
+provider refuses a token Niyra thought fresh), disconnect. Token plaintext exists only in these
+functions' locals (`sensitive_variables`) and in connections.oauth's. Successful routine refreshes
+are not audited (one every few minutes per connection would drown the trail); `last_refreshed_at`
 records them.
+
+A connection that stops working (`needs_reauth`, or `error` after repeated failures) or works
+again (a reconnect, a refresh that succeeds after `error`) is a transition: its number
+(`status_changes`) names its one notification, sent in the same transaction as the change, so a
+replayed task or a second worker never tells the user twice.
 
 The refresh task is queued by its name (`REFRESH_TASK`, through Celery's `signature`), so this
 module does not import `connections.tasks`, which calls into it.
@@ -13,10 +19,12 @@ module does not import `connections.tasks`, which calls into it.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import current_app
 from django.conf import settings
@@ -39,6 +47,7 @@ from connections.models import (
 from connections.selectors import connection_get
 from core.crypto import DecryptionError, get_keyring
 from core.errors import (
+    CATALOGUE,
     OAUTH_ACCESS_DENIED,
     OAUTH_CODE_MISSING,
     OAUTH_CONNECTION_ERROR,
@@ -51,11 +60,22 @@ from core.errors import (
     ErrorSpec,
     NiyraError,
 )
+from notifications.models import Kind
+from notifications.services import notification_send
 
 logger = logging.getLogger(__name__)
 
 # The per-connection refresh task (connections.tasks registers it under this name).
 REFRESH_TASK = "connections.tasks.oauth_connection_refresh"
+# Where a notification sends the user to reconnect (the dashboard's Connections page).
+CONNECTIONS_PAGE = "/settings/connections/"
+
+T = TypeVar("T")
+
+
+class TokenRejected(Exception):
+    """Raised by an integration call (the callable given to `connection_call`) when the provider
+    answered 401 to the access token it was given. Carries nothing: never put the token in it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,23 +136,6 @@ def _schedule_refresh(connection_id: int, *, countdown: float = 0.0, force: bool
     transaction.on_commit(enqueue)
 
 
-def _follow_up_seconds(*, issued_at: datetime, expires_at: datetime | None) -> float | None:
-    """For a token living less than the tick window, when to refresh it next.
-
-    A 5-minute poll cannot keep a token that lives under `interval + margin` alive with `margin`
-    to spare, so such a token gets its own follow-up at `expires_at - margin` (or at half its
-    lifetime when it lives under two margins). `_refresh_is_due` skips the tick's task while the
-    token is younger than half its lifetime, so tick and follow-up do not both refresh it.
-    """
-    if expires_at is None:
-        return None
-    lifetime = (expires_at - issued_at).total_seconds()
-    if lifetime >= oauth.refresh_window().total_seconds():
-        return None
-    margin = oauth.refresh_margin().total_seconds()
-    return max(1.0, lifetime - margin, lifetime / 2)
-
-
 def _refresh_is_due(connection: OAuthConnection, *, at: datetime, expiring_within: timedelta | None) -> bool:
     if connection.expires_at is None:
         return False  # a token that does not expire (and has no refresh token: see connections.oauth)
@@ -143,7 +146,7 @@ def _refresh_is_due(connection: OAuthConnection, *, at: datetime, expiring_withi
         return False  # already fresh: another task (or a reconnect) got here first
     lifetime = connection.expires_at - connection.token_issued_at
     # A short-lived token has a follow-up queued at the end of its life: the tick leaves a
-    # young one alone (see _follow_up_seconds).
+    # young one alone (see oauth.follow_up_seconds).
     return not (lifetime < window and at < connection.token_issued_at + lifetime / 2)
 
 
@@ -193,13 +196,56 @@ def _sealed_tokens(
     return values
 
 
+def _label(integration: str) -> str:
+    found = oauth.find_integration(integration)
+    return found.label if found else integration
+
+
+def _notify_stopped(connection: OAuthConnection, *, seq: int, status: ConnectionStatus, spec: ErrorSpec) -> None:
+    """Tell the user, once for transition `seq`, that the connection stopped working. Caller holds
+    the row lock, inside the transaction that records the change. Catalogue words only."""
+    label = _label(connection.integration)
+    if status == ConnectionStatus.NEEDS_REAUTH:
+        title = f"Reconnect {label}: Niyra can no longer refresh its access"
+        why = spec.message
+    else:
+        title = f"Reconnect {label}: Niyra stopped refreshing its access"
+        why = f"{OAUTH_CONNECTION_ERROR.message} The last attempt: {spec.message}"
+    notification_send(
+        user_id=connection.user_id,
+        kind=Kind.CONNECTION_NEEDS_REAUTH,
+        event_key=f"connection:{connection.pk}:stopped:{seq}",
+        title=title,
+        body=f"{why}\n\nUntil you reconnect it, Niyra's tools can't use {label} for you. "
+        "Reconnect it on Settings → Connections.",
+        link=CONNECTIONS_PAGE,
+    )
+
+
+def _notify_recovered(connection: OAuthConnection, *, seq: int, how: str) -> None:
+    """Tell the user, once for transition `seq`, that the connection works again."""
+    label = _label(connection.integration)
+    notification_send(
+        user_id=connection.user_id,
+        kind=Kind.CONNECTION_RECOVERED,
+        event_key=f"connection:{connection.pk}:recovered:{seq}",
+        title=f"{label} works again",
+        body=f"{how} Niyra's tools can use {label} again, and Niyra keeps its access refreshed.",
+        link=CONNECTIONS_PAGE,
+    )
+
+
 def _mark_needs_reauth(connection: OAuthConnection, *, spec: ErrorSpec, reason: str, at: datetime) -> None:
-    """Terminal: the daemon stops; the user sees Reconnect. Caller holds the row lock."""
+    """Terminal: the daemon stops; the user sees Reconnect and is told once. Caller holds the row
+    lock and has checked the connection is not already `needs_reauth`."""
+    seq = connection.status_changes + 1
     OAuthConnection.objects.filter(pk=connection.pk).update(
         status=ConnectionStatus.NEEDS_REAUTH,
         last_error_code=spec.code,
         last_error_reason=reason,
         last_error_at=at,
+        status_changes=seq,
+        status_changed_at=at,
         updated_at=timezone.now(),
     )
     _audit_connection(
@@ -210,6 +256,7 @@ def _mark_needs_reauth(connection: OAuthConnection, *, spec: ErrorSpec, reason: 
         outcome=spec.code,
         details={"reason": reason},
     )
+    _notify_stopped(connection, seq=seq, status=ConnectionStatus.NEEDS_REAUTH, spec=spec)
 
 
 def _record_failure(connection: OAuthConnection, exc: oauth.TokenEndpointError, *, at: datetime) -> RefreshResult:
@@ -220,12 +267,16 @@ def _record_failure(connection: OAuthConnection, exc: oauth.TokenEndpointError, 
         return RefreshResult("needs_reauth")
     failures = connection.consecutive_failures + 1
     gives_up = failures >= oauth.MAX_CONSECUTIVE_FAILURES
+    stops = gives_up and connection.status != ConnectionStatus.ERROR
+    seq = connection.status_changes + 1 if stops else connection.status_changes
     OAuthConnection.objects.filter(pk=connection.pk).update(
         consecutive_failures=F("consecutive_failures") + 1,
         last_error_code=exc.spec.code,
         last_error_reason=exc.reason,
         last_error_at=at,
         status=ConnectionStatus.ERROR if gives_up else connection.status,
+        status_changes=seq,
+        status_changed_at=at if stops else connection.status_changed_at,
         updated_at=timezone.now(),
     )
     logger.warning(
@@ -237,7 +288,7 @@ def _record_failure(connection: OAuthConnection, exc: oauth.TokenEndpointError, 
         failures,
     )
     if gives_up:
-        if connection.status != ConnectionStatus.ERROR:
+        if stops:
             _audit_connection(
                 actor=None,
                 user=connection.user,
@@ -246,14 +297,25 @@ def _record_failure(connection: OAuthConnection, exc: oauth.TokenEndpointError, 
                 outcome=exc.spec.code,
                 details={"reason": exc.reason, "consecutive_failures": failures},
             )
+            _notify_stopped(connection, seq=seq, status=ConnectionStatus.ERROR, spec=exc.spec)
         return RefreshResult("error")
     retry_in: float | None = None
     if exc.kind in ("transient", "malformed"):
-        delay = min(oauth.BACKOFF_CAP_SECONDS, max(oauth.backoff_seconds(failures), exc.retry_after or 0.0))
+        delay = oauth.retry_delay_seconds(failures, retry_after=exc.retry_after)
         # Retry only while the token still works; once it has lapsed the next tick tries again.
         if connection.expires_at is None or at + timedelta(seconds=delay) < connection.expires_at:
             retry_in = delay
     return RefreshResult("failed", retry_in=retry_in)
+
+
+@sensitive_variables()
+def _holds_access_token(connection: OAuthConnection, token: str) -> bool:
+    """Whether `token` is the connection's stored access token (compared in constant time)."""
+    try:
+        current = get_keyring().decrypt(connection.access_token_ciphertext, purpose=connection.access_token_purpose)
+    except DecryptionError:
+        return True  # a token that does not open is no better than the rejected one: refresh it
+    return hmac.compare_digest(current.encode(), token.encode())
 
 
 @sensitive_variables()
@@ -263,6 +325,7 @@ def connection_refresh(
     force: bool = False,
     wait: bool = False,
     expiring_within: timedelta | None = None,
+    rejected_token: str | None = None,
 ) -> RefreshResult:
     """Refresh one connection's tokens if it is due: exactly once per refresh token.
 
@@ -278,6 +341,9 @@ def connection_refresh(
     `wait=True` (on demand): wait for the lock, then re-check. `force` (admin "refresh now"):
     refresh even if fresh, and retry a connection in "error". A connection deleted meanwhile is
     a no-op; `needs_reauth` is never retried (the grant is gone: only a reconnect helps).
+    `rejected_token` (on demand, after a 401; see `connection_token_rejected`): refresh whatever
+    `expires_at` says if the stored access token is still that one; if it is not, someone
+    refreshed meanwhile: "fresh", without a token-endpoint call.
     """
     try:
         with transaction.atomic():
@@ -297,11 +363,18 @@ def connection_refresh(
                 connection.status == ConnectionStatus.ERROR and not force
             ):
                 return RefreshResult("inactive")
-            if not force and not _refresh_is_due(connection, at=at, expiring_within=expiring_within):
+            if rejected_token is not None:
+                if not _holds_access_token(connection, rejected_token):
+                    return RefreshResult("fresh")  # the daemon or another caller got here first
+            elif not force and not _refresh_is_due(connection, at=at, expiring_within=expiring_within):
                 return RefreshResult("fresh")
             if not connection.refresh_token_ciphertext:
-                if connection.expires_at is None:
+                if connection.expires_at is None and rejected_token is None:
                     return RefreshResult("fresh")  # non-expiring token: nothing to renew
+                if rejected_token is not None:
+                    # The provider refused a token nothing can renew: only a reconnect helps.
+                    _mark_needs_reauth(connection, spec=OAUTH_NEEDS_REAUTH, reason="token_rejected", at=at)
+                    return RefreshResult("needs_reauth")
                 # An expiring token without a refresh token cannot be kept alive: ask for a
                 # reconnect now, before it lapses, rather than let tool calls fail later.
                 _mark_needs_reauth(connection, spec=OAUTH_NO_REFRESH_TOKEN, reason="no_refresh_token", at=at)
@@ -322,22 +395,34 @@ def connection_refresh(
             try:
                 tokens = oauth.refresh_grant(integration, refresh_token=refresh_token)  # lock held: see above
             except oauth.TokenEndpointError as exc:
+                if rejected_token is not None and (connection.expires_at is None or connection.expires_at > at):
+                    # The provider refused the stored token: it is dead whatever expires_at says,
+                    # so the next tick and every caller refresh it rather than hand it out.
+                    OAuthConnection.objects.filter(pk=connection.pk).update(expires_at=at)
+                    connection.expires_at = at
                 return _record_failure(connection, exc, at=at)
 
             values = _sealed_tokens(connection, tokens=tokens, previous_refresh_token=refresh_token, requested_at=at)
             del refresh_token, tokens
             values["last_refreshed_at"] = at
             values["updated_at"] = timezone.now()
+            recovers = connection.status == ConnectionStatus.ERROR
+            if recovers:
+                values["status_changes"] = connection.status_changes + 1
+                values["status_changed_at"] = at
             if not OAuthConnection.objects.filter(pk=connection.pk).update(**values):
                 return RefreshResult("gone")  # the user was deleted while the token endpoint answered
-            if connection.status == ConnectionStatus.ERROR:
+            if recovers:
                 _audit_connection(
                     actor=None,
                     user=connection.user,
                     event="oauth_connection.recovered",
                     integration=connection.integration,
                 )
-            follow_up = _follow_up_seconds(issued_at=at, expires_at=values["expires_at"])
+                _notify_recovered(
+                    connection, seq=values["status_changes"], how="Niyra refreshed its access successfully."
+                )
+            follow_up = oauth.follow_up_seconds(issued_at=at, expires_at=values["expires_at"])
             if follow_up is not None:
                 _schedule_refresh(connection.pk, countdown=follow_up)
             return RefreshResult("refreshed")
@@ -472,6 +557,10 @@ def connection_connect_complete(
         del tokens
         values["connected_at"] = requested_at
         values["last_refreshed_at"] = None
+        recovers = existing is not None and existing.status != ConnectionStatus.ACTIVE
+        if existing is not None and recovers:
+            values["status_changes"] = existing.status_changes + 1
+            values["status_changed_at"] = requested_at
         if "scopes" not in values:
             values["scopes"] = " ".join(spec.scopes)
         for name, value in values.items():
@@ -499,7 +588,9 @@ def connection_connect_complete(
                 "scopes": connection.scopes,
             },
         )
-        follow_up = _follow_up_seconds(issued_at=requested_at, expires_at=connection.expires_at)
+        if recovers:
+            _notify_recovered(connection, seq=connection.status_changes, how="You reconnected it.")
+        follow_up = oauth.follow_up_seconds(issued_at=requested_at, expires_at=connection.expires_at)
         if follow_up is not None:
             _schedule_refresh(connection.pk, countdown=follow_up)
     return connection
@@ -568,6 +659,18 @@ def _usable(connection: OAuthConnection | None) -> OAuthConnection:
 
 
 @sensitive_variables()
+def _access_token(connection: OAuthConnection) -> str:
+    """The stored access token; one that no longer opens marks the connection `needs_reauth`."""
+    try:
+        return get_keyring().decrypt(connection.access_token_ciphertext, purpose=connection.access_token_purpose)
+    except DecryptionError:
+        connection_mark_needs_reauth(
+            connection_id=connection.pk, spec=OAUTH_TOKEN_UNREADABLE, reason="token_unreadable"
+        )
+        raise NiyraError(OAUTH_TOKEN_UNREADABLE, detail={"integration": connection.integration}) from None
+
+
+@sensitive_variables()
 def connection_access_token_obtain(*, user: User, integration: str) -> str:
     """A usable access token for the user's `integration` connection, for the call about to use it.
 
@@ -578,7 +681,7 @@ def connection_access_token_obtain(*, user: User, integration: str) -> str:
     reconnect, or gave up, raises its catalogue error; one whose token no longer opens is marked
     `needs_reauth`. Call it outside any transaction of your own (from async code: through
     `sync_to_async`), or a refresh would keep your transaction's locks for the length of the
-    provider round trip.
+    provider round trip. A call that may meet a 401 goes through `connection_call` instead.
     """
     connection = _usable(connection_get(user=user, integration=integration))
     margin = oauth.refresh_margin()
@@ -587,10 +690,51 @@ def connection_access_token_obtain(*, user: User, integration: str) -> str:
         connection = _usable(connection_get(user=user, integration=integration))
         if connection.expires_at is not None and connection.expires_at <= oauth.now():
             raise NiyraError(OAUTH_PROVIDER_UNAVAILABLE, detail={"integration": integration})
+    return _access_token(connection)
+
+
+@sensitive_variables()
+def connection_token_rejected(*, user: User, integration: str, rejected_token: str) -> str:
+    """The provider answered 401 to `rejected_token`, an access token Niyra handed out as fresh:
+    return a usable one, refreshing at most once however many callers and workers notice.
+
+    Single-flight with the daemon: it waits for the connection's row lock (bounded: 15 s, then
+    OAUTH_PROVIDER_UNAVAILABLE) and re-reads; if the stored token is no longer the rejected one,
+    the daemon or another caller refreshed meanwhile and the current token is returned without a
+    token-endpoint call. Otherwise it is refreshed by `connection_refresh`'s one rule, whatever
+    `expires_at` says. `invalid_grant` makes the connection `needs_reauth` (and raises
+    OAUTH_NEEDS_REAUTH); a transient failure raises its catalogue error, and the rejected token
+    counts as expired from then on. Same transaction rule as `connection_access_token_obtain`.
+    """
+    connection = _usable(connection_get(user=user, integration=integration))
+    logger.info("oauth_connection.token_rejected id=%s integration=%s", connection.pk, integration)
+    result = connection_refresh(connection_id=connection.pk, wait=True, rejected_token=rejected_token)
+    connection = _usable(connection_get(user=user, integration=integration))
+    if result.outcome not in ("refreshed", "fresh"):  # locked (the wait timed out) or failed
+        spec = CATALOGUE.get(connection.last_error_code) if result.outcome == "failed" else None
+        raise NiyraError(spec or OAUTH_PROVIDER_UNAVAILABLE, detail={"integration": integration})
+    return _access_token(connection)
+
+
+@sensitive_variables()
+def connection_call(*, user: User, integration: str, call: Callable[[str], T]) -> T:
+    """Run `call(access_token)` against the user's `integration`; if it raises `TokenRejected`
+    (the provider answered 401), refresh once on demand and run it once more.
+
+    `call` makes the integration request with the bearer token it is given and raises
+    `TokenRejected` on a 401 (anything else it raises passes through untouched). A second 401,
+    with a token just refreshed, is the caller's: it propagates, and nothing is refreshed again.
+    The token never leaves `call`'s arguments; don't log it or hand it to a task. Call it outside
+    any transaction of your own (see `connection_access_token_obtain`).
+    """
+    token = connection_access_token_obtain(user=user, integration=integration)
     try:
-        return get_keyring().decrypt(connection.access_token_ciphertext, purpose=connection.access_token_purpose)
-    except DecryptionError:
-        connection_mark_needs_reauth(
-            connection_id=connection.pk, spec=OAUTH_TOKEN_UNREADABLE, reason="token_unreadable"
-        )
-        raise NiyraError(OAUTH_TOKEN_UNREADABLE, detail={"integration": integration}) from None
+        return call(token)
+    except TokenRejected:
+        pass  # handled below, outside the except block (no exception context to carry along)
+    token = connection_token_rejected(user=user, integration=integration, rejected_token=token)
+    try:
+        return call(token)
+    except TokenRejected:
+        logger.warning("oauth_connection.token_rejected_after_refresh user=%s integration=%s", user.pk, integration)
+        raise

@@ -23,7 +23,7 @@ from accounts.auth import request_user
 from accounts.models import User
 from connections import oauth
 from connections.models import ConnectionStatus, OAuthConnection
-from connections.selectors import connection_get, connection_list
+from connections.selectors import ConnectionHealth, connection_get, connection_health, connection_list
 from connections.services import connection_connect_complete, connection_connect_start, connection_disconnect
 from core import errors
 from core.errors import NiyraError
@@ -38,6 +38,7 @@ class ConnectionRow:
     connection: OAuthConnection | None
     status_label: str
     problem: str
+    health: ConnectionHealth | None = None
     error: ShownError | None = None
     notice: str = ""
     confirming: bool = False
@@ -69,6 +70,7 @@ def _connection_row(
         connection=connection,
         status_label=ConnectionStatus(connection.status).label if connection else "Not connected",
         problem=problem,
+        health=connection_health(connection) if connection is not None else None,
         error=error,
         notice=notice,
         confirming=confirming and connection is not None,

@@ -28,6 +28,8 @@ from core.crypto import get_keyring
 
 BEFORE = [("byok", "0003_oauth_verbose_names"), ("connections", None)]
 AFTER = [("byok", "0004_oauth_models_to_connections"), ("connections", "0001_initial")]
+# The columns added since the move, so that today's model can read the moved row.
+SINCE = [("connections", "0002_connection_health_transitions")]
 # The Support group's permissions as the data migration that created it wrote them.
 SUPPORT_PERMISSIONS_THEN = importlib.import_module("accounts.migrations.0002_support_group").SUPPORT_PERMISSIONS
 
@@ -94,9 +96,11 @@ def test_the_move_keeps_rows_ciphertexts_and_support_grants(before_the_move: Any
     )
 
     _migrate(AFTER)
+    _migrate(SINCE)
     ContentType.objects.clear_cache()
 
     moved = OAuthConnection.objects.get(pk=old_connection.pk)
+    assert (moved.status_changes, moved.status_changed_at) == (0, None)  # the added columns' defaults
     assert (moved.user_id, moved.integration, moved.status, moved.scopes) == (
         user.pk,
         "gmail",

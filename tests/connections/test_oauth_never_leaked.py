@@ -1,10 +1,11 @@
 """Canary: no OAuth access or refresh token leaves the vault.
 
 Every token the sandbox issues in a connection's life (connect, refreshes with rotation, the
-failures, admin "refresh now", on-demand use, disconnect with revocation) is collected, and
-none may appear in a log record (captured at DEBUG, SQL included, before the redaction filter),
-a response (API, callback, admin pages), a Celery message (the refresh task's arguments), an
-audit row, the cache, or the database other than as ciphertext. Same trap as the provider-key
+failures, admin "refresh now", on-demand use, a 401 refreshed on demand, disconnect with
+revocation) is collected, and none may appear in a log record (captured at DEBUG, SQL included,
+before the redaction filter), a response (API, callback, admin pages), a Celery message (the
+refresh task's arguments), an audit row, a notification or its email, the cache, or the
+database other than as ciphertext. Same trap as the provider-key
 canary (tests/byok/test_never_leaked.py).
 """
 
@@ -22,7 +23,7 @@ from rest_framework.test import APIClient
 from accounts.models import AuditEvent, User
 from connections import services
 from connections.models import OAuthConnection
-from connections.services import connection_access_token_obtain
+from connections.services import TokenRejected, connection_access_token_obtain, connection_call
 from connections.tasks import oauth_connection_refresh, oauth_refresh_tick
 from tests.byok import test_never_leaked
 from tests.byok.test_never_leaked import LeakTrap, assert_never_leaked
@@ -36,6 +37,7 @@ from tests.connections.test_oauth_helpers import (
     set_expiry,
     tokens_of,
 )
+from tests.notifications.outbox import emails_deliver
 
 # Shared fixtures (assigned, not imported, so the test functions' parameters don't shadow an import).
 trap = test_never_leaked.trap
@@ -94,6 +96,17 @@ def test_no_token_leaks_through_any_path(
     set_expiry(connection, clock() + timedelta(seconds=30))
     connection_access_token_obtain(user=pro_user, integration="gmail")
     tokens.collect(connection)
+    # A 401 on a token Niyra thought fresh: refreshed on demand, the call retried.
+    given: list[str] = []
+
+    def refused_once(token: str) -> None:
+        given.append(token)
+        if len(given) == 1:
+            raise TokenRejected
+
+    connection_call(user=pro_user, integration="gmail", call=refused_once)
+    tokens.collect(connection)
+    assert len(set(given)) == 2
 
     # Failures: a provider that is down, one that answers garbage, a revoked grant.
     for word in ("down", "malformed", "revoked"):
@@ -124,8 +137,11 @@ def test_no_token_leaks_through_any_path(
     assert len(tokens.seen) >= 8
     trap.task_messages.extend(repr(call) for call in queued.calls)  # the refresh task's arguments
     assert queued.calls, "admin 'refresh now' queued nothing"
+    emails = emails_deliver()  # needs_reauth (revoked), then recovered (the reconnect)
+    assert len(emails) == 2
     for token in tokens.seen:
         assert_never_leaked(token, trap)
+        assert not [m for m in emails if token in f"{m.subject}\n{m.body}"], "an email carries a token"
 
 
 def test_an_error_report_from_inside_a_refresh_shows_no_token(
