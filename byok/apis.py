@@ -23,7 +23,7 @@ from rest_framework.views import APIView
 from accounts.auth import request_user
 from byok.keytext import MAX_KEY_LENGTH, NON_WRAPPING_CHARACTER
 from byok.models import KeyStatus, Provider, ProviderKey
-from byok.selectors import provider_key_effective_status, provider_key_list
+from byok.selectors import key_checks_recent, provider_key_effective_status, provider_key_list
 from byok.services import provider_key_disconnect, provider_key_save, provider_key_test
 from core.errors import CATALOGUE, KEY_NEEDS_REENTRY
 from core.schema import text_pattern
@@ -31,13 +31,27 @@ from core.schema import text_pattern
 logger = logging.getLogger(__name__)
 
 
+class KeyCheckOutputSerializer(serializers.Serializer):
+    checked_at = serializers.DateTimeField()
+    # DRF's metaclass takes declared fields off the class, so this does not replace Field.source.
+    source = serializers.CharField(help_text="save, test, scheduled or routed.")  # type: ignore[assignment]
+    status = serializers.CharField(help_text="The key's status after the check.")
+    error_code = serializers.CharField(help_text="What the provider said when it was not ok; empty when ok.")
+    latency_ms = serializers.IntegerField(allow_null=True)
+
+
 class ProviderKeyOutputSerializer(serializers.Serializer):
     provider = serializers.CharField()
     status = serializers.SerializerMethodField(help_text="valid, invalid, rate_limited, quota_exhausted, ...")
     hint = serializers.CharField(help_text="Prefix and last four characters, e.g. sk-ant-…AbCd.")
     fingerprint = serializers.CharField()
-    last_tested_at = serializers.DateTimeField(allow_null=True)
+    last_tested_at = serializers.DateTimeField(allow_null=True, help_text="Last save or Test key.")
+    last_checked_at = serializers.DateTimeField(allow_null=True, help_text="Last probe, scheduled ones included.")
+    next_check_at = serializers.DateTimeField(allow_null=True, help_text="The next scheduled check.")
+    last_used_at = serializers.DateTimeField(allow_null=True, help_text="Last routed call (to the minute).")
+    rate_limited_until = serializers.DateTimeField(allow_null=True)
     last_error = serializers.SerializerMethodField(help_text="{code, message} of the last problem, or null.")
+    checks = serializers.SerializerMethodField(help_text="Recent checks, newest first (a short history).")
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
 
@@ -52,6 +66,10 @@ class ProviderKeyOutputSerializer(serializers.Serializer):
         else:
             return None
         return {"code": spec.code, "message": spec.message}
+
+    @extend_schema_field(KeyCheckOutputSerializer(many=True))
+    def get_checks(self, provider_key: ProviderKey) -> list[dict[str, Any]]:
+        return list(KeyCheckOutputSerializer(key_checks_recent(provider_key=provider_key), many=True).data)
 
 
 class ProviderKeyListApi(APIView):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from core.errors import KEY_INVALID, KEY_NEEDS_REENTRY, KEY_QUOTA_EXHAUSTED, KEY_RATE_LIMITED
 from providers import Provider
 
 
@@ -42,13 +43,34 @@ class ProviderKey(models.Model):
     hint = models.CharField(max_length=32, help_text="Prefix and last four characters, e.g. sk-ant-…AbCd.")
     fingerprint = models.CharField(max_length=16, help_text="Keyed hash of the key: tells two keys apart.")
     status = models.CharField(max_length=16, choices=KeyStatus.choices, default=KeyStatus.UNVERIFIED)
-    last_tested_at = models.DateTimeField(null=True, blank=True)
+    last_tested_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last check its owner asked for (save or Test key)."
+    )
     last_error_code = models.CharField(max_length=32, blank=True)
+    last_used_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last routed call through this key (to the minute: byok.key_sql)."
+    )
+    last_checked_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last probe of any kind: save, Test key or the scheduled check."
+    )
+    next_check_at = models.DateTimeField(null=True, blank=True, help_text="When the scheduled check probes it next.")
+    rate_limited_until = models.DateTimeField(null=True, blank=True)
+    status_changes = models.PositiveIntegerField(
+        default=0, help_text="Counts status changes: names each one, so it is notified once."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ("user_id", "provider")
+        indexes = [
+            # The health tick: the keys of one provider that are due, oldest first.
+            models.Index(
+                fields=["provider", "next_check_at"],
+                name="provider_key_due",
+                condition=models.Q(next_check_at__isnull=False),
+            ),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["user", "provider"], name="provider_key_one_per_provider"),
             models.CheckConstraint(
@@ -62,3 +84,43 @@ class ProviderKey(models.Model):
     @property
     def purpose(self) -> str:
         return provider_key_purpose(user_id=self.user_id, provider=self.provider)
+
+
+class CheckSource(models.TextChoices):
+    SAVE = "save", "Saved"
+    TEST = "test", "Test key"
+    SCHEDULED = "scheduled", "Scheduled check"
+    ROUTED = "routed", "Routed call"
+
+
+class KeyCheck(models.Model):
+    """One check of a key and what it said: every probe (save, Test key, the scheduled check),
+    and each routed call that changed the key's status. A short history (byok.services prunes
+    it); never key material."""
+
+    provider_key = models.ForeignKey(ProviderKey, on_delete=models.CASCADE, related_name="checks")
+    checked_at = models.DateTimeField()
+    source = models.CharField(max_length=16, choices=CheckSource.choices)
+    status = models.CharField(max_length=16, choices=KeyStatus.choices, help_text="The key's status after this check.")
+    error_code = models.CharField(max_length=32, blank=True, help_text="What the provider said, when not ok.")
+    fingerprint = models.CharField(max_length=16, help_text="Which key was checked (rotations keep the row).")
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-checked_at", "-id")
+        indexes = [models.Index(fields=["provider_key", "-checked_at", "-id"], name="key_check_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.get_source_display()} {self.checked_at:%Y-%m-%d %H:%M}: {self.status}"
+
+    @property
+    def inconclusive(self) -> bool:
+        """The provider gave no answer about the key (unreachable, an error of its own): the
+        key's status stood as it was."""
+        return self.error_code not in _ANSWERS_ABOUT_A_KEY
+
+
+# What a provider can say about a key (a KeyCheck's error_code); "" is "it works".
+_ANSWERS_ABOUT_A_KEY = frozenset(
+    {"", KEY_INVALID.code, KEY_RATE_LIMITED.code, KEY_QUOTA_EXHAUSTED.code, KEY_NEEDS_REENTRY.code}
+)

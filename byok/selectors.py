@@ -4,11 +4,13 @@ through `byok.services.provider_key_mark_needs_reentry`."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.db.models import QuerySet
 from django.views.decorators.debug import sensitive_variables
 
 from accounts.models import User
-from byok.models import KeyStatus, ProviderKey
+from byok.models import KeyCheck, KeyStatus, Provider, ProviderKey
 from core.crypto import DecryptionError, get_keyring
 from core.errors import KEY_NEEDS_REENTRY, NiyraError
 
@@ -19,6 +21,26 @@ def provider_key_list(*, user: User) -> QuerySet[ProviderKey]:
 
 def provider_key_get(*, user: User, provider: str) -> ProviderKey | None:
     return ProviderKey.objects.filter(user=user, provider=provider).first()
+
+
+def key_checks_recent(*, provider_key: ProviderKey) -> list[KeyCheck]:
+    """The key's short history of checks, newest first (byok.services keeps it short)."""
+    return list(KeyCheck.objects.filter(provider_key=provider_key).order_by("-checked_at", "-id"))
+
+
+def provider_key_ids_due(*, now: datetime, per_provider: int) -> dict[str, list[int]]:
+    """The keys whose scheduled check is due, at most `per_provider` of each provider, the most
+    overdue first. One query: a UNION of one index range scan per provider (provider_key_due)."""
+    due = ProviderKey.objects.filter(next_check_at__lte=now).order_by("next_check_at")
+    parts = [
+        due.filter(provider=provider).values_list("provider", "pk", "next_check_at")[:per_provider]
+        for provider in Provider.values
+    ]
+    rows = parts[0].union(*parts[1:], all=True) if len(parts) > 1 else parts[0]
+    ids: dict[str, list[int]] = {}
+    for provider, key_id, _due_at in sorted(rows, key=lambda row: (row[2], row[1])):
+        ids.setdefault(provider, []).append(key_id)
+    return ids
 
 
 def provider_key_effective_status(provider_key: ProviderKey) -> str:

@@ -22,8 +22,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from accounts.auth import request_user
 from accounts.models import User
 from byok.keytext import ANTHROPIC_PREFIX, MAX_KEY_LENGTH, OPENAI_PREFIXES
-from byok.models import KeyStatus, Provider, ProviderKey
-from byok.selectors import provider_key_effective_status, provider_key_get
+from byok.models import KeyCheck, KeyStatus, Provider, ProviderKey
+from byok.selectors import key_checks_recent, provider_key_effective_status, provider_key_get
 from byok.services import provider_key_disconnect, provider_key_save, provider_key_test
 from core import errors
 from core.errors import NiyraError
@@ -47,6 +47,7 @@ class KeyCard:
     status_label: str
     allows_byok: bool
     last_problem: ShownError | None  # what the provider said last time (from the stored status)
+    checks: tuple[KeyCheck, ...] = ()  # the key's recent checks, newest first
     error: ShownError | None = None  # what just went wrong
     notice: str = ""
     confirming: bool = False
@@ -89,6 +90,7 @@ def _key_card(
         status_label=KeyStatus(status).label if status else "Not connected",
         allows_byok=account.allows_byok,
         last_problem=last_problem,
+        checks=tuple(key_checks_recent(provider_key=key)) if key is not None else (),
         error=error,
         notice=notice,
         confirming=confirming and key is not None,

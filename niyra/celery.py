@@ -39,6 +39,12 @@ app.conf.beat_schedule = {
         "schedule": float(settings.OAUTH_REFRESH_INTERVAL_SECONDS),
         "options": {"expires": max(1, settings.OAUTH_REFRESH_INTERVAL_SECONDS * 9 // 10)},
     },
+    # Probe the saved provider keys that are due (byok.tasks), bounded per provider per tick.
+    "byok-key-health-tick": {
+        "task": "byok.tasks.key_health_tick",
+        "schedule": float(settings.BYOK_HEALTH_TICK_SECONDS),
+        "options": {"expires": max(1, settings.BYOK_HEALTH_TICK_SECONDS * 9 // 10)},
+    },
     # Re-queue notification emails left pending by a lost message or a broker outage.
     "notifications-email-sweep": {
         "task": "notifications.tasks.notification_email_sweep",

@@ -20,7 +20,13 @@ from niyra.celery import app
 from scripts import dev_stack
 
 ROOT = Path(__file__).resolve().parent.parent
-IDLE_TICKS = ("core.tasks.heartbeat", "credits.tasks.expire_holds", "connections.tasks.oauth_refresh_tick")
+IDLE_TICKS = (
+    "core.tasks.heartbeat",
+    "credits.tasks.expire_holds",
+    "connections.tasks.oauth_refresh_tick",
+    "byok.tasks.key_health_tick",
+    "notifications.tasks.notification_email_sweep",
+)
 REFRESH = "connections.tasks.oauth_connection_refresh"
 
 

@@ -326,6 +326,15 @@ LOGIN_FAILURES_PER_IP = env.int("LOGIN_FAILURES_PER_IP", default=50)
 LOGIN_THROTTLE_WINDOW_SECONDS = env.int("LOGIN_THROTTLE_WINDOW_SECONDS", default=15 * 60)
 CLIENT_IP_HEADER = env.str("CLIENT_IP_HEADER", default="")
 
+# --- BYOK key health (byok.tasks.key_health_tick) -------------------------------------------
+# Each saved key is probed once per interval, spread over it; a tick every BYOK_HEALTH_TICK_SECONDS
+# queues at most BYOK_HEALTH_MAX_PER_PROVIDER_PER_TICK probes per provider, evenly across the tick.
+BYOK_HEALTH_INTERVAL_SECONDS = env.int("BYOK_HEALTH_INTERVAL_SECONDS", default=86400)
+BYOK_HEALTH_TICK_SECONDS = env.int("BYOK_HEALTH_TICK_SECONDS", default=300)
+BYOK_HEALTH_MAX_PER_PROVIDER_PER_TICK = env.int("BYOK_HEALTH_MAX_PER_PROVIDER_PER_TICK", default=30)
+# How long a 429 without Retry-After marks a key "rate limited".
+BYOK_RATE_LIMITED_DEFAULT_SECONDS = env.int("BYOK_RATE_LIMITED_DEFAULT_SECONDS", default=60)
+
 # --- Email (notifications) -------------------------------------------------------------------
 # EMAIL_URL in django-environ's form: smtp+tls://user:password@smtp.example.com:587 in production
 # (required there), the console in development (emails are printed by the web and worker logs).
@@ -350,6 +359,8 @@ LOGGING = {
                 "core.tasks.heartbeat",
                 "credits.tasks.expire_holds",
                 "connections.tasks.oauth_refresh_tick",
+                "byok.tasks.key_health_tick",
+                "notifications.tasks.notification_email_sweep",
             ],
         },
     },

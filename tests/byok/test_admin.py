@@ -9,6 +9,7 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 
 from accounts.models import AuditEvent, User
+from accounts.support import support_group_sync
 from byok.models import ProviderKey
 from byok.services import provider_key_save
 from sandbox import anthropic_key, openai_key
@@ -83,3 +84,17 @@ def test_audit_rows_are_searchable_and_read_only(admin_client: Client, stored: P
     assert event is not None
     html = admin_client.get(f"/admin/accounts/auditevent/{event.pk}/change/").content.decode()
     assert stored.hint in html and 'name="_save"' not in html
+
+
+def test_support_sees_the_keys_health_and_history_read_only(stored: ProviderKey) -> None:
+    staff = User.objects.create_user(email="helpdesk@niyra.ai", password="x", is_staff=True)
+    staff.groups.add(support_group_sync())
+    client = Client()
+    client.force_login(staff)
+
+    html = client.get(f"{CHANGELIST}{stored.pk}/change/").content.decode()
+
+    assert "Recent checks" in html and "Saved" in html  # the save's check, in the inline
+    for label in ("Last used at", "Last checked at", "Next check at", "Rate limited until", "Status changes"):
+        assert label in html, label
+    assert 'name="checks-0-source"' not in html and 'name="checks-0-DELETE"' not in html  # nothing to edit

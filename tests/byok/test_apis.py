@@ -25,7 +25,12 @@ OUTPUT_FIELDS = {
     "hint",
     "fingerprint",
     "last_tested_at",
+    "last_checked_at",
+    "next_check_at",
+    "last_used_at",
+    "rate_limited_until",
     "last_error",
+    "checks",
     "created_at",
     "updated_at",
 }
