@@ -11,6 +11,7 @@ What support does, and the permission each thing takes:
 * see keys (status and hint) and disconnect one           byok.view_providerkey, byok.delete_providerkey
 * see connections and "refresh now"                       connections.view_oauthconnection,
                                                           connections.change_oauthconnection
+* see what a user was told, and whether it was emailed    notifications.view_notification
 
 The byok "delete" and connections "change" permissions only unlock the admin *actions* (which
 call the services and write audit rows): those admins refuse raw change and delete for everyone,
@@ -44,6 +45,7 @@ SUPPORT_PERMISSIONS: tuple[tuple[str, str, str], ...] = (
     ("byok", "providerkey", "delete_providerkey"),
     ("connections", "oauthconnection", "view_oauthconnection"),
     ("connections", "oauthconnection", "change_oauthconnection"),
+    ("notifications", "notification", "view_notification"),
 )
 
 

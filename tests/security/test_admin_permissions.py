@@ -40,6 +40,8 @@ from core.crypto import get_keyring
 from credits.models import BillingAccount, CreditHold, LedgerEntry
 from credits.services.holds import credit_hold
 from credits.services.ledger import credit_charge
+from notifications.models import Kind
+from notifications.services import notification_send
 from sandbox import SandboxServer, anthropic_key
 from tests.security.test_idor import (
     Route,
@@ -126,6 +128,13 @@ def site(make_user: Callable[..., Any], settings: Any, sandbox: SandboxServer) -
             "credits.billingaccount": BillingAccount.objects.get(user=customer),
             "credits.ledgerentry": LedgerEntry.objects.filter(account__user=customer).order_by("pk")[0],
             "credits.credithold": CreditHold.objects.get(account__user=customer),
+            "notifications.notification": notification_send(
+                user_id=customer.pk,
+                kind=Kind.KEY_PROBLEM,
+                event_key="admin",
+                title="Key rejected",
+                body="Paste it again.",
+            ),
         },
     )
     cache.clear()
