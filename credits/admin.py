@@ -74,8 +74,18 @@ class BillingAccountAdmin(ReadOnlyAdmin):
     search_fields = ("user__email",)
     list_select_related = ("user",)
     raw_id_fields = ("user",)
-    readonly_fields = ("ledger_link", "holds_link", "created_at", "updated_at")
-    fields = ("user", "plan", "apex_enabled", "balance", "reserved", "ledger_link", "holds_link", "created_at")
+    readonly_fields = ("ledger_link", "holds_link", "low_balance_alerts", "created_at", "updated_at")
+    fields = (
+        "user",
+        "plan",
+        "apex_enabled",
+        "balance",
+        "reserved",
+        "low_balance_alerts",
+        "ledger_link",
+        "holds_link",
+        "created_at",
+    )
     actions = ("grant_credits", "adjust_credits", "change_plan", "grant_apex", "revoke_apex")
 
     # --- display ---
@@ -91,6 +101,17 @@ class BillingAccountAdmin(ReadOnlyAdmin):
     @admin.display(description="available (credits)")
     def available_credits(self, account: BillingAccount) -> str:
         return credits_text(account.available)
+
+    @admin.display(description="low-balance alerts")
+    def low_balance_alerts(self, account: BillingAccount) -> str:
+        thresholds = ", ".join(credits_text(t, compact=True) for t in account.alert_thresholds) or "none"
+        if account.alert_band is None:
+            state = "above every threshold"
+        elif account.alert_band == 0:
+            state = "used up"
+        else:
+            state = f"below {credits_text(account.alert_band, compact=True)}"
+        return f"thresholds (credits): {thresholds}; now {state}"
 
     @admin.display(description="ledger")
     def ledger_link(self, account: BillingAccount) -> str:

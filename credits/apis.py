@@ -21,8 +21,9 @@ from accounts.auth import request_user
 from accounts.models import ApiToken, TokenKind, User
 from core import errors
 from core.fields import QueryParamsSerializer, StrictIntegerField
-from credits.models import USAGE_CATEGORIES, Category
+from credits.models import MAX_ALERT_THRESHOLDS, USAGE_CATEGORIES, Category
 from credits.selectors import billing_account_for, credit_balance, ledger_entries_for, usage_breakdown
+from credits.services.alerts import MAX_ALERT_THRESHOLD, credit_alert_thresholds_set
 from credits.services.ledger import credit_charge
 
 DEFAULT_USAGE_PERIOD = timedelta(days=30)
@@ -163,6 +164,60 @@ class UsageBreakdownApi(APIView):
             "byok_llm": self.VolumeSerializer(usage.byok_llm).data,
         }
         return Response(self.OutputSerializer(data).data)
+
+
+class AlertThresholdsOutputSerializer(serializers.Serializer):
+    thresholds = serializers.ListField(
+        child=serializers.IntegerField(),
+        help_text="Millicredits, highest first: you are notified when your balance falls below each.",
+    )
+    below = serializers.IntegerField(
+        allow_null=True,
+        help_text="Null while the balance is above every threshold; else the lowest threshold it is below "
+        "(millicredits), 0 when the credits are used up.",
+    )
+
+
+def _alerts_data(thresholds: list[int], band: int | None) -> dict[str, Any]:
+    return AlertThresholdsOutputSerializer({"thresholds": thresholds, "below": band}).data
+
+
+@extend_schema_field(
+    {
+        "type": "array",
+        "items": {"type": "integer", "minimum": 1, "maximum": MAX_ALERT_THRESHOLD},
+        "maxItems": MAX_ALERT_THRESHOLDS,
+        "uniqueItems": True,
+    }
+)
+class AlertThresholdsField(serializers.ListField):
+    """The schema states the rules; the service (`checked_alert_thresholds`) enforces them."""
+
+
+class AlertThresholdsApi(APIView):
+    """Low-balance alerts: read or replace the thresholds (one notification per crossing, plus
+    "used up" and "recovered")."""
+
+    class InputSerializer(serializers.Serializer):
+        thresholds = AlertThresholdsField(
+            child=StrictIntegerField(),
+            allow_empty=True,
+            help_text="Millicredits (1 credit = 1,000), at most 5, each once; [] to hear only when credits run out.",
+        )
+
+    @extend_schema(responses=AlertThresholdsOutputSerializer)
+    def get(self, request: Request) -> Response:
+        account = billing_account_for(user=request_user(request))
+        return Response(_alerts_data(list(account.alert_thresholds), account.alert_band))
+
+    @extend_schema(request=InputSerializer, responses=AlertThresholdsOutputSerializer)
+    def put(self, request: Request) -> Response:
+        payload = self.InputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        account = credit_alert_thresholds_set(
+            user=request_user(request), thresholds=payload.validated_data["thresholds"]
+        )
+        return Response(_alerts_data(list(account.alert_thresholds), account.alert_band))
 
 
 @extend_schema_field({"type": "string", "enum": [c.value for c in USAGE_CATEGORIES if c != Category.LLM]})

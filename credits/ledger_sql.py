@@ -39,14 +39,26 @@ from typing import Any, TypeVar, overload
 from django.db import DEFAULT_DB_ALIAS
 from psycopg.types.json import Jsonb
 
-from credits.models import BillingAccount, CreditHold, HoldStatus, LedgerEntry, Plan
+from credits.models import DEFAULT_ALERT_THRESHOLDS, BillingAccount, CreditHold, HoldStatus, LedgerEntry, Plan
 
 ACCOUNTS = BillingAccount._meta.db_table
 HOLDS = CreditHold._meta.db_table
 ENTRIES = LedgerEntry._meta.db_table
 
 # Every column of each table, in the models' field order (what `Model.from_db` expects).
-ACCOUNT_COLUMNS = ("id", "user_id", "plan", "apex_enabled", "balance", "reserved", "created_at", "updated_at")
+ACCOUNT_COLUMNS = (
+    "id",
+    "user_id",
+    "plan",
+    "apex_enabled",
+    "balance",
+    "reserved",
+    "created_at",
+    "updated_at",
+    "alert_thresholds",
+    "alert_band",
+    "alert_warned",
+)
 HOLD_COLUMNS = (
     "id",
     "account_id",
@@ -189,12 +201,20 @@ def entry_of_hold(*, hold_id: int) -> Statement:
 def account_create(*, user_id: int, now: datetime) -> Statement:
     """A free-plan account with nothing on it, unless the user has one (then: no row)."""
     sql = f"""
-        INSERT INTO {ACCOUNTS} (user_id, plan, apex_enabled, balance, reserved, created_at, updated_at)
-        VALUES (%(user_id)s, %(plan)s, false, 0, 0, %(now)s, %(now)s)
+        INSERT INTO {ACCOUNTS} (
+            user_id, plan, apex_enabled, balance, reserved, created_at, updated_at,
+            alert_thresholds, alert_band, alert_warned
+        )
+        VALUES (
+            %(user_id)s, %(plan)s, false, 0, 0, %(now)s, %(now)s,
+            %(thresholds)s::bigint[], NULL, false
+        )
         ON CONFLICT (user_id) DO NOTHING
         RETURNING {_returning(ACCOUNT_COLUMNS)}
     """  # noqa: S608 - see above
-    return Statement(sql, {"user_id": user_id, "plan": Plan.FREE.value, "now": now})
+    # The alert band is the trigger's to set (`credits_balance_alert`).
+    params = {"user_id": user_id, "plan": Plan.FREE.value, "now": now, "thresholds": list(DEFAULT_ALERT_THRESHOLDS)}
+    return Statement(sql, params)
 
 
 # --- Ledger entries ------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
 
@@ -31,6 +32,15 @@ class Plan(models.TextChoices):
 
 BYOK_PLANS = frozenset({Plan.PRO, Plan.ALPHA})
 
+# Low-balance alerts: "tell me when my credits fall below …", in millicredits (100 and 20 credits,
+# i.e. $1 and $0.20 of provider list price). Reaching zero ("depleted") is always an alert.
+DEFAULT_ALERT_THRESHOLDS = (100_000, 20_000)
+MAX_ALERT_THRESHOLDS = 5
+
+
+def default_alert_thresholds() -> list[int]:
+    return list(DEFAULT_ALERT_THRESHOLDS)
+
 
 class BillingAccount(models.Model):
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="billing_account")
@@ -40,6 +50,26 @@ class BillingAccount(models.Model):
     reserved = models.BigIntegerField(default=0, help_text="Millicredits held by open holds.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Kept by the database trigger `credits_balance_alert` (migration 0005) on every change of the
+    # balance, whatever path moved it; services only ever set the thresholds.
+    alert_thresholds = ArrayField(
+        models.BigIntegerField(),
+        default=default_alert_thresholds,
+        size=MAX_ALERT_THRESHOLDS,
+        help_text="Millicredits, highest first: a balance falling below one is a low-balance alert.",
+    )
+    alert_band = models.BigIntegerField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Where the balance stands: empty = above every threshold; N = below the threshold N "
+        "(millicredits, the lowest it is below); 0 = used up.",
+    )
+    alert_warned = models.BooleanField(
+        default=False,
+        editable=False,
+        help_text="A low or used-up alert went out since the balance was last above every threshold.",
+    )
 
     class Meta:
         ordering = ("id",)
@@ -65,6 +95,14 @@ class BillingAccount(models.Model):
     @property
     def allows_byok(self) -> bool:
         return self.plan in BYOK_PLANS
+
+    @property
+    def is_low(self) -> bool:
+        return self.alert_band is not None
+
+    @property
+    def is_depleted(self) -> bool:
+        return self.alert_band == 0
 
 
 class Category(models.TextChoices):
@@ -259,3 +297,39 @@ class LedgerEntry(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError("The ledger is append-only: post a reversing entry instead of deleting.")
+
+
+class AlertKind(models.TextChoices):
+    LOW = "low", "Below a threshold"
+    DEPLETED = "depleted", "Used up"
+    RECOVERED = "recovered", "Above every threshold again"
+
+
+class BalanceAlert(models.Model):
+    """One crossing of a low-balance threshold: an outbox row, inserted by the database trigger
+    `credits_balance_alert` in the transaction that moved the balance (so exactly one per
+    crossing, whatever code path moved the money: the account's row lock orders every change).
+    The beat task `credits.tasks.balance_alerts_dispatch` turns each into one notification.
+
+    Append-only but for ``dispatched_at``, set once when the notification is recorded.
+    """
+
+    account = models.ForeignKey(BillingAccount, on_delete=models.CASCADE, related_name="alerts")
+    kind = models.CharField(max_length=16, choices=AlertKind.choices)
+    band_from = models.BigIntegerField(null=True, blank=True, help_text="The band before (see alert_band).")
+    band_to = models.BigIntegerField(null=True, blank=True, help_text="The band after (see alert_band).")
+    balance = models.BigIntegerField(help_text="Millicredits, right after the crossing.")
+    created_at = models.DateTimeField()
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-id",)
+        constraints = [
+            models.CheckConstraint(condition=models.Q(kind__in=AlertKind.values), name="balance_alert_kind_known"),
+        ]
+        indexes = [
+            models.Index(fields=["id"], condition=models.Q(dispatched_at__isnull=True), name="balance_alert_pending"),
+        ]
+
+    def __str__(self) -> str:
+        return f"alert #{self.pk} {self.kind} ({self.account_id})"

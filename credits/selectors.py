@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
-from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery, Sum, Value
-from django.db.models.functions import Coalesce
+from django.db.models import BigIntegerField, Count, F, OuterRef, Q, QuerySet, Subquery, Sum, Value
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, Coalesce, TruncDate
 
 from accounts.models import User
 from credits.models import USAGE_CATEGORIES, BillingAccount, Category, CreditHold, HoldStatus, KeySource, LedgerEntry
+from credits.money import credits_text
 
 
 def billing_account_for(*, user: User) -> BillingAccount:
@@ -180,3 +182,184 @@ def ledger_mismatches() -> list[LedgerMismatch]:
         .order_by("pk")
     )
     return [LedgerMismatch(*row) for row in rows]
+
+
+# --- Spend over time: per day and category, per model, and the burn rate ---------------------------
+
+SPEND_DAYS = 30
+BURN_RATE_DAYS = 7
+
+
+@dataclass(frozen=True, slots=True)
+class DaySpend:
+    day: date
+    by_category: dict[str, int]  # millicredits spent, every usage category (0 when none)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_category.values())
+
+
+@dataclass(frozen=True, slots=True)
+class SpendHistory:
+    """Credits spent per UTC day in a window of whole days ending today, oldest day first."""
+
+    days: list[DaySpend]
+
+    @property
+    def by_category(self) -> dict[str, int]:
+        return {str(c): sum(day.by_category[str(c)] for day in self.days) for c in USAGE_CATEGORIES}
+
+    @property
+    def total(self) -> int:
+        return sum(day.total for day in self.days)
+
+    def recent_total(self, days: int) -> int:
+        """Spent on the last ``days`` days of the window (today included)."""
+        return sum(day.total for day in self.days[-days:])
+
+
+def _day_start(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+def spend_per_day(*, user: User, today: date, days: int = SPEND_DAYS) -> SpendHistory:
+    """Credits spent per UTC day and usage category over the ``days`` days ending with ``today``
+    (every day listed, days without spend at zero), grouped in one query."""
+    first = today - timedelta(days=days - 1)
+    rows = (
+        LedgerEntry.objects.filter(
+            account__user_id=user.pk,
+            category__in=USAGE_CATEGORIES,
+            created_at__gte=_day_start(first),
+            created_at__lt=_day_start(today + timedelta(days=1)),
+        )
+        .annotate(day=TruncDate("created_at", tzinfo=UTC))
+        .values("day", "category")
+        .annotate(spent=Sum(-F("amount")))
+        .order_by()
+    )
+    spent = {(row["day"], row["category"]): int(row["spent"]) for row in rows}
+    return SpendHistory(
+        days=[
+            DaySpend(
+                day=day,
+                by_category={str(c): spent.get((day, str(c)), 0) for c in USAGE_CATEGORIES},
+            )
+            for day in (first + timedelta(days=n) for n in range(days))
+        ]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpend:
+    category: str
+    model: str  # empty for usage that is not a model call (tool calls, enrichment, …)
+    calls: int
+    byok_calls: int
+    input_tokens: int
+    output_tokens: int
+    credits: int  # millicredits spent
+    saved: int  # millicredits the user's own key saved (what its calls would have cost)
+
+    @property
+    def label(self) -> str:
+        return self.model or Category(self.category).label
+
+
+def spend_per_model(*, user: User, start: datetime, end: datetime) -> list[ModelSpend]:
+    """Usage in [start, end) per category and model (the model called, as the ledger shows it):
+    calls (on credits and on the user's own keys), tokens, credits spent and what the keys saved.
+    Most credits first. One query."""
+    rows = (
+        LedgerEntry.objects.filter(
+            account__user_id=user.pk, category__in=USAGE_CATEGORIES, created_at__gte=start, created_at__lt=end
+        )
+        .values("category", "model")
+        .annotate(
+            calls=Count("id"),
+            byok_calls=Count("id", filter=Q(key_source=KeySource.BYOK)),
+            input_tokens=Coalesce(Sum("input_tokens"), Value(0)),
+            output_tokens=Coalesce(Sum("output_tokens"), Value(0)),
+            spent=Coalesce(Sum(-F("amount")), Value(0)),
+            saved=Coalesce(
+                Sum(Cast(KT("pricing__would_cost"), BigIntegerField()), filter=Q(key_source=KeySource.BYOK)), Value(0)
+            ),
+        )
+        .order_by("-spent", "-calls", "category", "model")
+    )
+    return [
+        ModelSpend(
+            category=row["category"],
+            model=row["model"],
+            calls=row["calls"],
+            byok_calls=row["byok_calls"],
+            input_tokens=int(row["input_tokens"]),
+            output_tokens=int(row["output_tokens"]),
+            credits=int(row["spent"]),
+            saved=int(row["saved"]),
+        )
+        for row in rows
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class BurnRate:
+    """How long the credits last at the recent rate of spend."""
+
+    per_day: int  # millicredits a day over the last BURN_RATE_DAYS days (rounded up)
+    available: int  # millicredits
+
+    @property
+    def days_left(self) -> int | None:
+        """Whole days the available credits last; None when nothing is being spent."""
+        if self.per_day <= 0:
+            return None
+        return max(self.available, 0) // self.per_day
+
+    @property
+    def sentence(self) -> str:
+        if self.available <= 0:
+            return "Your credits are used up: hosted LLM calls stop until you top up; calls on your own keys continue."
+        if self.per_day <= 0:
+            return f"No credits spent in the last {BURN_RATE_DAYS} days, so there is no rate to forecast from."
+        rate = credits_text(self.per_day)
+        lead = f"At the last {BURN_RATE_DAYS} days' rate ({rate} credits a day), your credits last"
+        days = self.days_left or 0
+        if days < 1:
+            return f"{lead} less than a day."
+        if days > 365:
+            return f"{lead} more than a year."
+        return f"{lead} about {days} day{'' if days == 1 else 's'}."
+
+
+def burn_rate(*, history: SpendHistory, available: int) -> BurnRate:
+    """The burn rate over the last BURN_RATE_DAYS days of ``history`` (today included)."""
+    spent = history.recent_total(BURN_RATE_DAYS)
+    return BurnRate(per_day=-(-spent // BURN_RATE_DAYS), available=available)
+
+
+@dataclass(frozen=True, slots=True)
+class LowBalance:
+    """What the dashboard's banner says while the balance is below a threshold."""
+
+    available: int  # millicredits
+    threshold: int  # the lowest threshold the balance is below; 0: used up
+
+    @property
+    def depleted(self) -> bool:
+        return self.threshold == 0
+
+
+def low_balance_for(*, user: User) -> LowBalance | None:
+    """The user's low-balance state (from the band the database keeps), or None when the balance
+    is above every threshold or there is no account yet. One indexed read."""
+    row = (
+        BillingAccount.objects.filter(user_id=user.pk, alert_band__isnull=False)
+        .values_list("balance", "reserved", "alert_band")
+        .first()
+    )
+    if row is None:
+        return None
+    balance, reserved, band = row
+    return LowBalance(available=balance - reserved, threshold=band or 0)  # never None: filtered above

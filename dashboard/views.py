@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -17,14 +17,17 @@ from accounts.auth import request_user
 from byok.models import KeyStatus
 from byok.selectors import provider_key_effective_status, provider_key_list
 from core.pages import dashboard_login_required
+from credits.charts import spend_chart
 from credits.models import USAGE_CATEGORIES, Category
 from credits.money import MILLICREDITS_PER_CREDIT
-from credits.selectors import billing_account_for, credit_balance, usage_breakdown
+from credits.selectors import SPEND_DAYS, billing_account_for, burn_rate, credit_balance, spend_per_day, usage_breakdown
+from dashboard.selectors import byok_savings_since, month_start
 from providers import Provider
 from routing.selectors import routed_call_recent
 
 SPEND_WINDOW = timedelta(days=30)
 RECENT_CALLS = 10
+COMPACT_CHART = {"width": 360, "height": 120}  # half the Credits page's chart: the card is half as wide
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +64,17 @@ def home(request: HttpRequest) -> HttpResponse:
                 "status_label": KeyStatus(status).label if status else "Not connected",
             }
         )
+    balance = credit_balance(user=user)
+    history = spend_per_day(user=user, today=now.astimezone(UTC).date())
     context: dict[str, Any] = {
         "account": billing_account_for(user=user),
-        "balance": credit_balance(user=user),
+        "balance": balance,
+        "spend_history": history,
+        "spend_chart": spend_chart(history, **COMPACT_CHART),
+        "spend_days": SPEND_DAYS,
+        "forecast": burn_rate(history=history, available=balance.available),
+        "month": now.astimezone(UTC),
+        "saved_this_month": byok_savings_since(user=user, since=month_start(now)),
         "usage": usage,
         "spend": spend,
         # Credits for the chart (a display value: the page's numbers stay integers in mc).

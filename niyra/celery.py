@@ -32,6 +32,12 @@ app.conf.beat_schedule = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
+    # Notify low-balance crossings the database recorded (credits.services.alerts).
+    "credits-balance-alerts": {
+        "task": "credits.tasks.balance_alerts_dispatch",
+        "schedule": 30.0,
+        "options": {"expires": 25},
+    },
     # Refresh OAuth tokens expiring before the next tick + margin (connections.tasks). A tick
     # that sat in the queue past most of an interval is dropped: the next one covers the same window.
     "oauth-refresh-tick": {

@@ -24,6 +24,9 @@ dashboard_patterns = [
     path("try/", routing_views.try_message, name="try"),
     path("credits/", credits_views.ledger, name="credits"),
     path("credits/ledger.csv", credits_views.ledger_csv, name="credits-csv"),
+    path("credits/alerts", credits_views.alert_thresholds_update, name="credits-alerts"),
+    path("credits/spend-per-day.csv", credits_views.spend_daily_csv, name="credits-spend-daily-csv"),
+    path("credits/spend-per-model.csv", credits_views.spend_models_csv, name="credits-spend-models-csv"),
     path("settings/byok/", byok_views.byok_settings, name="byok"),
     path("settings/byok/<slug:provider>/save", byok_views.byok_key_save, name="byok-save"),
     path("settings/byok/<slug:provider>/test", byok_views.byok_key_test, name="byok-test"),
@@ -63,10 +66,10 @@ urlpatterns = [
     path("api/", include("byok.urls")),
     path("api/", include("connections.urls")),
     path("api/", include("credits.urls")),
+    path("api/", include("notifications.urls")),
     path("", include("routing.urls")),
     # Anything else under the API prefix is a JSON 404, whatever DEBUG says (the gateway's
     # prefixes never reach Django: routing.gateway.asgi answers them).
-    path("api/", include("notifications.urls")),
     re_path(r"^api/", errors.api_not_found),
 ]
 

@@ -25,6 +25,7 @@ IDLE_TICKS = (
     "credits.tasks.expire_holds",
     "connections.tasks.oauth_refresh_tick",
     "byok.tasks.key_health_tick",
+    "credits.tasks.balance_alerts_dispatch",
     "notifications.tasks.notification_email_sweep",
 )
 REFRESH = "connections.tasks.oauth_connection_refresh"

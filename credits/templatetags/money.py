@@ -1,5 +1,6 @@
 """`{% load money %}`: ``{{ amount|credits }}``, or ``{{ amount|credits:"signed" }}`` for ledger
-movements ("+12.500", "\u22120.123"). Empty for None."""
+movements ("+12.500", "\u22120.123"), ``{{ amount|credits:"compact" }}`` for round amounts ("100",
+"12.5"). Empty for None."""
 
 from __future__ import annotations
 
@@ -14,4 +15,4 @@ register = template.Library()
 def credits(millicredits: int | None, style: str = "") -> str:
     if millicredits is None:
         return ""
-    return credits_text(millicredits, signed=style == "signed")
+    return credits_text(millicredits, signed=style == "signed", compact=style == "compact")

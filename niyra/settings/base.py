@@ -83,6 +83,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "notifications.context_processors.notifications_unread",
+                "credits.context_processors.low_balance",  # the low-balance banner (base.html)
             ],
         },
     },
@@ -220,6 +221,15 @@ OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="") or None
 PROVIDER_TIMEOUT_SECONDS = env.float("PROVIDER_TIMEOUT_SECONDS", default=60.0)
 PROVIDER_VALIDATION_TIMEOUT_SECONDS = env.float("PROVIDER_VALIDATION_TIMEOUT_SECONDS", default=10.0)
 
+# --- BYOK key health (byok.tasks.key_health_tick) -------------------------------------------
+# Each saved key is probed once per interval, spread over it; a tick every BYOK_HEALTH_TICK_SECONDS
+# queues at most BYOK_HEALTH_MAX_PER_PROVIDER_PER_TICK probes per provider, evenly across the tick.
+BYOK_HEALTH_INTERVAL_SECONDS = env.int("BYOK_HEALTH_INTERVAL_SECONDS", default=86400)
+BYOK_HEALTH_TICK_SECONDS = env.int("BYOK_HEALTH_TICK_SECONDS", default=300)
+BYOK_HEALTH_MAX_PER_PROVIDER_PER_TICK = env.int("BYOK_HEALTH_MAX_PER_PROVIDER_PER_TICK", default=30)
+# How long a 429 without Retry-After marks a key "rate limited".
+BYOK_RATE_LIMITED_DEFAULT_SECONDS = env.int("BYOK_RATE_LIMITED_DEFAULT_SECONDS", default=60)
+
 # --- OAuth refresh daemon ------------------------------------------------------------------
 OAUTH_REFRESH_INTERVAL_SECONDS = env.int("OAUTH_REFRESH_INTERVAL_SECONDS", default=300)
 OAUTH_REFRESH_MARGIN_SECONDS = max(60, env.int("OAUTH_REFRESH_MARGIN_SECONDS", default=120))
@@ -280,6 +290,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Two "kind" fields with different choices: each enum gets its own component name.
+    "ENUM_NAME_OVERRIDES": {"NotificationKindEnum": "notifications.models.Kind"},
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "core.schema.add_error_responses",
@@ -326,15 +338,6 @@ LOGIN_FAILURES_PER_IP = env.int("LOGIN_FAILURES_PER_IP", default=50)
 LOGIN_THROTTLE_WINDOW_SECONDS = env.int("LOGIN_THROTTLE_WINDOW_SECONDS", default=15 * 60)
 CLIENT_IP_HEADER = env.str("CLIENT_IP_HEADER", default="")
 
-# --- BYOK key health (byok.tasks.key_health_tick) -------------------------------------------
-# Each saved key is probed once per interval, spread over it; a tick every BYOK_HEALTH_TICK_SECONDS
-# queues at most BYOK_HEALTH_MAX_PER_PROVIDER_PER_TICK probes per provider, evenly across the tick.
-BYOK_HEALTH_INTERVAL_SECONDS = env.int("BYOK_HEALTH_INTERVAL_SECONDS", default=86400)
-BYOK_HEALTH_TICK_SECONDS = env.int("BYOK_HEALTH_TICK_SECONDS", default=300)
-BYOK_HEALTH_MAX_PER_PROVIDER_PER_TICK = env.int("BYOK_HEALTH_MAX_PER_PROVIDER_PER_TICK", default=30)
-# How long a 429 without Retry-After marks a key "rate limited".
-BYOK_RATE_LIMITED_DEFAULT_SECONDS = env.int("BYOK_RATE_LIMITED_DEFAULT_SECONDS", default=60)
-
 # --- Email (notifications) -------------------------------------------------------------------
 # EMAIL_URL in django-environ's form: smtp+tls://user:password@smtp.example.com:587 in production
 # (required there), the console in development (emails are printed by the web and worker logs).
@@ -360,6 +363,7 @@ LOGGING = {
                 "credits.tasks.expire_holds",
                 "connections.tasks.oauth_refresh_tick",
                 "byok.tasks.key_health_tick",
+                "credits.tasks.balance_alerts_dispatch",
                 "notifications.tasks.notification_email_sweep",
             ],
         },

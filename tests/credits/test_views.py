@@ -12,6 +12,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from credits.models import BillingAccount
 from credits.services.ledger import credit_charge
 from credits.views import PAGE_SIZE
 from tests.credits.conftest import CREDIT
@@ -131,3 +132,46 @@ def test_only_your_own_entries(browser: Client, make_user: Callable[..., Any], f
 
 def test_signed_out_is_sent_to_sign_in(client: Client) -> None:
     assert client.get(PAGE)["Location"].startswith("/login/?next=/credits/")
+
+
+# --- Low-balance alerts: the thresholds form --------------------------------------------------------
+
+
+def test_alerts_form_shows_and_saves_thresholds_in_credits(browser: Client, funded_user: Any) -> None:
+    html = browser.get(PAGE).content.decode()
+    assert 'value="100, 20"' in html
+    assert "Your balance is above all of them now." in html
+
+    response = browser.post("/credits/alerts", {"thresholds": " 12.5, 250 ,1000"})
+
+    assert response.status_code == 302 and response["Location"] == "/credits/#alerts"
+    assert BillingAccount.objects.get(user=funded_user).alert_thresholds == [1_000_000, 250_000, 12_500]
+    html = browser.get(PAGE).content.decode()
+    assert "Saved: we tell you when your credits fall below 1,000, 250 or 12.5 credits, and when they run out." in html
+    assert 'value="1,000, 250, 12.5"' not in html  # shown without separators, so it reads back the same
+    assert 'value="1000, 250, 12.5"' in html
+    assert "Your balance is below 250 now." in html
+
+    browser.post("/credits/alerts", {"thresholds": ""})
+    assert BillingAccount.objects.get(user=funded_user).alert_thresholds == []
+
+
+@pytest.mark.parametrize(
+    ("typed", "says"),
+    [
+        ("abc", "&#x27;abc&#x27; is not a number of credits."),
+        ("1.0001", "at most three decimals"),
+        ("10, 10", "Each threshold once"),
+        ("0", "from 1 to 1,000,000,000"),
+        ("1, 2, 3, 4, 5, 6", "At most 5 thresholds"),
+    ],
+)
+def test_alerts_form_refuses_bad_input_and_says_why(browser: Client, funded_user: Any, typed: str, says: str) -> None:
+    response = browser.post("/credits/alerts", {"thresholds": typed})
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'data-testid="alerts-error"' in html and says in html
+    assert 'aria-invalid="true"' in html
+    assert f'value="{typed}"' in html.replace("&#x27;", "'")  # what they typed stays to fix
+    assert BillingAccount.objects.get(user=funded_user).alert_thresholds == [100_000, 20_000]

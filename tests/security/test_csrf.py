@@ -31,6 +31,7 @@ from accounts.services import api_token_create
 from byok.models import ProviderKey
 from byok.services import provider_key_save
 from connections.models import OAuthAuthorizationRequest, OAuthConnection
+from credits.models import BillingAccount
 from notifications.models import EmailOptOut, Kind, Notification
 from notifications.services import notification_send
 from routing.models import RoutedCall, RoutingPreference
@@ -203,6 +204,12 @@ DASHBOARD_FORMS = (  # in this order: each may rely on the ones before
         302,
         lambda s: Notification.objects.filter(user=s.user).exclude(read_at=None).count() == 1,
     ),
+    Form(
+        "dashboard:credits-alerts",
+        {"thresholds": "40, 5"},
+        302,
+        lambda s: BillingAccount.objects.get(user=s.user).alert_thresholds == [40_000, 5_000],
+    ),
     Form("logout", {}, 302, lambda s: True),  # checked on the session below
     Form("login", {"password": "correct-horse-battery"}, 302, lambda s: True, anonymous=True),
 )
@@ -286,6 +293,7 @@ API_WRITES = (  # in this order: each may rely on the ones before
     # A user (session or token) may never meter usage: that takes a service token.
     Write("api-usage-events", "POST", {"user": "x", "category": "tool_call", "units": 1, "idempotency_key": "k"}, 403),
     Write("llm-preferences", "PUT", {"fallback_to_credits": True}, 200),
+    Write("api-credits-alerts", "PUT", {"thresholds": [30_000]}, 200),
     Write("api-notification-email", "PUT", {"emailed_kinds": ["key_recovered"]}, 200),
     Write("api-notifications-read", "POST", None, 200),
     Write(
