@@ -4,7 +4,9 @@
   call of the gateway's universal surface made in process (`routing.gateway.local`): the same
   credential decision, hold, relay and bill as `/v1/chat/completions`.
 * `GET /api/llm/models` — what this user can call now, and why not.
-* `GET|PUT /api/llm/preferences` — the opt-in fallback to credits.
+* `GET /api/llm/calls/{id}` — a routed call's final receipt (streams too, once closed), for
+  its owner only.
+* `GET|PUT /api/llm/preferences` — the opt-in fallback to credits, and its daily cap.
 
 The async view parses and validates with a DRF serializer (DRF views are sync), with the same
 error catalogue and `{code, message, detail}` bodies.
@@ -13,6 +15,7 @@ error catalogue and `{code, message, detail}` bodies.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from functools import wraps
 from typing import Any
@@ -32,12 +35,13 @@ from accounts.models import User
 from core import errors
 from core.errors import NiyraError
 from core.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
+from credits.models import KeySource
 from credits.money import credits_text
 from routing.catalog import resolve
 from routing.gateway import local
 from routing.models import RoutingPreference
-from routing.selectors import model_availability_list
-from routing.services import routing_preference_set
+from routing.selectors import model_availability_list, routed_call_get
+from routing.services import CAP_MAX_MC, CAP_TOO_LARGE, CAP_TOO_SMALL, KEEP, routing_preference_set
 
 MAX_BODY_BYTES = 1_000_000
 MAX_TOKENS_LIMIT = 32_768
@@ -134,13 +138,20 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def _routing(model_id: str, provider: str, key_source: str, credits_charged: int) -> dict[str, Any]:
+def _routing(model_id: str, answer: local.Answer) -> dict[str, Any]:
+    """Who served the call and its receipt (the gateway's, as `/v1` puts it in a body)."""
+    route = answer.route
+    receipt = route.receipt_body() if route is not None else {}
+    charged = int(receipt.get("credits_charged_mc") or 0)
     return {
-        "key_source": key_source,
-        "provider": provider,
+        "key_source": answer.key_source,
+        "provider": _provider(model_id),
         "model": model_id,
-        "credits_charged_mc": credits_charged,
-        "credits_charged": credits_text(credits_charged, for_people=False),
+        "credits_charged_mc": charged,
+        "credits_charged": credits_text(charged, for_people=False),
+        "balance_after_mc": receipt.get("balance_after_mc"),
+        "credits_would_cost_mc": receipt.get("credits_would_cost_mc"),
+        "fell_back": bool(receipt.get("fell_back")),
     }
 
 
@@ -253,14 +264,13 @@ async def messages_create(request: HttpRequest, user: User, payload: dict[str, A
         streamed = StreamingHttpResponse(_native_events(answer, chunks, model), content_type="text/event-stream")
         streamed["Cache-Control"] = "no-cache"
         streamed["X-Accel-Buffering"] = "no"
-        streamed["X-Niyra-Key-Source"] = answer.key_source
+        _receipt_headers(streamed, answer)
         return streamed
     answer = await local.chat(user.pk, body)
     if answer.status != 200:
         return _error_response(answer_error(answer))
     completion = answer.json()
     choice = completion["choices"][0]
-    provider = _provider(model)
     response = JsonResponse(
         {
             "id": answer.call_id,
@@ -268,11 +278,18 @@ async def messages_create(request: HttpRequest, user: User, payload: dict[str, A
             "content": choice["message"].get("content") or "",
             "stop_reason": STOP_REASONS.get(choice.get("finish_reason"), "other"),
             "usage": _usage(completion.get("usage")),
-            "routing": _routing(model, provider, answer.key_source, answer.credits_charged),
+            "routing": _routing(model, answer),
         }
     )
-    response["X-Niyra-Key-Source"] = answer.key_source
+    _receipt_headers(response, answer)
     return response
+
+
+def _receipt_headers(response: HttpResponseBase, answer: local.Answer) -> None:
+    """The gateway's receipt headers (call id and key source; the totals once closed)."""
+    for name, value in answer.headers.items():
+        if name.startswith("x-niyra-"):
+            response[name] = value
 
 
 def _provider(model_id: str) -> str:
@@ -312,7 +329,7 @@ async def _native_events(answer: local.Answer, chunks: AsyncIterator[bytes], mod
         {
             "stop_reason": stop_reason,
             "usage": usage,
-            "routing": _routing(model, _provider(model), answer.key_source, receipt.credits_charged),
+            "routing": _routing(model, answer),
         },
     )
 
@@ -350,23 +367,103 @@ class ModelListApi(APIView):
         return Response(self.OutputSerializer(rows, many=True).data)
 
 
+class CallReceiptApi(APIView):
+    """A routed call's receipt as the books closed it: who paid, what was charged, the balance
+    after, and for a BYOK call what it would have cost. Streams included: the headers of a
+    stream carry its call id before its money is known. Another user's call is not found."""
+
+    class OutputSerializer(serializers.Serializer):
+        id = serializers.UUIDField()
+        model = serializers.CharField()
+        provider = serializers.CharField()
+        surface = serializers.CharField(help_text="The API called, e.g. openai.chat.")
+        key_source = serializers.ChoiceField(choices=["byok", "platform"], help_text="Who paid.")
+        stream = serializers.BooleanField()
+        fell_back = serializers.BooleanField(help_text="Served on credits after your own key was refused.")
+        outcome = serializers.CharField(help_text="`ok`, or the error code the call ended with.")
+        tokens_in = serializers.IntegerField()
+        tokens_out = serializers.IntegerField()
+        tokens_cached = serializers.IntegerField()
+        credits_charged_mc = serializers.IntegerField()
+        credits_charged = serializers.CharField()
+        balance_after_mc = serializers.IntegerField(
+            allow_null=True, help_text="Your balance after the call (null: the call wrote no ledger entry)."
+        )
+        credits_would_cost_mc = serializers.IntegerField(
+            allow_null=True, help_text="BYOK calls: what the call would have cost in credits (null on credits)."
+        )
+        latency_ms = serializers.IntegerField()
+        created_at = serializers.DateTimeField()
+
+    @extend_schema(operation_id="llm_calls_retrieve", responses=OutputSerializer)
+    def get(self, request: Request, call_id: uuid.UUID) -> Response:
+        call = routed_call_get(user=request_user(request), call_id=call_id)
+        if call is None:
+            raise NiyraError(errors.NOT_FOUND)
+        byok = call.key_source == KeySource.BYOK
+        return Response(
+            self.OutputSerializer(
+                {
+                    "id": call.id,
+                    "model": call.model,
+                    "provider": call.provider,
+                    "surface": call.surface,
+                    "key_source": call.key_source,
+                    "stream": call.stream,
+                    "fell_back": call.fell_back,
+                    "outcome": call.outcome,
+                    "tokens_in": call.tokens_in,
+                    "tokens_out": call.tokens_out,
+                    "tokens_cached": call.tokens_cached,
+                    "credits_charged_mc": call.credits_charged,
+                    "credits_charged": credits_text(call.credits_charged, for_people=False),
+                    "balance_after_mc": call.balance_after,
+                    "credits_would_cost_mc": call.credits_would_cost if byok else None,
+                    "latency_ms": call.latency_ms,
+                    "created_at": call.created_at,
+                }
+            ).data
+        )
+
+
 class PreferencesApi(APIView):
+    """The opt-in fallback to credits, and its optional daily cap (`fallback_daily_cap_mc`:
+    millicredits a UTC day, null for no cap, at least 1; left out of a PUT: unchanged)."""
+
     class PreferencesSerializer(serializers.Serializer):
         fallback_to_credits = StrictBooleanField()
+        fallback_daily_cap_mc = StrictIntegerField(
+            required=False,
+            allow_null=True,
+            min_value=1,
+            max_value=CAP_MAX_MC,
+            error_messages={"min_value": CAP_TOO_SMALL, "max_value": CAP_TOO_LARGE},
+            help_text="At most this many millicredits a UTC day on the fallback (null: no cap). "
+            "Past it, your own key's error stands.",
+        )
+
+    @staticmethod
+    def _out(preference: RoutingPreference | None) -> dict[str, Any]:
+        return {
+            "fallback_to_credits": bool(preference and preference.fallback_to_credits),
+            "fallback_daily_cap_mc": preference.fallback_daily_cap_mc if preference is not None else None,
+        }
 
     @extend_schema(responses=PreferencesSerializer)
     def get(self, request: Request) -> Response:
-        preference = RoutingPreference.objects.filter(user=request_user(request)).first()
-        return Response({"fallback_to_credits": bool(preference and preference.fallback_to_credits)})
+        return Response(self._out(RoutingPreference.objects.filter(user=request_user(request)).first()))
 
     @extend_schema(request=PreferencesSerializer, responses=PreferencesSerializer)
     def put(self, request: Request) -> Response:
         payload = self.PreferencesSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
+        data = payload.validated_data
         preference = routing_preference_set(
-            user=request_user(request), fallback_to_credits=payload.validated_data["fallback_to_credits"]
+            user=request_user(request),
+            fallback_to_credits=data["fallback_to_credits"],
+            fallback_daily_cap_mc=data.get("fallback_daily_cap_mc", KEEP),
         )
-        return Response({"fallback_to_credits": preference.fallback_to_credits})
+        return Response(self._out(preference))
 
 
 # --- OpenAPI for the async endpoints -----------------------------------------------------------
@@ -388,6 +485,11 @@ class RoutingInfoSerializer(serializers.Serializer):
     model = serializers.CharField()
     credits_charged_mc = serializers.IntegerField()
     credits_charged = serializers.CharField()
+    balance_after_mc = serializers.IntegerField(allow_null=True, help_text="Your balance after the call.")
+    credits_would_cost_mc = serializers.IntegerField(
+        allow_null=True, help_text="BYOK calls: what the call would have cost in credits (null on credits)."
+    )
+    fell_back = serializers.BooleanField(help_text="Served on credits after your own key was refused.")
 
 
 class NativeResponseSerializer(serializers.Serializer):

@@ -21,11 +21,13 @@ from routing.catalog import CatalogModel, Kind
 @dataclass(frozen=True, slots=True)
 class RoutingSnapshot:
     """What the credential decision needs, read together: the billing account (None until the
-    first money movement creates it), the saved keys by provider, and the fallback setting."""
+    first money movement creates it), the saved keys by provider, and the fallback setting (with
+    its daily cap in millicredits, None: no cap)."""
 
     account: BillingAccount | None
     keys: dict[str, ProviderKey]
     fallback_to_credits: bool
+    fallback_daily_cap_mc: int | None = None
 
     @property
     def allows_byok(self) -> bool:

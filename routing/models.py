@@ -44,6 +44,11 @@ class RoutedCall(models.Model):
     credits_would_cost = models.BigIntegerField(
         default=0, help_text="Millicredits the usage costs at the price book's rates (what a BYOK call saved)."
     )
+    balance_after = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="The account's balance in millicredits after this call's ledger entry (none: no entry written).",
+    )
     latency_ms = models.PositiveIntegerField(default=0)
     outcome = models.CharField(max_length=48, default=OUTCOME_OK, help_text="'ok' or an error catalogue code.")
     fell_back = models.BooleanField(
@@ -72,10 +77,40 @@ class RoutingPreference(models.Model):
         default=False,
         help_text="When the user's own key is rate-limited or out of quota, retry the call on credits.",
     )
+    fallback_daily_cap_mc = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="At most this many millicredits a UTC day on the fallback to credits (empty: no cap).",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ("id",)
+        constraints = [
+            # A cap of nothing would be "fallback off" said twice: off is fallback_to_credits=False.
+            models.CheckConstraint(
+                condition=models.Q(fallback_daily_cap_mc__gt=0), name="routingpreference_cap_positive"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"routing preferences of {self.user}"
+
+
+class FallbackSpend(models.Model):
+    """What the fallback to credits has taken from a user's daily cap on one UTC day.
+
+    ``used_mc`` is raised by a fallback's worst-case hold before the call (refused past the cap,
+    atomically: `routing.gateway.ledger.fallback_reserve`) and lowered to what was charged when
+    the call closes, so the calls charged on a day never add up to more than its cap."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="fallback_spend")
+    day = models.DateField(help_text="The UTC day.")
+    used_mc = models.BigIntegerField(default=0, help_text="Millicredits held or charged on fallback that day.")
+
+    class Meta:
+        ordering = ("-day",)
+        constraints = [models.UniqueConstraint(fields=["user", "day"], name="fallbackspend_user_day")]
+
+    def __str__(self) -> str:
+        return f"fallback spend of {self.user} on {self.day}"

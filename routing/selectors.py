@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
+
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from accounts.models import User
 from byok.models import ProviderKey
 from routing.catalog import MODELS
 from routing.credentials import ModelAvailability, RoutingSnapshot, model_availability
-from routing.models import RoutedCall
+from routing.models import FallbackSpend, RoutedCall
 
 
 def model_availability_list(*, user: User) -> list[ModelAvailability]:
@@ -20,6 +23,19 @@ def model_availability_list(*, user: User) -> list[ModelAvailability]:
 
 def routed_call_recent(*, user: User, limit: int = 20) -> QuerySet[RoutedCall]:
     return RoutedCall.objects.filter(user=user).order_by("-created_at")[:limit]
+
+
+def fallback_spend_today(*, user: User) -> int:
+    """Millicredits the fallback to credits has taken from today's cap (UTC): charged, plus the
+    worst case of calls in flight."""
+    spend = FallbackSpend.objects.filter(user=user, day=timezone.now().date()).first()
+    return spend.used_mc if spend is not None else 0
+
+
+def routed_call_get(*, user: User, call_id: uuid.UUID) -> RoutedCall | None:
+    """One of this user's routed calls (None for another user's: the same as an unknown id).
+    A call has a row once it is closed."""
+    return RoutedCall.objects.filter(user=user, pk=call_id).first()
 
 
 def routing_snapshot(*, user_id: int) -> RoutingSnapshot:
@@ -34,4 +50,5 @@ def routing_snapshot(*, user_id: int) -> RoutingSnapshot:
         account=account,
         keys={key.provider: key for key in ProviderKey.objects.filter(user_id=user_id)},
         fallback_to_credits=preference is not None and preference.fallback_to_credits,
+        fallback_daily_cap_mc=preference.fallback_daily_cap_mc if preference is not None else None,
     )

@@ -1,6 +1,6 @@
 """Dashboard "Try a message": send a prompt to a chosen model through the gateway (the same
 call as `/v1/chat/completions`, made in process: `routing.gateway.local`) and see the answer,
-which key served it and what it cost.
+which key served it and what it cost. And the fallback panel of Settings → BYOK.
 
 An async view: the provider call is awaited with no thread or database connection held. ORM
 reads and template rendering (which touches `request.user`) run in a thread.
@@ -9,17 +9,20 @@ reads and template rendering (which touches `request.user`) run in a thread.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_http_methods
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
 
-from accounts.auth import arequest_user
+from accounts.auth import arequest_user, request_user
 from accounts.models import User
 from byok.models import KeyStatus
 from byok.selectors import provider_key_get
+from core import errors
 from core.errors import CATALOGUE, NiyraError
 from core.pages import ShownError, dashboard_login_required, is_htmx, shown_error
 from credits.models import KeySource
@@ -29,7 +32,9 @@ from routing.apis import answer_error
 from routing.catalog import CatalogModel, Kind, resolve
 from routing.credentials import ModelAvailability
 from routing.gateway import local
-from routing.selectors import model_availability_list
+from routing.models import RoutingPreference
+from routing.selectors import fallback_spend_today, model_availability_list
+from routing.services import routing_preference_set
 
 MAX_PROMPT_CHARACTERS = 20_000
 DEFAULT_MAX_TOKENS = 256
@@ -171,6 +176,7 @@ class TryResult:
     text: str
     usage: TryUsage
     credits_charged: int
+    credits_would_cost: int = 0  # on the user's key: what the call would have cost in credits
 
 
 def _result(model_id: str, answer: local.Answer) -> TryResult:
@@ -182,6 +188,7 @@ def _result(model_id: str, answer: local.Answer) -> TryResult:
         text=completion["choices"][0]["message"].get("content") or "",
         usage=TryUsage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
         credits_charged=answer.credits_charged,
+        credits_would_cost=answer.receipt.would_cost if answer.receipt is not None else 0,
     )
 
 
@@ -268,3 +275,70 @@ async def try_message(request: HttpRequest) -> HttpResponse:
                 context.update(await sync_to_async(_served_by)(user, result))
         context["error"] = error
     return await sync_to_async(_render)(request, context)
+
+
+# --- Settings → BYOK: the fallback to credits ---------------------------------------------------
+
+MC_PER_CREDIT = 1000
+
+
+def fallback_panel_context(user: User, *, error: ShownError | None = None, notice: str = "") -> dict[str, Any]:
+    preference = RoutingPreference.objects.filter(user=user).first()
+    cap = preference.fallback_daily_cap_mc if preference is not None else None
+    return {
+        "fallback_on": bool(preference and preference.fallback_to_credits),
+        "fallback_cap": cap,
+        "fallback_cap_credits": "" if cap is None else str(Decimal(cap) / MC_PER_CREDIT),
+        "fallback_used_today": fallback_spend_today(user=user),
+        "fallback_error": error,
+        "fallback_notice": notice,
+    }
+
+
+def _cap_millicredits(raw: str) -> int | None:
+    """The cap field, in credits (up to 3 decimals) -> millicredits; empty: no cap."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    try:
+        credits = Decimal(raw)
+    except InvalidOperation:
+        credits = Decimal("NaN")
+    millicredits = credits * MC_PER_CREDIT
+    if not millicredits.is_finite() or millicredits != millicredits.to_integral_value():
+        raise NiyraError(
+            errors.INVALID_INPUT,
+            message="Write the daily cap as a number of credits (up to 3 decimals), or leave it empty.",
+        )
+    return int(millicredits)
+
+
+@require_POST
+@dashboard_login_required(return_to="dashboard:byok")
+def fallback_settings(request: HttpRequest) -> HttpResponse:
+    """The fallback panel's form: on/off and the daily cap, through the preference service."""
+    user = request_user(request)
+    error: ShownError | None = None
+    notice = ""
+    try:
+        cap = _cap_millicredits(request.POST.get("cap", ""))
+        routing_preference_set(
+            user=user, fallback_to_credits=request.POST.get("fallback") == "on", fallback_daily_cap_mc=cap
+        )
+    except NiyraError as exc:
+        detail = exc.detail.get("fallback_daily_cap_mc") if isinstance(exc.detail, dict) else None
+        error = shown_error(code=exc.code, message=str(detail[0])) if detail else shown_error(exc)
+    else:
+        notice = "Saved."
+    if not is_htmx(request):  # a plain form post (no JavaScript): back to the page, with the outcome
+        if error is None:
+            messages.success(request, "Fallback to credits: saved.")
+        else:
+            messages.error(request, f"Fallback to credits: {error.message}")
+        return redirect("dashboard:byok")
+    context = fallback_panel_context(user, error=error, notice=notice)
+    if error is not None:  # the form as it was sent, to correct (nothing was saved)
+        context["fallback_on"] = request.POST.get("fallback") == "on"
+        context["fallback_cap_credits"] = request.POST.get("cap", "")
+    # htmx swaps 2xx answers only: an error is shown in the panel with a 200 (as the key cards do).
+    return render(request, "routing/_fallback.html", context)

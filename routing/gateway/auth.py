@@ -50,9 +50,9 @@ KEY_COLUMNS = ", ".join(f"k.{field.column}" for field in _KEY_FIELDS)
 ACCOUNT_COLUMNS = ", ".join(f"a.{column}" for column in ledger_sql.ACCOUNT_COLUMNS)
 
 # The user's routing facts, one row per saved key (at least one row): is_active, the account's
-# columns, the fallback setting, the key's columns.
+# columns, the fallback setting and its daily cap, the key's columns.
 _FACTS = f"""
-    u.is_active, {ACCOUNT_COLUMNS}, p.fallback_to_credits, {KEY_COLUMNS}
+    u.is_active, {ACCOUNT_COLUMNS}, p.fallback_to_credits, p.fallback_daily_cap_mc, {KEY_COLUMNS}
     FROM {USERS} u
     LEFT JOIN {ledger_sql.ACCOUNTS} a ON a.user_id = u.id
     LEFT JOIN {PREFERENCES} p ON p.user_id = u.id
@@ -99,14 +99,14 @@ def snapshot_from_rows(rows: list[tuple[Any, ...]]) -> RoutingSnapshot:
     accounts = len(ledger_sql.ACCOUNT_COLUMNS)
     first = rows[0]
     account = ledger_sql.account_from_row(first[:accounts]) if first[0] is not None else None
-    fallback = first[accounts]
+    fallback, cap = first[accounts], first[accounts + 1]
     keys: dict[str, ProviderKey] = {}
     for row in rows:
-        values = row[accounts + 1 :]
+        values = row[accounts + 2 :]
         if values[0] is not None:
             key = ProviderKey.from_db(DEFAULT_DB_ALIAS, KEY_NAMES, list(values))
             keys[key.provider] = key
-    return RoutingSnapshot(account=account, keys=keys, fallback_to_credits=bool(fallback))
+    return RoutingSnapshot(account=account, keys=keys, fallback_to_credits=bool(fallback), fallback_daily_cap_mc=cap)
 
 
 async def caller_authenticate(plaintext: str) -> Caller | None:

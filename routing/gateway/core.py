@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -24,11 +25,13 @@ import orjson
 import psycopg
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from accounts.models import User
+from byok.models import KeyStatus
 from byok.selectors import provider_key_plaintext
-from byok.services import provider_key_mark_needs_reentry
+from byok.services import provider_key_mark_needs_reentry, provider_key_observe
 from core import errors
 from core.errors import NiyraError
 from credits.models import CreditHold, KeySource
@@ -149,14 +152,44 @@ class Route:
     started: float
     hold: CreditHold | None = None
     key_fingerprint: str | None = None
+    key_status: str | None = None  # the user's key as the snapshot knows it (BYOK only)
+    key_limited_until: datetime | None = None
     fallback_allowed: bool = False
     fell_back: bool = False
+    cap_hold: ledger.CapHold | None = None  # a fallback's take from the user's daily cap
     stream: bool = False
     outcome: str | None = None  # set when the call is closed
     receipt: ledger.CallReceipt | None = None
 
     def receipt_headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"x-niyra-call-id", str(self.call_id).encode()), (b"x-niyra-key-source", self.key_source.encode())]
+
+    def receipt_totals(self) -> list[tuple[bytes, bytes]]:
+        """The closed call's money, for an answer whose headers go out after the close."""
+        receipt = self.receipt
+        if receipt is None:
+            return []
+        headers = [(b"x-niyra-credits-charged", str(receipt.credits_charged).encode())]
+        if receipt.balance_after is not None:
+            headers.append((b"x-niyra-balance-after", str(receipt.balance_after).encode()))
+        if self.key_source == KeySource.BYOK:
+            headers.append((b"x-niyra-credits-would-cost", str(receipt.would_cost).encode()))
+        return headers
+
+    def receipt_body(self) -> dict[str, Any]:
+        """The closed call's receipt as the `niyra` object of a JSON answer on Niyra's own
+        surface (the OpenAI SDK keeps unknown top-level fields: `completion.niyra`)."""
+        receipt = self.receipt
+        return {
+            "call_id": str(self.call_id),
+            "key_source": str(self.key_source),
+            "fell_back": self.fell_back,
+            "credits_charged_mc": receipt.credits_charged if receipt is not None else 0,
+            "balance_after_mc": receipt.balance_after if receipt is not None else None,
+            "credits_would_cost_mc": (
+                receipt.would_cost if receipt is not None and self.key_source == KeySource.BYOK else None
+            ),
+        }
 
 
 @sensitive_variables("api_key")
@@ -182,7 +215,48 @@ async def route_open(
 ) -> tuple[Route, str]:
     """The credential for this call, and credits held when they pay for it."""
     credential, api_key = await credential_open(caller, model, platform_only=platform_only)
-    route = Route(
+    route = _route_new(caller, model, surface, credential, stream=stream)
+    if credential.provider_key is not None:
+        route.key_fingerprint = credential.provider_key.fingerprint
+        route.key_status = credential.provider_key.status
+        route.key_limited_until = credential.provider_key.rate_limited_until
+        route.fallback_allowed = credential.fallback_allowed
+    else:
+        route.hold = await ledger.hold_open(caller=caller, call_id=route.call_id, model=model, worst=worst)
+    return route, api_key
+
+
+@sensitive_variables("api_key")
+async def route_fallback_open(
+    caller: Caller, model: CatalogModel, surface: Surface, worst: Usage, *, stream: bool
+) -> tuple[Route, str] | None:
+    """The retry on credits of a BYOK call its key refused, with credits held — or None when
+    the user's daily fallback cap can't take the hold (their key's error then stands). The hold
+    is taken from the cap first (one statement, only on this rare path) and given back whole if
+    the credits hold is refused."""
+    credential, api_key = await credential_open(caller, model, platform_only=True)
+    route = _route_new(caller, model, surface, credential, stream=stream)
+    route.fell_back = True
+    draft = ledger.call_hold_draft(call_id=route.call_id, model=model, worst=worst)
+    cap = caller.snapshot.fallback_daily_cap_mc
+    if cap is not None:
+        route.cap_hold = await ledger.fallback_take(
+            user_id=caller.user_id, amount=draft.amount, cap=cap, now=timezone.now()
+        )
+        if route.cap_hold is None:
+            logger.info("fallback of user %s refused: the daily cap can't take %d mc", caller.user_id, draft.amount)
+            return None
+    try:
+        route.hold = await ledger.hold_open(caller=caller, call_id=route.call_id, model=model, worst=worst, draft=draft)
+    except BaseException:
+        if route.cap_hold is not None:
+            await asyncio.shield(ledger.fallback_give_back(user_id=caller.user_id, cap_hold=route.cap_hold))
+        raise
+    return route, api_key
+
+
+def _route_new(caller: Caller, model: CatalogModel, surface: Surface, credential: Credential, *, stream: bool) -> Route:
+    return Route(
         call_id=uuid.uuid4(),
         caller=caller,
         model=model,
@@ -191,12 +265,6 @@ async def route_open(
         started=time.monotonic(),
         stream=stream,
     )
-    if credential.provider_key is not None:
-        route.key_fingerprint = credential.provider_key.fingerprint
-        route.fallback_allowed = credential.fallback_allowed
-    else:
-        route.hold = await ledger.hold_open(caller=caller, call_id=route.call_id, model=model, worst=worst)
-    return route, api_key
 
 
 def _key_needs_reentry(*, user_id: int, provider: str, fingerprint: str) -> None:
@@ -205,9 +273,7 @@ def _key_needs_reentry(*, user_id: int, provider: str, fingerprint: str) -> None
         provider_key_mark_needs_reentry(user=user, provider=provider, fingerprint=fingerprint)
 
 
-async def route_close(
-    route: Route, *, usage: Usage, charge: bool, outcome: str, key_rejected: bool = False
-) -> ledger.CallReceipt:
+async def route_close(route: Route, *, usage: Usage, charge: bool, outcome: str) -> ledger.CallReceipt:
     route.outcome = outcome
     route.receipt = await ledger.call_close(
         ledger.CallClose(
@@ -224,7 +290,7 @@ async def route_close(
             fell_back=route.fell_back,
             latency_ms=int((time.monotonic() - route.started) * 1000),
             key_fingerprint=route.key_fingerprint,
-            key_rejected=key_rejected,
+            cap_hold=route.cap_hold,
         )
     )
     return route.receipt
@@ -292,43 +358,117 @@ class Plan:
     # Niyra's own surface (/v1): a stream that breaks after it started says so in the stream,
     # in OpenAI's shape. The providers' surfaces relay what the provider sent, nothing invented.
     in_stream_errors: bool = False
+    # Niyra's own surface (/v1) also puts the receipt in a JSON answer's body (`niyra`).
+    body_receipt: bool = False
     worst: Usage = field(default_factory=Usage)
 
 
 async def serve(exchange: Exchange, caller: Caller, plan: Plan) -> None:
-    """Run the call `plan` describes for `caller`, and answer the client."""
+    """Run the call `plan` describes for `caller`, and answer the client. What the provider
+    said about the user's key, when it contradicts the snapshot, is recorded once the client
+    has its answer (`key_observe`)."""
     route, api_key = await route_open(
         caller, plan.model, plan.surface, plan.worst, platform_only=plan.platform_only, stream=plan.stream
     )
     exchange.route = route
-    while True:
-        answer = await _send_upstream(exchange, plan, route, api_key)
-        del api_key
-        if answer is None:
+    byok_route = route if route.key_source == KeySource.BYOK else None
+    observation: KeyObservation | None = None
+    try:
+        while True:
+            answer = await _send_upstream(exchange, plan, route, api_key)
+            del api_key
+            if answer is None:
+                return
+            if route is byok_route:
+                observation = key_observation(route, answer if isinstance(answer, Refusal) else None)
+            if isinstance(answer, Refusal):
+                if (
+                    route.key_source == KeySource.BYOK
+                    and route.fallback_allowed
+                    and answer.failure in FALLBACK_FAILURES
+                ):
+                    try:
+                        fallback = await route_fallback_open(
+                            caller, plan.model, plan.surface, plan.worst, stream=plan.stream
+                        )
+                    except NiyraError:  # e.g. too few credits: said instead of the key's error
+                        await route_close(route, usage=Usage(), charge=False, outcome=answer.outcome)
+                        raise
+                    if fallback is not None:
+                        await route_close(route, usage=Usage(), charge=False, outcome=answer.outcome)
+                        route, api_key = fallback
+                        exchange.route = route
+                        continue
+                await _refuse(exchange, plan, route, answer)
+                return
+            try:
+                if plan.raw_relay:
+                    await _relay_raw(exchange, plan, route, answer)
+                elif plan.stream:
+                    await _relay_stream(exchange, plan, route, answer)
+                else:
+                    await _relay_json(exchange, plan, route, answer)
+            except Exception:
+                if route.outcome is None:  # not closed: no hold is left for the sweeper
+                    await route_close(route, usage=Usage(), charge=False, outcome=errors.INTERNAL_ERROR.code)
+                raise
             return
-        if isinstance(answer, Refusal):
-            if route.key_source == KeySource.BYOK and route.fallback_allowed and answer.failure in FALLBACK_FAILURES:
-                await route_close(route, usage=Usage(), charge=False, outcome=answer.outcome)
-                route, api_key = await route_open(
-                    caller, plan.model, plan.surface, plan.worst, platform_only=True, stream=plan.stream
-                )
-                route.fell_back = True
-                exchange.route = route
-                continue
-            await _refuse(exchange, plan, route, answer)
-            return
-        try:
-            if plan.raw_relay:
-                await _relay_raw(exchange, plan, route, answer)
-            elif plan.stream:
-                await _relay_stream(exchange, plan, route, answer)
-            else:
-                await _relay_json(exchange, plan, route, answer)
-        except Exception:
-            if route.outcome is None:  # not closed: no hold is left for the sweeper
-                await route_close(route, usage=Usage(), charge=False, outcome=errors.INTERNAL_ERROR.code)
-            raise
-        return
+    finally:
+        if byok_route is not None and observation is not None:
+            await asyncio.shield(key_observe(byok_route, observation))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyObservation:
+    """What a call through the user's key said about it (`byok.services.provider_key_observe`)."""
+
+    observation: str  # "ok", "invalid", "rate_limited", "quota_exhausted"
+    retry_after_seconds: float | None = None
+
+
+OBSERVED_FAILURES = {
+    ProviderFailure.KEY_INVALID: ("invalid", KeyStatus.INVALID),
+    ProviderFailure.RATE_LIMITED: ("rate_limited", KeyStatus.RATE_LIMITED),
+    ProviderFailure.QUOTA: ("quota_exhausted", KeyStatus.QUOTA_EXHAUSTED),
+}
+
+
+def key_observation(route: Route, refusal: Refusal | None) -> KeyObservation | None:
+    """What to record about the user's key after this answer (``refusal`` None: the provider
+    accepted the call) — None when the snapshot already says it, so a call that only confirms
+    what is known records nothing. A rate limit whose "until" has passed is recorded again;
+    a success inside a rate limit's window is not news (byok's transition rule ignores it: 200s
+    and 429s interleave under a limit), so it costs no hop either."""
+    limited_until = route.key_limited_until
+    window_open = (
+        route.key_status == KeyStatus.RATE_LIMITED and limited_until is not None and limited_until > timezone.now()
+    )
+    if refusal is None:
+        return KeyObservation("ok") if route.key_status != KeyStatus.VALID and not window_open else None
+    observed = OBSERVED_FAILURES.get(refusal.failure)
+    if observed is None:
+        return None
+    observation, status = observed
+    if route.key_status == status and (status != KeyStatus.RATE_LIMITED or window_open):
+        return None
+    retry_after = float(refusal.retry_after) if refusal.retry_after is not None else None
+    return KeyObservation(observation, retry_after if status == KeyStatus.RATE_LIMITED else None)
+
+
+async def key_observe(route: Route, seen: KeyObservation) -> None:
+    """Record the observation (a thread hop to byok's service, which writes only a real change
+    and notifies the user). A failure to record is logged: the call's answer stands."""
+    try:
+        await ledger.in_thread(
+            provider_key_observe,
+            user_id=route.caller.user_id,
+            provider=str(route.model.provider),
+            fingerprint=route.key_fingerprint or "",
+            observation=seen.observation,
+            retry_after_seconds=seen.retry_after_seconds,
+        )
+    except Exception:
+        logger.exception("call %s: the key observation %r was not recorded", route.call_id, seen.observation)
 
 
 @sensitive_variables("api_key")
@@ -361,8 +501,7 @@ async def _refuse(exchange: Exchange, plan: Plan, route: Route, refusal: Refusal
     """Tell the client why the provider refused, in the provider's status and shape."""
     provider = plan.model.provider
     byok = route.key_source == KeySource.BYOK
-    key_rejected = byok and refusal.failure is ProviderFailure.KEY_INVALID
-    await route_close(route, usage=Usage(), charge=False, outcome=refusal.outcome, key_rejected=key_rejected)
+    await route_close(route, usage=Usage(), charge=False, outcome=refusal.outcome)
     headers = [h for h in refusal.headers if h[0] != b"content-type"] + route.receipt_headers()
     if (not byok and refusal.failure in (ProviderFailure.KEY_INVALID, ProviderFailure.QUOTA)) or (
         not byok and refusal.status == 403
@@ -413,10 +552,14 @@ async def _relay_json(exchange: Exchange, plan: Plan, route: Route, answer: upst
         if isinstance(payload, dict)
         else None
     )
-    receipt = await route_close(route, usage=usage or Usage(), charge=True, outcome=OUTCOME_OK)
-    if plan.translate_json is not None and isinstance(payload, dict):
-        body = orjson.dumps(plan.translate_json(payload))
-    headers = answer.relayed_headers() + route.receipt_headers() + _receipt_totals(receipt)
+    await route_close(route, usage=usage or Usage(), charge=True, outcome=OUTCOME_OK)
+    if isinstance(payload, dict) and (plan.translate_json is not None or plan.body_receipt):
+        if plan.translate_json is not None:
+            payload = plan.translate_json(payload)
+        if plan.body_receipt:
+            payload["niyra"] = route.receipt_body()
+        body = orjson.dumps(payload)
+    headers = answer.relayed_headers() + route.receipt_headers() + route.receipt_totals()
     await exchange.respond(200, body, headers=headers)
 
 
@@ -440,13 +583,6 @@ async def _relay_raw(exchange: Exchange, plan: Plan, route: Route, answer: upstr
 
 def _content_type(answer: upstream.Upstream) -> bytes:
     return answer.response.headers.get("content-type", "application/octet-stream").encode("latin-1")
-
-
-def _receipt_totals(receipt: ledger.CallReceipt) -> list[tuple[bytes, bytes]]:
-    headers = [(b"x-niyra-credits-charged", str(receipt.credits_charged).encode())]
-    if receipt.balance_after is not None:
-        headers.append((b"x-niyra-balance-after", str(receipt.balance_after).encode()))
-    return headers
 
 
 async def _event_batches(answer: upstream.Upstream) -> AsyncIterator[list[metering.SseEvent]]:

@@ -1,11 +1,12 @@
 """A routed call's money, on the gateway's async pool: the hold before the provider, and the
-close after it — settle, void or BYOK usage record, with the routed-call row — in one round trip.
+close after it — settle, void or BYOK usage record, with the routed-call row (for a BYOK call
+also its key's last-use stamp; for a fallback its daily cap trued up) — in one round trip.
 
 The statements are `credits.ledger_sql`'s, built from the drafts the credits services build
 (`hold_draft`, `Settlement`, `usage_record_draft`), so the hot path runs exactly what the sync
-services run, with no thread hop. Only the rare paths hop to the services: a hold refused (to
-say why — too few credits — or to find the replay), a key its provider rejected (marked
-invalid, audited).
+services run, with no thread hop. Only the rare paths hop to the services (`in_thread`): a hold
+refused (to say why — too few credits — or to find the replay), and a key whose status a call
+contradicted (`routing.gateway.core`, after the answer).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 import psycopg
@@ -25,7 +26,7 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from accounts.models import User
-from byok.services import provider_key_mark_invalid
+from byok.key_sql import provider_key_used
 from core import errors
 from core.errors import NiyraError
 from credits import ledger_sql
@@ -37,7 +38,7 @@ from credits.services.ledger import usage_record_draft
 from routing.catalog import CatalogModel
 from routing.gateway import db
 from routing.gateway.auth import Caller
-from routing.models import RoutedCall
+from routing.models import FallbackSpend, RoutedCall
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 CALLS = RoutedCall._meta.db_table
+SPEND = FallbackSpend._meta.db_table
 BALANCE_AFTER = ledger_sql.ENTRY_COLUMNS.index("balance_after")
 AMOUNT = ledger_sql.ENTRY_COLUMNS.index("amount")
 
@@ -72,7 +74,16 @@ class CallClose:
     fell_back: bool
     latency_ms: int
     key_fingerprint: str | None
-    key_rejected: bool
+    cap_hold: CapHold | None = None  # a fallback's share of the daily cap, trued up at close
+
+
+@dataclass(frozen=True, slots=True)
+class CapHold:
+    """What a fallback call took from the user's daily fallback cap: its hold's amount, on
+    the UTC day it started (a call that runs past midnight counts on the day it was held)."""
+
+    day: date
+    amount: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,26 +100,35 @@ def _details(call_id: uuid.UUID, model: CatalogModel) -> dict[str, Any]:
     return {"routed_call": str(call_id), "model": model.id}
 
 
-async def hold_open(*, caller: Caller, call_id: uuid.UUID, model: CatalogModel, worst: Usage) -> CreditHold:
-    """Reserve the call's worst case (priced with the model's price key) in one statement, or
-    raise the exact refusal (``insufficient_credits`` with what is available and required)."""
-    now = timezone.now()
-    draft = hold_draft(
+def call_hold_draft(*, call_id: uuid.UUID, model: CatalogModel, worst: Usage) -> CreditHold:
+    """The hold a routed call places: its worst case, priced with the model's price key."""
+    return hold_draft(
         idempotency_key=f"routed:{call_id}",
         model=model.id,
         price_key=model.price_key,
         worst=worst,
         details=_details(call_id, model),
         expires_in=hold_ttl(),
-        now=now,
+        now=timezone.now(),
     )
+
+
+async def hold_open(
+    *, caller: Caller, call_id: uuid.UUID, model: CatalogModel, worst: Usage, draft: CreditHold | None = None
+) -> CreditHold:
+    """Reserve the call's worst case (``draft``, when the caller built it already) in one
+    statement, or raise the exact refusal (``insufficient_credits`` with what is available and
+    required)."""
+    now = timezone.now()
+    if draft is None:
+        draft = call_hold_draft(call_id=call_id, model=model, worst=worst)
     try:
         row = await db.fetch_one(ledger_sql.hold_reserve(user_id=caller.user_id, hold=draft, now=now))
     except psycopg.IntegrityError:  # the key is taken: the service finds the replay or the conflict
         row = None
     if row is not None:
         return ledger_sql.hold_from_row(row)
-    return await _in_thread(_hold_explained, user_id=caller.user_id, draft=draft)
+    return await in_thread(_hold_explained, user_id=caller.user_id, draft=draft)
 
 
 def _hold_explained(*, user_id: int, draft: CreditHold) -> CreditHold:
@@ -118,22 +138,72 @@ def _hold_explained(*, user_id: int, draft: CreditHold) -> CreditHold:
     return hold_place(user=user, draft=draft)
 
 
-def routed_call_insert(close: CallClose, *, would_cost: int, now: datetime) -> Statement:
-    """The routed-call row. What the call was charged is read from its settlement's entry (in
-    the same round trip, after the settle): only the settle statement knows what it collected.
-    A second close of the same call writes nothing (no row)."""
-    usage = close.usage
+def fallback_reserve(*, user_id: int, day: date, amount: int, cap: int) -> Statement:
+    """Take ``amount`` from the user's fallback cap for ``day`` — if what that day has taken
+    stays within ``cap``. One statement: the row is created or raised under its own lock, so
+    concurrent fallbacks queue on it and never take more than the cap between them. No row:
+    refused."""
     sql = f"""
+        INSERT INTO {SPEND} (user_id, day, used_mc)
+        SELECT %(user_id)s, %(day)s, %(amount)s WHERE %(amount)s::bigint <= %(cap)s::bigint
+        ON CONFLICT (user_id, day) DO UPDATE SET used_mc = {SPEND}.used_mc + EXCLUDED.used_mc
+        WHERE {SPEND}.used_mc + EXCLUDED.used_mc <= %(cap)s::bigint
+        RETURNING used_mc
+    """
+    return Statement(sql, {"user_id": user_id, "day": day, "amount": amount, "cap": cap})
+
+
+def fallback_true_up(*, user_id: int, cap_hold: CapHold, hold_id: int | None) -> Statement:
+    """Give back what a fallback took from the cap and did not spend: its hold's amount less
+    what the hold's settlement charged (the whole amount when nothing was charged). Run after
+    the settle statement, in the same round trip, so it reads the entry that statement wrote."""
+    sql = f"""
+        UPDATE {SPEND} SET used_mc = used_mc - %(amount)s::bigint
+            + COALESCE((SELECT -amount FROM {ledger_sql.ENTRIES} WHERE hold_id = %(hold_id)s::bigint), 0)
+        WHERE user_id = %(user_id)s AND day = %(day)s
+    """  # noqa: S608 - constant identifiers; values are bound
+    return Statement(sql, {"user_id": user_id, "day": cap_hold.day, "amount": cap_hold.amount, "hold_id": hold_id})
+
+
+async def fallback_take(*, user_id: int, amount: int, cap: int, now: datetime) -> CapHold | None:
+    """Take a fallback's hold amount from the user's daily cap; None: past the cap."""
+    cap_hold = CapHold(day=now.date(), amount=amount)  # `now` is UTC (USE_TZ)
+    row = await db.fetch_one(fallback_reserve(user_id=user_id, day=cap_hold.day, amount=amount, cap=cap))
+    return cap_hold if row is not None else None
+
+
+async def fallback_give_back(*, user_id: int, cap_hold: CapHold) -> None:
+    """Return a whole take (its credits hold was refused: nothing was held, nothing charged)."""
+    await db.execute(fallback_true_up(user_id=user_id, cap_hold=cap_hold, hold_id=None))
+
+
+def routed_call_insert(close: CallClose, *, would_cost: int, now: datetime) -> Statement:
+    """The routed-call row. What the call was charged, and the balance after it, are read from
+    its ledger entry (in the same round trip, after the settle or usage record): only that
+    statement knows what it collected. A second close of the same call writes nothing (no row)."""
+    usage = close.usage
+    if close.hold is not None:
+        entry = f"SELECT amount, balance_after FROM {ledger_sql.ENTRIES} WHERE hold_id = %(hold_id)s::bigint"  # noqa: S608
+    elif close.key_source == KeySource.BYOK:
+        entry = f"""
+            SELECT e.amount, e.balance_after FROM {ledger_sql.ENTRIES} e
+            JOIN {ledger_sql.ACCOUNTS} a ON a.id = e.account_id
+            WHERE a.user_id = %(user_id)s AND e.idempotency_key = %(entry_key)s AND e.hold_id IS NULL
+        """  # noqa: S608 - constant identifiers; values are bound
+    else:
+        entry = "SELECT 0::bigint AS amount, NULL::bigint AS balance_after WHERE false"
+    sql = f"""
+        WITH entry AS ({entry})
         INSERT INTO {CALLS} (
             id, user_id, model, provider, kind, key_source, stream, tokens_in, tokens_out,
             tokens_cached, tokens_cache_write, tokens_reasoning, usage, surface, credits_charged,
-            credits_would_cost, latency_ms, outcome, fell_back, created_at
+            credits_would_cost, balance_after, latency_ms, outcome, fell_back, created_at
         ) VALUES (
             %(id)s, %(user_id)s, %(model)s, %(provider)s, %(kind)s, %(key_source)s, %(stream)s,
             %(tokens_in)s, %(tokens_out)s, %(tokens_cached)s, %(tokens_cache_write)s,
             %(tokens_reasoning)s, %(usage)s, %(surface)s,
-            COALESCE((SELECT -amount FROM {ledger_sql.ENTRIES} WHERE hold_id = %(hold_id)s::bigint), 0),
-            %(would_cost)s, %(latency_ms)s, %(outcome)s, %(fell_back)s, %(now)s
+            COALESCE((SELECT -amount FROM entry), 0), %(would_cost)s, (SELECT balance_after FROM entry),
+            %(latency_ms)s, %(outcome)s, %(fell_back)s, %(now)s
         )
         ON CONFLICT (id) DO NOTHING
         RETURNING credits_charged
@@ -154,6 +224,7 @@ def routed_call_insert(close: CallClose, *, would_cost: int, now: datetime) -> S
         "usage": Jsonb(usage.as_dict()),
         "surface": close.surface,
         "hold_id": close.hold.pk if close.hold is not None else None,
+        "entry_key": f"routed:{close.call_id}",
         "would_cost": would_cost,
         "latency_ms": max(0, close.latency_ms),
         "outcome": close.outcome,
@@ -212,10 +283,23 @@ async def call_close(close: CallClose) -> CallReceipt:
     now = timezone.now()
     money = _money(close, now)
     log = routed_call_insert(close, would_cost=money.would_cost, now=now)
+    hold_id = close.hold.pk if close.hold is not None else None
+    true_up = (
+        fallback_true_up(user_id=close.user_id, cap_hold=close.cap_hold, hold_id=hold_id) if close.cap_hold else None
+    )
+    # A call on the user's key stamps its last use (at most once a minute: a no-op otherwise).
+    used = (
+        provider_key_used(user_id=close.user_id, provider=close.model.provider, at=now)
+        if close.key_source == KeySource.BYOK
+        else None
+    )
     async with db.gateway_connection() as conn:
         async with conn.pipeline():
             moved = await conn.execute(money.statement.sql, money.statement.params) if money.statement else None
             logged = await conn.execute(log.sql, log.params)
+            for extra in (true_up, used):
+                if extra is not None:
+                    await conn.execute(extra.sql, extra.params)
         money_row = await moved.fetchone() if moved is not None else None
         log_row = await logged.fetchone()
 
@@ -227,8 +311,6 @@ async def call_close(close: CallClose) -> CallReceipt:
     if log_row is None:
         logger.warning("routed call %s was closed twice; the first close stands", close.call_id)
 
-    if close.key_rejected and close.key_source == KeySource.BYOK:
-        await _in_thread(_key_rejected, user_id=close.user_id, provider=close.model.provider, close=close)
     logger.info(
         "routed call %s surface=%s model=%s key_source=%s outcome=%s credits_mc=%d would_cost_mc=%d",
         close.call_id,
@@ -242,13 +324,7 @@ async def call_close(close: CallClose) -> CallReceipt:
     return CallReceipt(credits_charged=charged, would_cost=money.would_cost, balance_after=balance_after)
 
 
-def _key_rejected(*, user_id: int, provider: str, close: CallClose) -> None:
-    user = User.objects.filter(pk=user_id).first()
-    if user is not None:
-        provider_key_mark_invalid(user=user, provider=provider, fingerprint=close.key_fingerprint)
-
-
-async def _in_thread(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+async def in_thread(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run a sync service off the event loop (the rare paths), then hand its database
     connection back rather than keep one per thread."""
 

@@ -156,6 +156,7 @@ def _openai_chat_plan(
         stream=stream,
         hide_usage_chunk=hide_usage,
         in_stream_errors=universal,
+        body_receipt=universal,
         worst=_worst(surface, payload, exchange.body, model),
     )
 
@@ -341,6 +342,7 @@ async def universal_chat(exchange: Exchange, caller: Caller) -> None:
         translate_json=lambda answer: translate.anthropic_to_chat(answer, model=client_model, json_tool=json_tool),
         translate_error=True,
         in_stream_errors=True,
+        body_receipt=True,
         worst=_worst(Surface.ANTHROPIC_MESSAGES, body, encoded, model),
     )
     await serve(exchange, caller, plan)

@@ -384,13 +384,20 @@ def test_streaming_byok_call_charges_nothing(make_account: Any, store_key: Any) 
     _, events = send_stream(user, model="gpt-5")
 
     assert events[-1][0] == "done"
-    assert events[-1][1]["routing"] == {
+    done = events[-1][1]
+    entry = LedgerEntry.objects.get(account__user=user, category="llm")
+    would_cost = price_usage("gpt-5", Usage(done["usage"]["input_tokens"], done["usage"]["output_tokens"]))
+    assert done["routing"] == {
         "key_source": "byok",
         "provider": "openai",
         "model": "gpt-5",
         "credits_charged_mc": 0,
         "credits_charged": "0.000",
+        "balance_after_mc": before[0],
+        "credits_would_cost_mc": would_cost,
+        "fell_back": False,
     }
+    assert (entry.amount, entry.balance_after, entry.pricing["would_cost"]) == (0, before[0], would_cost)
     assert balance(user) == before
 
 

@@ -11,6 +11,7 @@ from django.test import AsyncClient, Client
 
 from byok.models import KeyStatus
 from credits.models import BillingAccount
+from credits.money import credits_text
 from routing.models import RoutedCall
 from routing.services import routing_preference_set
 from sandbox import REPLY_TEXT, SandboxServer, anthropic_key, openai_key
@@ -55,6 +56,8 @@ def test_message_on_your_key_costs_nothing(
     assert "0.000 credits" in html
     call = RoutedCall.objects.get(user=user)
     assert (call.key_source, call.credits_charged) == ("byok", 0)
+    assert call.credits_would_cost > 0
+    assert f"On credits it would have cost {credits_text(call.credits_would_cost)} credits." in html
 
 
 def test_message_on_credits_shows_the_cost(make_account: Callable[..., Any]) -> None:

@@ -13,7 +13,8 @@ bodies in base64, pg_dump writes bytea as hex):
 * every log record of this process at DEBUG from every logger (SQL and its parameters from every
   thread included), snapshotted before the redaction filter (the LeakTrap of
   tests/byok/test_never_leaked.py), and every task message it published;
-* the worker's stdout/stderr at loglevel DEBUG, and its log records and published messages
+* the worker's stdout/stderr at loglevel DEBUG (with the notification emails it sent: its mail
+  backend is the console), and its log records and published messages
   captured inside the worker before any filter (tests/security/canary_support.py);
 * every response the clients saw (headers and bodies), Niyra's native API's and the gateway's
   (the universal surface and each provider's own), and the raw bytes Niyra sent back on the
@@ -26,8 +27,9 @@ bodies in base64, pg_dump writes bytea as hex):
 * ExceptionReporter's text, HTML and e-mail output for a forced 500.
 
 Positive controls show each search can see what it looks for: the key is found in what the
-client sent, a marker passed to a task is found (base64) in the broker, a marker e-mail address
-in the dump, SQL from the server threads and from the worker in the captured logs.
+client sent, a marker passed to a task is found (base64) in the broker, a notification email
+in the worker's output, a marker e-mail address in the dump, SQL from the server threads and
+from the worker in the captured logs.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from byok.models import ProviderKey
 from connections.models import OAuthConnection
 from connections.services import connection_access_token_obtain
 from niyra.celery import app as celery_app
+from notifications.models import EmailStatus, Kind, Notification
 from sandbox import SandboxServer, client_secret_for, oauth_client_id
 from scripts.local_postgres import client_program
 from tests import conftest as root_conftest
@@ -217,6 +220,7 @@ def stack(
             "ANTHROPIC_BASE_URL": sandbox.anthropic_base_url,
             "OPENAI_BASE_URL": sandbox.openai_base_url,
             "OAUTH_INTEGRATION_NAMES": ",".join(worker_client_ids),
+            "EMAIL_URL": "consolemail://",  # the worker's outbox is its stdout, which is searched
         }
         for name, cid in worker_client_ids.items():
             prefix = f"OAUTH_{name.upper()}_"
@@ -413,6 +417,15 @@ def test_no_secret_appears_anywhere_after_every_flow(
     connection_access_token_obtain(user=owner, integration="gmail")
     vault_tokens = {t for c in (gmail, slack) for t in tokens_of(c) if t}
 
+    # What users were told: the routed 401s and 429s above made key-problem notifications,
+    # emailed by the worker (printed to its stdout); support reads them in the admin.
+    told = Notification.objects.filter(kind=Kind.KEY_PROBLEM)
+    wait_for(lambda: told.filter(email_status=EmailStatus.SENT).exists(), timeout=30, what="a notification email")
+    for page in ["/admin/notifications/notification/"] + [
+        f"/admin/notifications/notification/{pk}/change/" for pk in Notification.objects.values_list("pk", flat=True)
+    ]:
+        assert keep(admin.get(page)).status_code == 200, page
+
     # A forced 500, and its error reports.
     reports = _forced_500(stack, api, canary, trap, monkeypatch)
 
@@ -461,6 +474,7 @@ def test_no_secret_appears_anywhere_after_every_flow(
     assert any(r.name.startswith("routing.gateway") for r in trap.records), "none of the gateway's logs was captured"
     assert "byok_oauthconnection" in stack.worker.raw_log(), "no SQL from the worker was captured"
     assert stack.worker.executed("connections.tasks.oauth_refresh_tick") >= 1
+    assert "Subject: Niyra: " in stack.worker.output(), "no notification email in the worker's outbox"
     assert stack.worker.executed("connections.tasks.oauth_connection_refresh") >= 3
     assert any("_kombu.binding" in label for label, _ in in_flight), [label for label, _ in in_flight]
 

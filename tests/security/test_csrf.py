@@ -202,7 +202,16 @@ DASHBOARD_FORMS = (  # in this order: each may rely on the ones before
         "dashboard:notifications-read",
         {},
         302,
-        lambda s: Notification.objects.filter(user=s.user).exclude(read_at=None).count() == 1,
+        lambda s: (
+            Notification.objects.filter(user=s.user, read_at=None).count() == 0
+            and Notification.objects.filter(user=s.user, event_key="csrf").exclude(read_at=None).exists()
+        ),
+    ),
+    Form(
+        "routing-fallback",
+        {"fallback": "on", "cap": "2.5"},
+        302,
+        lambda s: RoutingPreference.objects.get(user=s.user).fallback_daily_cap_mc == 2_500,
     ),
     Form(
         "dashboard:credits-alerts",

@@ -206,6 +206,7 @@ class World:
     b_token_plaintext: str
     b_revoked_token: ApiToken
     b_pending: dict[str, str]  # B's consent (state, code) that B's browser has not brought back yet
+    b_call_id: uuid.UUID  # one of B's routed calls (its receipt is B's)
     markers: list[str] = field(default_factory=list)  # strings only B's data contains
 
 
@@ -286,6 +287,7 @@ def world(make_user: Callable[..., Any], settings: Any, sandbox: SandboxServer) 
         b_token_plaintext=b_token.plaintext,
         b_revoked_token=b_revoked.token,
         b_pending=b_pending,
+        b_call_id=call.id,
         markers=markers,
     )
     yield world
@@ -353,6 +355,9 @@ ATTACKS: dict[str, Callable[[World], list[Attack]]] = {
         ),
     ],
     "api-provider-key-test": lambda w: _provider_attacks(w, "POST"),
+    "llm-call": lambda w: [
+        Attack("GET", {"call_id": w.b_call_id}, missing_kwargs={"call_id": uuid.uuid4()}, codes=("not_found",))
+    ],
     "api-oauth-connection": lambda w: [
         Attack("DELETE", {"integration": INTEGRATION}, query=_b_ids(w), outcome="own"),
         Attack(
@@ -448,6 +453,7 @@ def test_every_route_that_takes_an_id_or_a_name_is_in_the_matrix_for_every_metho
         b_token_plaintext="",
         b_revoked_token=ApiToken(pk=5),
         b_pending={"state": "s", "code": "c"},
+        b_call_id=uuid.uuid4(),
     )
     for name, route in routes.items():
         attacked = {attack.method for attack in ATTACKS[name](ids_only)}

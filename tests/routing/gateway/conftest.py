@@ -9,6 +9,7 @@ credits path, nothing (and a zero-amount entry saying what it would have cost) o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -19,6 +20,7 @@ from anthropic import Anthropic
 from openai import OpenAI
 
 from accounts.services import api_token_create
+from byok.models import ProviderKey
 from credits.models import BillingAccount, Category, CreditHold, HoldStatus, KeySource, LedgerEntry
 from credits.pricing import Usage, price_usage
 from credits.selectors import ledger_mismatches
@@ -81,6 +83,17 @@ class Niyra:
 @pytest.fixture
 def niyra(live_asgi: str, sandbox: SandboxServer) -> Niyra:
     return Niyra(url=live_asgi, sandbox=sandbox)
+
+
+def key_recorded(user: Any, provider: str, status: str, *, timeout: float = 5) -> ProviderKey:
+    """The user's key once its status is `status` (or as it is after `timeout`): the gateway
+    records what a call said about the key after the client has its answer, a few ms later."""
+    deadline = time.monotonic() + timeout
+    while (key := ProviderKey.objects.get(user=user, provider=provider)).status != status:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    return key
 
 
 def available(user: Any) -> int:

@@ -301,7 +301,7 @@ def test_a_cached_caller_is_served_without_a_query(gateway: GatewayLoop, make_ac
     assert session is not None and session.token_id is None and session.snapshot.account is not None
 
 
-def test_balance_moves_and_key_test_stamps_keep_the_entry(
+def test_balance_moves_and_key_stamps_keep_the_entry(
     gateway: GatewayLoop, make_account: Callable[..., Any], store_key: Callable[..., ProviderKey]
 ) -> None:
     """Every call moves the balance and the reservation: they must not empty the cache."""
@@ -312,6 +312,10 @@ def test_balance_moves_and_key_test_stamps_keep_the_entry(
     gateway.call(caller_authenticate, token)
     credit_grant(user=user, amount=1_000, reason="top-up", idempotency_key="top-up-1")
     ProviderKey.objects.filter(pk=key.pk).update(last_tested_at=timezone.now(), updated_at=timezone.now())
+    # Key health's stamps: a routed call's last use, the scheduled check's last and next run.
+    ProviderKey.objects.filter(pk=key.pk).update(
+        last_used_at=timezone.now(), last_checked_at=timezone.now(), next_check_at=timezone.now()
+    )
     ApiToken.objects.filter(user=user).update(last_used_at=timezone.now())
     time.sleep(0.05)  # a notification, had one been sent, would have arrived
     _, queries = _queries(gateway, lambda: gateway.call(caller_authenticate, token))
@@ -325,6 +329,9 @@ def _changes() -> dict[str, Callable[[Any], None]]:
         "key marked": lambda user: ProviderKey.objects.filter(user=user).update(status="invalid"),
         "plan changed": lambda user: billing_plan_set(user=user, plan="free"),
         "preference changed": lambda user: routing_preference_set(user=user, fallback_to_credits=True),
+        "cap changed": lambda user: routing_preference_set(
+            user=user, fallback_to_credits=False, fallback_daily_cap_mc=5_000
+        ),
         "user deactivated": lambda user: type(user).objects.filter(pk=user.pk).update(is_active=False),
     }
 
@@ -339,7 +346,13 @@ def _observed(caller: Caller | None) -> tuple[Any, ...] | None:
         return None
     key = caller.snapshot.keys.get("anthropic")
     account = caller.snapshot.account
-    return (account.plan if account else None, key.status if key else None, caller.snapshot.fallback_to_credits)
+    snapshot = caller.snapshot
+    return (
+        account.plan if account else None,
+        key.status if key else None,
+        snapshot.fallback_to_credits,
+        snapshot.fallback_daily_cap_mc,
+    )
 
 
 @pytest.mark.parametrize("change", list(_changes()))
@@ -358,13 +371,14 @@ def test_a_change_committed_here_is_seen_by_the_very_next_call(
     after = _observed(gateway.call(caller_authenticate, token))
     expected = {
         "token revoked": None,
-        "key disconnected": ("pro", None, False),
-        "key marked": ("pro", "invalid", False),
-        "plan changed": ("free", "valid", False),
-        "preference changed": ("pro", "valid", True),
+        "key disconnected": ("pro", None, False, None),
+        "key marked": ("pro", "invalid", False, None),
+        "plan changed": ("free", "valid", False, None),
+        "preference changed": ("pro", "valid", True, None),
+        "cap changed": ("pro", "valid", False, 5_000),
         "user deactivated": None,
     }[change]
-    assert before == ("pro", "valid", False)
+    assert before == ("pro", "valid", False, None)
     assert after == expected
 
 

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 
-from accounts.models import AuditEvent
 from byok.models import KeyStatus, ProviderKey
 from core.errors import NiyraError
 from credits.models import BillingAccount, CreditHold, HoldStatus, KeySource, LedgerEntry
@@ -22,7 +21,7 @@ from routing.credentials import RoutingSnapshot
 from routing.gateway.auth import Caller
 from routing.gateway.ledger import CallClose, CallReceipt, call_close, hold_open
 from routing.models import RoutedCall
-from tests.routing.gateway.test_data_auth import GatewayLoop, counted_gateway
+from tests.routing.gateway.test_data_auth import GatewayLoop, _queries, counted_gateway
 
 SONNET = "claude-sonnet-4-6"
 WORST = Usage(input_tokens=2_000, output_tokens=1_000)
@@ -52,7 +51,6 @@ def _close(
     charge: bool = True,
     key_source: str = KeySource.PLATFORM,
     outcome: str = "ok",
-    key_rejected: bool = False,
 ) -> CallClose:
     return CallClose(
         call_id=call_id,
@@ -68,7 +66,6 @@ def _close(
         fell_back=False,
         latency_ms=42,
         key_fingerprint=None,
-        key_rejected=key_rejected,
     )
 
 
@@ -183,28 +180,24 @@ def test_close_of_a_byok_call_records_the_usage_at_zero_cost_and_what_it_would_h
     assert (call.credits_charged, call.credits_would_cost, call.key_source) == (0, would_cost, KeySource.BYOK)
 
 
-def test_a_key_its_provider_rejected_is_marked_invalid(
+def test_a_byok_close_stamps_the_keys_last_use_in_the_same_round_trip(
     gateway: GatewayLoop, make_account: Callable[..., Any], store_key: Callable[..., ProviderKey]
 ) -> None:
     user = make_account(plan="pro")
-    key = store_key(user, "anthropic", "sk-ant-api03-rejected-key-AbCd")
-    model, call_id = resolve(SONNET), uuid.uuid4()
-    close = _close(
-        user,
-        model,
-        call_id,
-        hold=None,
-        usage=Usage(),
-        key_source=KeySource.BYOK,
-        outcome="key_rejected",
-        key_rejected=True,
+    key = store_key(user, "anthropic", "sk-ant-api03-some-key-AbCd")
+    model = resolve(SONNET)
+
+    first, checkouts = _queries(
+        gateway, lambda: gateway.call(call_close, _close(user, model, uuid.uuid4(), hold=None, key_source="byok"))
     )
+    stamped = ProviderKey.objects.get(pk=key.pk).last_used_at
+    gateway.call(call_close, _close(user, model, uuid.uuid4(), hold=None, key_source="byok"))
 
-    gateway.call(call_close, close)
-
-    assert ProviderKey.objects.get(pk=key.pk).status == KeyStatus.INVALID
-    assert AuditEvent.objects.filter(subject=user, event="provider_key.marked_invalid").exists()
-    assert not LedgerEntry.objects.filter(idempotency_key=f"routed:{call_id}").exists()  # nothing was used
+    assert checkouts == 1
+    assert first.would_cost > 0
+    assert stamped is not None
+    assert ProviderKey.objects.get(pk=key.pk).last_used_at == stamped  # at most once a minute
+    assert ProviderKey.objects.get(pk=key.pk).status == KeyStatus.VALID
 
 
 def test_a_second_close_of_the_same_call_changes_nothing(

@@ -4,6 +4,7 @@ page's words and a Niyra `code`. A failed call costs nothing and leaves no hold 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import anthropic
@@ -12,14 +13,14 @@ import pytest
 
 from accounts.models import ApiToken
 from accounts.services import api_token_revoke
-from byok.models import KeyStatus, ProviderKey
+from byok.models import KeyStatus
 from core import errors
 from credits.pricing import Usage, price_usage
 from routing.models import RoutedCall
 from routing.services import routing_preference_set
 from sandbox import RETRY_AFTER_SECONDS, anthropic_key, openai_key
 from sandbox.replies import REPLY_TEXT
-from tests.routing.gateway.conftest import REPLY_WORDS, Niyra, Path, Payer, available
+from tests.routing.gateway.conftest import REPLY_WORDS, Niyra, Path, Payer, available, key_recorded
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -114,10 +115,12 @@ class TestTheUsersKey:
             errors.KEY_REJECTED.message,
         )
         assert (gpt.value.code, _said(gpt.value)) == (errors.KEY_REJECTED.code, errors.KEY_REJECTED.message)
-        statuses = dict(ProviderKey.objects.filter(user=claude_payer.user).values_list("provider", "status"))
-        assert statuses == {"anthropic": KeyStatus.INVALID, "openai": KeyStatus.INVALID}
+        # Recorded once the client had its answer: the next call is refused by Niyra without
+        # asking the provider again.
+        statuses = [key_recorded(claude_payer.user, p, KeyStatus.INVALID).status for p in ("anthropic", "openai")]
+        assert statuses == [KeyStatus.INVALID, KeyStatus.INVALID]
         claude_payer.assert_nothing_billed()
-        # Marked invalid: the next call is refused by Niyra without asking the provider again.
+        time.sleep(0.05)  # the cache's invalidation, a few ms after the change commits, has arrived
         calls_before = len(niyra.log())
         with pytest.raises(anthropic.APIStatusError) as again:
             _claude(niyra, claude_payer.user)
