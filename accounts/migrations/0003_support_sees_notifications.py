@@ -28,6 +28,9 @@ def sync_support_group(apps, schema_editor):
 class Migration(migrations.Migration):
     dependencies = [
         ("accounts", "0002_support_group"),
+        # After the OAuth models left byok's state: the sync creates the permissions of every app
+        # it names from the state it is given, and byok's must no longer hold them.
+        ("byok", "0004_oauth_models_to_connections"),
         ("connections", "0001_initial"),
         ("notifications", "0001_notifications"),
     ]

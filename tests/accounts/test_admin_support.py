@@ -291,3 +291,13 @@ def test_staff_without_the_group_can_do_nothing(staff_without_group: Client, cus
     assert account.balance == 100_000
     assert ProviderKey.objects.filter(pk=key.pk).exists()
     assert not AuditEvent.objects.filter(actor__email="intern@niyra.ai").exists()
+
+
+def test_the_migrations_leave_no_content_type_of_a_model_that_moved(db: None) -> None:
+    """A data migration that creates permissions from an older state (the Support group's) must
+    not bring back a moved model's content type: its permissions would shadow the real ones
+    (two `view_oauthconnection`). Meaningful on a freshly migrated database, as CI's is when
+    this runs (a transactional test's flush recreates only current content types)."""
+    from django.contrib.contenttypes.models import ContentType
+
+    assert [(ct.app_label, ct.model) for ct in ContentType.objects.all() if ct.model_class() is None] == []
