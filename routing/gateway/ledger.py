@@ -12,6 +12,7 @@ contradicted (`routing.gateway.core`, after the answer).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from accounts.models import User
-from byok.key_sql import provider_key_used
+from byok.key_sql import USED_RESOLUTION_SECONDS, provider_key_used
 from core import errors
 from core.errors import NiyraError
 from credits import ledger_sql
@@ -277,6 +278,22 @@ def _money(close: CallClose, now: datetime) -> _Money:
     return _Money(None, entry=False, would_cost=0)
 
 
+_last_use_sent: dict[tuple[int, str], float] = {}  # (user id, provider) -> monotonic time
+_LAST_USE_REMEMBERED = 10_000
+
+
+def _last_use_due(user_id: int, provider: str) -> bool:
+    """Whether this process should stamp the key's last use now (not in the last minute)."""
+    now = time.monotonic()
+    sent = _last_use_sent.get((user_id, provider))
+    if sent is not None and now - sent < USED_RESOLUTION_SECONDS:
+        return False
+    if len(_last_use_sent) >= _LAST_USE_REMEMBERED:
+        _last_use_sent.clear()  # forgetting only costs a statement the guard turns into a no-op
+    _last_use_sent[(user_id, provider)] = now
+    return True
+
+
 async def call_close(close: CallClose) -> CallReceipt:
     """Settle (or void) the hold, or record BYOK usage at zero cost, and write the routed call:
     both statements in one pipeline — one round trip, one transaction. Logs one line per call."""
@@ -287,10 +304,12 @@ async def call_close(close: CallClose) -> CallReceipt:
     true_up = (
         fallback_true_up(user_id=close.user_id, cap_hold=close.cap_hold, hold_id=hold_id) if close.cap_hold else None
     )
-    # A call on the user's key stamps its last use (at most once a minute: a no-op otherwise).
+    # A call on the user's key stamps its last use, at most once a minute (the statement's own
+    # guard), and this process sends the statement at most once a minute per key, so a key in
+    # steady use costs its calls no fourth statement.
     used = (
         provider_key_used(user_id=close.user_id, provider=close.model.provider, at=now)
-        if close.key_source == KeySource.BYOK
+        if close.key_source == KeySource.BYOK and _last_use_due(close.user_id, str(close.model.provider))
         else None
     )
     async with db.gateway_connection() as conn:
