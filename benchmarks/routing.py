@@ -33,6 +33,7 @@ from pathlib import Path
 
 import openai
 import psycopg
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -140,10 +141,13 @@ def chat_call(client: openai.AsyncOpenAI, *, stream: bool) -> Callable[[], Await
 
 
 def setup_database(env: dict[str, str]) -> dict[str, str]:
-    """Fresh database, migrated; a credits user and a BYOK user (keys validated by the sandbox)."""
+    """Fresh database, migrated; a credits user and a BYOK user (keys validated by the sandbox).
+    The cache goes with it: the key-check budgets there are keyed by user ids a fresh database
+    hands out again, so a run after a few others would find its key saves refused."""
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {DB_NAME}")
+    redis.Redis.from_url(env["REDIS_URL"]).flushdb()
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     script = f"""
 from accounts.services import api_token_create, user_create
@@ -163,10 +167,11 @@ for name, plan in (("credits", "free"), ("byok", "pro"), ("slow", "pro")):
         [sys.executable, "manage.py", "shell", "-c", script],
         cwd=ROOT,
         env=env,
-        check=True,
         capture_output=True,
         text=True,
     )
+    if result.returncode:
+        raise RuntimeError(f"setup failed:\n{result.stderr[-3000:]}")
     lines = [line.split(" ", 1) for line in result.stdout.strip().splitlines()]
     tokens = {parts[0]: parts[1] for parts in lines if len(parts) == 2 and parts[1].startswith("niy_")}
     if set(tokens) != {"credits", "byok", "slow"}:
