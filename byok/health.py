@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.utils import timezone
 
 from byok.models import KeyStatus
 from core.errors import KEY_INVALID, KEY_NEEDS_REENTRY, KEY_QUOTA_EXHAUSTED, KEY_RATE_LIMITED, ErrorSpec
@@ -39,6 +40,17 @@ def rate_limit_end(*, now: datetime, retry_after_seconds: float | None) -> datet
     """When a rate limit ends: the provider's Retry-After, else the default (a minute)."""
     seconds = retry_after_seconds if retry_after_seconds and retry_after_seconds > 0 else None
     return now + timedelta(seconds=seconds or settings.BYOK_RATE_LIMITED_DEFAULT_SECONDS)
+
+
+def routed_observation_is_news(*, observed: str, known: str, limited_until: datetime | None) -> bool:
+    """Whether what a routed call saw of the user's key (`observed`, a status) changes what is
+    recorded (`known`, and the end of a rate limit). Inside an open rate-limit window neither a
+    success nor another 429 is news (they interleave under a limit); past it, a 429 starts a new
+    window. The gateway asks this of its cached snapshot before it reports anything, and the
+    transition rule asks it again of the row under its lock."""
+    if known == KeyStatus.RATE_LIMITED and limited_until is not None and limited_until > timezone.now():
+        return observed not in (KeyStatus.VALID, KeyStatus.RATE_LIMITED)
+    return observed != known or observed == KeyStatus.RATE_LIMITED
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,14 @@ from django.views.decorators.debug import sensitive_variables
 
 from accounts.models import User
 from accounts.services import audit_event_record
-from byok.health import BYOK_PAGE, first_check_at, health_interval, key_notice, rate_limit_end
+from byok.health import (
+    BYOK_PAGE,
+    first_check_at,
+    health_interval,
+    key_notice,
+    rate_limit_end,
+    routed_observation_is_news,
+)
 from byok.keytext import check_key_format, key_fingerprint, key_hint, normalise_key
 from byok.models import CheckSource, KeyCheck, KeyStatus, Provider, ProviderKey, provider_key_purpose
 from byok.selectors import provider_key_get, provider_key_plaintext
@@ -306,7 +313,7 @@ def _status_observe(
         retry_after_seconds = result.error.detail.get("retry_after_seconds")
     before = provider_key.status
     limited_until = provider_key.rate_limited_until
-    if not probed and _no_news(status=status, known_status=before, limited_until=limited_until):
+    if not probed and not routed_observation_is_news(observed=status, known=before, limited_until=limited_until):
         return False
     changed = status != before
     # `updated_at` moves with the status, not with each check ("Saved" on the card stays put).
@@ -386,14 +393,6 @@ def _status_observe(
     return changed
 
 
-def _no_news(*, status: str, known_status: str, limited_until: datetime | None) -> bool:
-    """Whether a routed call's observation only confirms what is recorded (read without a lock;
-    `_status_observe` decides again under it)."""
-    if known_status == KeyStatus.RATE_LIMITED and limited_until is not None and limited_until > timezone.now():
-        return status in (KeyStatus.VALID, KeyStatus.RATE_LIMITED)
-    return status == known_status and status != KeyStatus.RATE_LIMITED
-
-
 def _key_locked(*, user_id: int, provider: str) -> ProviderKey | None:
     return (
         ProviderKey.objects.select_for_update(of=("self",))
@@ -427,7 +426,9 @@ def provider_key_observe(
     )
     if known is None or known[1] != fingerprint:
         return
-    if source == CheckSource.ROUTED and _no_news(status=status, known_status=known[0], limited_until=known[2]):
+    if source == CheckSource.ROUTED and not routed_observation_is_news(
+        observed=status, known=known[0], limited_until=known[2]
+    ):
         return  # the common case on live traffic: one read, no lock, no write
     with transaction.atomic():
         provider_key = _key_locked(user_id=user_id, provider=provider)

@@ -29,6 +29,7 @@ from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from accounts.models import User
+from byok.health import routed_observation_is_news
 from byok.models import KeyStatus
 from byok.selectors import provider_key_plaintext
 from byok.services import provider_key_mark_needs_reentry, provider_key_observe
@@ -435,24 +436,20 @@ OBSERVED_FAILURES = {
 
 def key_observation(route: Route, refusal: Refusal | None) -> KeyObservation | None:
     """What to record about the user's key after this answer (``refusal`` None: the provider
-    accepted the call) — None when the snapshot already says it, so a call that only confirms
-    what is known records nothing. A rate limit whose "until" has passed is recorded again;
-    a success inside a rate limit's window is not news (byok's transition rule ignores it: 200s
-    and 429s interleave under a limit), so it costs no hop either."""
-    limited_until = route.key_limited_until
-    window_open = (
-        route.key_status == KeyStatus.RATE_LIMITED and limited_until is not None and limited_until > timezone.now()
-    )
+    accepted the call) — None when it is no news against the snapshot (byok's one rule,
+    `routed_observation_is_news`), so a call that only confirms what is known costs no hop."""
     if refusal is None:
-        return KeyObservation("ok") if route.key_status != KeyStatus.VALID and not window_open else None
-    observed = OBSERVED_FAILURES.get(refusal.failure)
-    if observed is None:
+        observation, status = "ok", KeyStatus.VALID
+    elif refusal.failure in OBSERVED_FAILURES:
+        observation, status = OBSERVED_FAILURES[refusal.failure]
+    else:
         return None
-    observation, status = observed
-    if route.key_status == status and (status != KeyStatus.RATE_LIMITED or window_open):
+    known = route.key_status or ""
+    if not routed_observation_is_news(observed=status, known=known, limited_until=route.key_limited_until):
         return None
-    retry_after = float(refusal.retry_after) if refusal.retry_after is not None else None
-    return KeyObservation(observation, retry_after if status == KeyStatus.RATE_LIMITED else None)
+    if status != KeyStatus.RATE_LIMITED or refusal is None or refusal.retry_after is None:
+        return KeyObservation(observation)
+    return KeyObservation(observation, float(refusal.retry_after))
 
 
 async def key_observe(route: Route, seen: KeyObservation) -> None:

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from accounts.models import AuditEvent, User
 from byok import tasks
+from byok.health import routed_observation_is_news
 from byok.key_sql import provider_key_used
 from byok.keytext import key_fingerprint, key_hint
 from byok.models import CheckSource, KeyCheck, KeyStatus, ProviderKey, provider_key_purpose
@@ -373,3 +374,30 @@ def test_the_canary_key_is_in_no_notification_email_check_or_admin_page(pro_user
     ]
     assert sum("KeyCheck" in text or "Scheduled check" in text for text in haystack) >= 1
     assert not [text for text in haystack if canary in text]
+
+
+OPEN, PAST = timedelta(minutes=5), -timedelta(minutes=5)  # a rate limit's end, from now
+
+
+@pytest.mark.parametrize(
+    ("observed", "known", "until", "news"),
+    [
+        (KeyStatus.VALID, KeyStatus.VALID, None, False),  # a healthy call: nothing to record
+        (KeyStatus.VALID, KeyStatus.INVALID, None, True),  # works again
+        (KeyStatus.VALID, KeyStatus.UNVERIFIED, None, True),
+        (KeyStatus.INVALID, KeyStatus.VALID, None, True),
+        (KeyStatus.INVALID, KeyStatus.INVALID, None, False),  # a repeat of a known failure
+        (KeyStatus.QUOTA_EXHAUSTED, KeyStatus.QUOTA_EXHAUSTED, None, False),
+        (KeyStatus.VALID, KeyStatus.RATE_LIMITED, OPEN, False),  # 200s and 429s interleave under a limit
+        (KeyStatus.RATE_LIMITED, KeyStatus.RATE_LIMITED, OPEN, False),
+        (KeyStatus.INVALID, KeyStatus.RATE_LIMITED, OPEN, True),
+        (KeyStatus.VALID, KeyStatus.RATE_LIMITED, PAST, True),  # the limit is over: valid again
+        (KeyStatus.RATE_LIMITED, KeyStatus.RATE_LIMITED, PAST, True),  # a new window
+    ],
+)
+def test_what_a_routed_call_saw_is_news_only_when_it_changes_the_record(
+    observed: str, known: str, until: timedelta | None, news: bool
+) -> None:
+    limited_until = timezone.now() + until if until is not None else None
+
+    assert routed_observation_is_news(observed=observed, known=known, limited_until=limited_until) is news
