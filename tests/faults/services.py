@@ -292,3 +292,98 @@ def start_workers(tmp_path: Path) -> Iterator[Callable[..., list[Worker]]]:
     finally:
         for worker in started:
             worker.stop()
+
+
+# --- The production web command ---------------------------------------------------------------
+
+
+class WebServer:
+    """The production web command (gunicorn with uvicorn workers, `gunicorn.conf.py`, as fly.toml
+    runs it) as a subprocess on a fixed loopback port, so it can be stopped and started again
+    there, as a deploy replaces a machine. Signals go to the gunicorn master only, as Fly sends
+    its kill signal to the machine's main process."""
+
+    def __init__(self, name: str, env: Mapping[str, str], logdir: Path, *, workers: int = 1) -> None:
+        self.name = name
+        self.env = dict(env)
+        self.workers = workers
+        self.port = free_port()
+        self.log_path = logdir / f"web-{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self) -> WebServer:
+        assert self.process is None or self.process.poll() is not None, "already running"
+        gunicorn = str(Path(sys.executable).parent / "gunicorn")
+        argv = [gunicorn, "niyra.asgi:application", "--config", "gunicorn.conf.py", "--bind", f"127.0.0.1:{self.port}"]
+        self.process = subprocess.Popen(
+            argv,
+            env={**self.env, "WEB_CONCURRENCY": str(self.workers)},
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            cwd=BASE_DIR,
+            start_new_session=True,  # its own process group: kill it (and its workers) alone
+        )
+        return self
+
+    def ready(self) -> bool:
+        running = self.process is not None and self.process.poll() is None
+        assert running, f"web {self.name} exited:\n{self.log()[-3000:]}"
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                return sock.recv(64).startswith(b"HTTP/1.1 200")
+        except OSError:
+            return False
+
+    def wait_ready(self) -> WebServer:
+        what = f"web {self.name} to answer /healthz"
+        wait_for(self.ready, timeout=START_TIMEOUT_SECONDS * 2, what=what, interval=0.1)
+        return self
+
+    def signal(self, signum: int) -> None:
+        """Send `signum` to the gunicorn master (the machine's main process)."""
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """kill -9 of the master and its workers (the whole process group)."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+@pytest.fixture
+def start_web(tmp_path: Path) -> Iterator[Callable[..., WebServer]]:
+    """`start_web(env, "a", workers=1)`: a production web server, ready, stopped in teardown."""
+    started: list[WebServer] = []
+
+    def start(env: Mapping[str, str], name: str, *, workers: int = 1) -> WebServer:
+        server = WebServer(name, env, tmp_path, workers=workers)
+        started.append(server)
+        return server.start().wait_ready()
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
