@@ -2,12 +2,33 @@
 
 import os
 
+from uvicorn_worker import UvicornWorker as _UvicornWorker
+
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
-worker_class = "uvicorn_worker.UvicornWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Streaming LLM calls can run for minutes; the provider timeout bounds them, not gunicorn.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "300"))
-graceful_timeout = 30
 keepalive = 5
 accesslog = None  # request logs come from Fly's proxy; ours must never print headers
 errorlog = "-"
+
+# A deploy stops a machine with SIGTERM (fly.toml's kill_signal: with SIGINT, Fly's default,
+# gunicorn's "quick shutdown", the worker keeps serving until gunicorn SIGKILLs it). The master
+# stops listening and passes SIGTERM on; each worker lets its calls in flight run for up to
+# WEB_GRACE_SECONDS, then uvicorn cancels what is left, the gateway settles it (a stream pays for
+# what it relayed, a call not yet answered costs nothing) and the worker exits. gunicorn SIGKILLs
+# a worker still alive after graceful_timeout, which would leave its holds open, so that ends 15 s
+# after the grace (the settling is bounded by 2 x GATEWAY_DB_POOL_TIMEOUT_SECONDS), and fly.toml's
+# kill_timeout (120 s) 5 s after that.
+WEB_GRACE_SECONDS = int(os.environ.get("WEB_GRACE_SECONDS", "100"))
+graceful_timeout = WEB_GRACE_SECONDS + 15
+
+
+class UvicornWorker(_UvicornWorker):
+    """uvicorn-worker does not pass gunicorn's graceful timeout on to uvicorn; a subclass's
+    CONFIG_KWARGS is how it takes uvicorn options (as uvicorn's deployment docs show)."""
+
+    CONFIG_KWARGS = {**_UvicornWorker.CONFIG_KWARGS, "timeout_graceful_shutdown": WEB_GRACE_SECONDS}
+
+
+worker_class = UvicornWorker

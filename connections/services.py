@@ -46,6 +46,7 @@ from connections.models import (
 )
 from connections.selectors import connection_get
 from core.crypto import DecryptionError, get_keyring
+from core.dbpool import database_unreachable
 from core.errors import (
     CATALOGUE,
     OAUTH_ACCESS_DENIED,
@@ -352,7 +353,9 @@ def connection_refresh(
                 connection = (
                     OAuthConnection.objects.select_for_update(skip_locked=not wait).filter(pk=connection_id).first()
                 )
-            except OperationalError:
+            except OperationalError as exc:
+                if database_unreachable(exc):  # not a lock wait: the database went away
+                    raise
                 raise _LockTimeout from None
             if connection is None:
                 if not wait and OAuthConnection.objects.filter(pk=connection_id).exists():

@@ -11,13 +11,16 @@ import logging
 
 from celery import Task, shared_task
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from kombu.exceptions import OperationalError
 
 from connections.selectors import connection_ids_due
 from connections.services import REFRESH_TASK, connection_refresh, oauth_authorization_requests_purge
+from core.dbpool import database_unreachable
 
 logger = logging.getLogger(__name__)
+
+DATABASE_RETRY_MAX_SECONDS = 60  # the backoff's ceiling while the database can't be reached
 
 
 @shared_task(name="connections.tasks.oauth_refresh_tick", ignore_result=True)
@@ -49,8 +52,19 @@ def oauth_refresh_tick() -> int:
 @shared_task(bind=True, name=REFRESH_TASK, ignore_result=True, max_retries=None)
 def oauth_connection_refresh(self: Task, connection_id: int, force: bool = False) -> str:
     """Refresh one connection if it is due. Transient failures retry with exponential backoff
-    while the token still works (the service decides when, and when to give up)."""
-    result = connection_refresh(connection_id=connection_id, force=force)
+    while the token still works (the service decides when, and when to give up). So does a
+    database that can't be reached (restarting, failing over): the token may lapse before the
+    next tick, so the refresh is tried again as soon as it may be back."""
+    try:
+        result = connection_refresh(connection_id=connection_id, force=force)
+    except DatabaseError as exc:
+        if not database_unreachable(exc):
+            raise
+        countdown = min(2**self.request.retries, DATABASE_RETRY_MAX_SECONDS)
+        logger.warning("refresh of connection %s: the database is unreachable; retry in %ss", connection_id, countdown)
+        raise self.retry(
+            exc=exc, countdown=countdown, expires=countdown + settings.OAUTH_REFRESH_INTERVAL_SECONDS
+        ) from exc
     if result.retry_in is not None:
         raise self.retry(
             countdown=result.retry_in,

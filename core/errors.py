@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.template.loader import render_to_string
 from django.views.csrf import csrf_failure as django_csrf_failure
 from django.views.decorators.csrf import csrf_exempt
 from django.views.defaults import page_not_found, server_error
@@ -60,6 +61,14 @@ LOGIN_THROTTLED = _spec("login_throttled", 429, "Too many sign-in attempts. Wait
 INTERNAL_ERROR = _spec(
     "internal_error", 500, "Something went wrong on our side. Nothing was charged; please try again."
 )
+# PostgreSQL can't be reached (restarting, failing over, or no connection within the pool's
+# timeout): `core.dbpool.database_unreachable` tells it from a failing query.
+DATABASE_UNAVAILABLE = _spec(
+    "database_unavailable",
+    503,
+    "Service unavailable — our database can't be reached for a moment. Nothing was charged; retry shortly.",
+)
+DATABASE_RETRY_AFTER_SECONDS = 5  # a restart takes a few seconds, a failover a few tens
 
 # --- BYOK (product page: Troubleshooting) -----------------------------------------------------
 KEY_INVALID = _spec(
@@ -186,6 +195,11 @@ class NiyraError(Exception):
         return error_body(self.spec, detail=self.detail, message=self.message)
 
 
+def database_unavailable_error() -> NiyraError:
+    """DATABASE_UNAVAILABLE, with the Retry-After a client should wait."""
+    return NiyraError(DATABASE_UNAVAILABLE, headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)})
+
+
 def error_body(spec: ErrorSpec, *, detail: Any = None, message: str | None = None) -> dict[str, Any]:
     return {"code": spec.code, "message": message or spec.message, "detail": detail}
 
@@ -247,6 +261,20 @@ def handler500(request: HttpRequest) -> HttpResponse:
     if wants_json(request):
         return JsonResponse(error_body(INTERNAL_ERROR), status=500)
     return server_error(request)
+
+
+def database_unavailable_response(request: HttpRequest) -> HttpResponse:
+    """503 with Retry-After: the catalogue's JSON error for the API, a plain page (which needs
+    no database: no context processors) for the dashboard."""
+    error = database_unavailable_error()
+    if wants_json(request):
+        response: HttpResponse = JsonResponse(error.as_dict(), status=error.status)
+    else:
+        response = HttpResponse(render_to_string("503.html"), status=error.status)
+    for name, value in error.headers.items():
+        response[name] = value
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 @csrf_exempt  # a 404 for any method: the CSRF check must not turn it into an HTML 403

@@ -11,6 +11,7 @@ from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_default_handler
 
+from core.dbpool import database_unreachable, pools_check
 from core.errors import (
     AUTHENTICATION_FAILED,
     INTERNAL_ERROR,
@@ -24,6 +25,7 @@ from core.errors import (
     UNSUPPORTED_MEDIA_TYPE,
     ErrorSpec,
     NiyraError,
+    database_unavailable_error,
     error_body,
 )
 
@@ -63,6 +65,12 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
             detail = {"retry_after_seconds": int(wait) + 1}
         response.data = error_body(spec, detail=detail)
         return response
+
+    if database_unreachable(exc):  # PostgreSQL down, restarting or failing over: retry shortly
+        logger.warning("database unreachable (%s) in the API", exc.__class__.__name__)
+        pools_check()
+        error = database_unavailable_error()
+        return Response(error.as_dict(), status=error.status, headers={**error.headers, "Cache-Control": "no-store"})
 
     # Anything else is our bug. Log it (the redaction filter guards the record) and answer
     # with JSON; never a traceback or Django's HTML page.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -9,6 +10,11 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from csp.middleware import CSPMiddleware, PolicyParts
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+
+from core.dbpool import database_unreachable, pools_check
+from core.errors import database_unavailable_response
+
+logger = logging.getLogger(__name__)
 
 
 class AsyncCapableMiddleware:
@@ -45,6 +51,25 @@ class HealthCheckMiddleware(AsyncCapableMiddleware):
         if request.path == "/healthz" and request.method == "GET":
             return _alive()
         return await self.get_response(request)  # type: ignore[misc]
+
+
+class DatabaseUnavailableMiddleware(AsyncCapableMiddleware):
+    """A view that can't reach PostgreSQL (stopped, restarting, failing over, or no connection
+    within the pool's timeout) answers 503 with Retry-After — the catalogue's JSON error on the
+    API, a plain page on the dashboard — instead of a 500, and the pool's idle connections are
+    checked (they rarely die alone). A query's own failure is not this: it stays a 500.
+
+    DRF views answer through the API's exception handler, which does the same."""
+
+    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not database_unreachable(exception):
+            return None
+        logger.warning("database unreachable (%s) for %s", exception.__class__.__name__, request.path)
+        pools_check()
+        return database_unavailable_response(request)
 
 
 def _alive() -> HttpResponse:

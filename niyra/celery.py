@@ -12,6 +12,8 @@ import os
 from celery import Celery
 from django.conf import settings
 
+from core.liveness import worker_liveness_install
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "niyra.settings.production")
 
 app = Celery("niyra")
@@ -58,3 +60,6 @@ app.conf.beat_schedule = {
         "options": {"expires": 110},
     },
 }
+
+# A worker that stops consuming ends its process, to be restarted (core.liveness).
+worker_liveness_install(app)

@@ -56,6 +56,7 @@ INSTALLED_APPS = [
 # middleware would cost a thread hop per request.
 MIDDLEWARE = [
     "core.middleware.HealthCheckMiddleware",
+    "core.middleware.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "core.middleware.ContentSecurityPolicyMiddleware",
     "servestatic.middleware.ServeStaticMiddleware",
@@ -91,13 +92,20 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------------
 VAR_DIR.mkdir(exist_ok=True)
+# A pool that can't reach PostgreSQL tries again with a growing backoff (1 s, 2 s, 4 s, ...);
+# giving an attempt up after this long lets the next request start over at once, so a pool is
+# back within seconds of the server, however long it was down. Both pools (the gateway's too).
+DB_POOL_RECONNECT_TIMEOUT_SECONDS = env.float("DB_POOL_RECONNECT_TIMEOUT_SECONDS", default=10.0)
 # Under ASGI every request runs its ORM work in a fresh thread, so without a pool each request
 # would open a new PostgreSQL connection (~3 ms). psycopg's pool hands one over warm.
 DB_POOL = (
     {
         "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
         "max_size": env.int("DB_POOL_MAX_SIZE", default=20),
-        "timeout": env.float("DB_POOL_TIMEOUT_SECONDS", default=10.0),
+        # A request that can't get a connection this fast (PostgreSQL down, restarting or
+        # failing over) is answered 503 database_unavailable, rather than queueing behind it.
+        "timeout": env.float("DB_POOL_TIMEOUT_SECONDS", default=5.0),
+        "reconnect_timeout": DB_POOL_RECONNECT_TIMEOUT_SECONDS,
     }
     if env.bool("DB_POOL", default=True)
     else None
@@ -114,6 +122,8 @@ def database(url: str) -> dict[str, Any]:
         # A Unix-socket URL (`postgres://user@/db?host=/dir`, the embedded server's) leaves the
         # directory in OPTIONS; HOST is where Django and anything reading settings look for it.
         config["HOST"] = options.pop("host")
+    # libpq waits forever by default for a server that doesn't answer (a failover's old address).
+    options.setdefault("connect_timeout", env.int("DB_CONNECT_TIMEOUT_SECONDS", default=5))
     config["ATOMIC_REQUESTS"] = False
     config.setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
     if DB_POOL is not None:
@@ -197,6 +207,32 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
+# --- Deploys: a worker stopped by SIGTERM, SIGKILLed after fly.toml's kill_timeout ---------------
+# With REMAP_SIGTERM=SIGQUIT in the worker's environment (fly.toml [env]; Celery reads it before
+# any setting), SIGTERM starts Celery's soft shutdown: running tasks get this long to finish, then
+# the rest are cancelled and, acks_late, handed back to the queue at once for the next worker,
+# rather than after the broker's visibility timeout (an hour). Keep it under kill_timeout, with
+# room for the cancel and the requeue.
+CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = env.float("CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", default=20.0)
+
+# --- Deploys: beat's schedule in Redis, one beat at a time -------------------------------------
+# A deploy replaces the beat machine and its disk. Celery's default scheduler keeps each entry's
+# last run in a local file: a new machine would start every entry over (a tick due just after the
+# restart waits a whole interval), and a new beat overlapping the old one would double ticks.
+# RedBeat keeps the last runs in Redis and holds a lock there: a restarted beat carries on where
+# the last one stopped, and a second beat waits for the lock. Without Redis (the quick start's
+# filesystem broker) there is one local beat, and the default scheduler's file in var/ is kept.
+# Beat wakes at least this often; a beat waiting for the lock tries again as often.
+CELERY_BEAT_MAX_LOOP_INTERVAL = env.int("CELERY_BEAT_MAX_LOOP_INTERVAL", default=5)
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CELERY_BEAT_SCHEDULER = "redbeat.RedBeatScheduler"
+    # RedBeat reads its settings under its own names: under CELERY_ it would find their values
+    # but take them for unset (a warning at start, and its Redis options not passed on).
+    REDBEAT_REDIS_URL = CELERY_BROKER_URL
+    REDBEAT_REDIS_OPTIONS = {"socket_timeout": 5, "socket_connect_timeout": 5}
+    # A beat that died without letting go (SIGKILL, a lost machine) holds the lock this long.
+    REDBEAT_LOCK_TIMEOUT = 6 * CELERY_BEAT_MAX_LOOP_INTERVAL
+
 # A cache every process shares (worker heartbeat, throttles): Redis when there is one, else files.
 CACHES = {
     "default": (
@@ -213,6 +249,15 @@ CACHES = {
         }
     )
 }
+
+# --- Worker liveness (core.liveness): a worker that stops consuming exits, to be restarted -----
+# Each worker pings itself through its own queue every interval; no ping run for the timeout ends
+# it with status 1. The timeout outlasts a ping queued behind tasks that run to the hard time
+# limit. 0 turns it off. WORKER_LIVENESS_LISTEN ("0.0.0.0:8081") serves GET /livez for a check.
+CELERY_WORKER_DIRECT = True  # each worker also consumes a queue of its own: the pings
+WORKER_LIVENESS_INTERVAL_SECONDS = env.float("WORKER_LIVENESS_INTERVAL_SECONDS", default=30.0)
+WORKER_LIVENESS_TIMEOUT_SECONDS = env.float("WORKER_LIVENESS_TIMEOUT_SECONDS", default=180.0)
+WORKER_LIVENESS_LISTEN = env.str("WORKER_LIVENESS_LISTEN", default="")
 
 # --- Providers (platform keys, set per environment, pay for hosted calls; base URLs point at
 # the sandbox in development) ------------------------------------------------------------------
@@ -365,6 +410,7 @@ LOGGING = {
                 "byok.tasks.key_health_tick",
                 "credits.tasks.balance_alerts_dispatch",
                 "notifications.tasks.notification_email_sweep",
+                "core.liveness.ping",
             ],
         },
     },

@@ -12,10 +12,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
+
 from core import errors
+from core.dbpool import database_unreachable
 from core.errors import NiyraError
 from routing.gateway import db, upstream
-from routing.gateway.core import Exchange, Receive, Send, authenticate
+from routing.gateway.core import Exchange, Receive, Send, authenticate, routes_closed
 from routing.gateway.surfaces import endpoint_for, shape_for
 
 logger = logging.getLogger("routing.gateway")
@@ -70,10 +73,14 @@ async def handle(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     except NiyraError as exc:
         if not exchange.started:
             await exchange.error(exc, shape)
-    except Exception:
+    except Exception as exc:
         logger.exception("gateway request failed: %s %s", scope["method"], path[:200])
         if not exchange.started:
-            await exchange.error(NiyraError(errors.INTERNAL_ERROR), shape)
+            # The rare paths that hop to a service (Django's pool) meet an outage this way.
+            failure = (
+                errors.database_unavailable_error() if database_unreachable(exc) else NiyraError(errors.INTERNAL_ERROR)
+            )
+            await exchange.error(failure, shape)
         else:
             await send({"type": "http.response.body", "body": b""})
 
@@ -84,6 +91,8 @@ async def lifespan(receive: Receive, send: Send) -> None:
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            # Calls the server cut at the end of its grace are writing their books: let them.
+            await routes_closed(timeout=2 * settings.GATEWAY_DB_POOL_TIMEOUT_SECONDS)
             await upstream.session_close()
             await db.pool_close()
             await send({"type": "lifespan.shutdown.complete"})

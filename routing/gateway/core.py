@@ -55,9 +55,14 @@ MAX_FORWARDED_ERROR_BYTES = 64 * 1024
 OUTCOME_OK = "ok"
 OUTCOME_DISCONNECTED = "client_disconnected"
 OUTCOME_CUT = "stream_cut"
+OUTCOME_CANCELLED = "cancelled"  # the server cut the call before it had an answer (a deploy's grace ran out)
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+# The calls of this process opened and not yet closed, with the task running each: a server
+# shutting down cuts them and waits for their books (`routes_closed`) before it exits.
+_OPEN_ROUTES: dict[uuid.UUID, asyncio.Task[Any] | None] = {}
 
 
 @dataclass(slots=True)
@@ -224,6 +229,7 @@ async def route_open(
         route.fallback_allowed = credential.fallback_allowed
     else:
         route.hold = await ledger.hold_open(caller=caller, call_id=route.call_id, model=model, worst=worst)
+    _OPEN_ROUTES[route.call_id] = asyncio.current_task()
     return route, api_key
 
 
@@ -253,6 +259,7 @@ async def route_fallback_open(
         if route.cap_hold is not None:
             await asyncio.shield(ledger.fallback_give_back(user_id=caller.user_id, cap_hold=route.cap_hold))
         raise
+    _OPEN_ROUTES[route.call_id] = asyncio.current_task()
     return route, api_key
 
 
@@ -275,26 +282,54 @@ def _key_needs_reentry(*, user_id: int, provider: str, fingerprint: str) -> None
 
 
 async def route_close(route: Route, *, usage: Usage, charge: bool, outcome: str) -> ledger.CallReceipt:
+    """Write the call's books (shielded: a call cancelled while they are written still writes
+    them, and a shutting-down server waits for that)."""
     route.outcome = outcome
-    route.receipt = await ledger.call_close(
-        ledger.CallClose(
-            call_id=route.call_id,
-            user_id=route.caller.user_id,
-            model=route.model,
-            surface=str(route.surface),
-            key_source=route.key_source,
-            hold=route.hold,
-            usage=usage,
-            charge=charge,
-            outcome=outcome,
-            stream=route.stream,
-            fell_back=route.fell_back,
-            latency_ms=int((time.monotonic() - route.started) * 1000),
-            key_fingerprint=route.key_fingerprint,
-            cap_hold=route.cap_hold,
+    route.receipt = await asyncio.shield(
+        _books_write(
+            route.call_id,
+            ledger.CallClose(
+                call_id=route.call_id,
+                user_id=route.caller.user_id,
+                model=route.model,
+                surface=str(route.surface),
+                key_source=route.key_source,
+                hold=route.hold,
+                usage=usage,
+                charge=charge,
+                outcome=outcome,
+                stream=route.stream,
+                fell_back=route.fell_back,
+                latency_ms=int((time.monotonic() - route.started) * 1000),
+                key_fingerprint=route.key_fingerprint,
+                cap_hold=route.cap_hold,
+            ),
         )
     )
     return route.receipt
+
+
+async def _books_write(call_id: uuid.UUID, close: ledger.CallClose) -> ledger.CallReceipt:
+    try:
+        return await ledger.call_close(close)
+    finally:
+        _OPEN_ROUTES.pop(call_id, None)
+
+
+async def routes_closed(*, timeout: float) -> None:
+    """At shutdown, once the server's grace is over: cut the calls still running and wait
+    (bounded) until every call of this process has written its books. The server cancels the
+    requests it runs, which cuts their calls, but not a task a request started: Django's views
+    run the gateway in process (`local`), in a task of the view's own."""
+    loop = asyncio.get_running_loop()
+    for task in list(_OPEN_ROUTES.values()):
+        if task is not None and task.get_loop() is loop:
+            task.cancel()
+    deadline = time.monotonic() + timeout
+    while _OPEN_ROUTES and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if _OPEN_ROUTES:
+        logger.error("shutting down with %d routed calls not closed (their holds expire)", len(_OPEN_ROUTES))
 
 
 @dataclass(slots=True)
@@ -402,18 +437,21 @@ async def serve(exchange: Exchange, caller: Caller, plan: Plan) -> None:
                         continue
                 await _refuse(exchange, plan, route, answer)
                 return
-            try:
-                if plan.raw_relay:
-                    await _relay_raw(exchange, plan, route, answer)
-                elif plan.stream:
-                    await _relay_stream(exchange, plan, route, answer)
-                else:
-                    await _relay_json(exchange, plan, route, answer)
-            except Exception:
-                if route.outcome is None:  # not closed: no hold is left for the sweeper
-                    await route_close(route, usage=Usage(), charge=False, outcome=errors.INTERNAL_ERROR.code)
-                raise
+            if plan.raw_relay:
+                await _relay_raw(exchange, plan, route, answer)
+            elif plan.stream:
+                await _relay_stream(exchange, plan, route, answer)
+            else:
+                await _relay_json(exchange, plan, route, answer)
             return
+    except BaseException as exc:
+        if route.outcome is None:  # not closed: no hold is left for the sweeper; a failure costs nothing
+            # Cancelled: the server cut the call before it had an answer (a deploy's grace ran
+            # out). A stream that had started was closed by its relay, for what it relayed.
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            outcome = OUTCOME_CANCELLED if cancelled else errors.INTERNAL_ERROR.code
+            await route_close(route, usage=Usage(), charge=False, outcome=outcome)
+        raise
     finally:
         if byok_route is not None and observation is not None:
             await asyncio.shield(key_observe(byok_route, observation))
@@ -653,7 +691,8 @@ async def _relay_stream(exchange: Exchange, plan: Plan, route: Route, answer: up
         outcome = OUTCOME_OK if meter.complete else OUTCOME_CUT
     except asyncio.CancelledError:
         current = asyncio.current_task()
-        if current is None or not watcher.done():
+        if current is None or not watcher.done():  # the server cut it (a deploy's grace ran out)
+            outcome = OUTCOME_OK if meter.complete else OUTCOME_CUT
             raise
         current.uncancel()
         outcome = OUTCOME_OK if meter.complete else OUTCOME_DISCONNECTED

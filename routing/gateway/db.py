@@ -9,7 +9,8 @@ opened on first use from Django's own database settings, so the tests' database 
 reaches. A connection the server dropped is discarded as it is returned, and the pool's idle
 ones are checked at once (they rarely die alone): one call fails, the next gets a live one.
 Waiting longer than ``GATEWAY_DB_POOL_TIMEOUT_SECONDS`` for a connection fails the call rather
-than letting calls pile up behind a saturated or unreachable database.
+than letting calls pile up behind a saturated or unreachable database. Either way the caller
+gets the catalogue's `503 database_unavailable` with a Retry-After.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from core import errors
+from core.dbpool import database_unreachable
 from core.errors import NiyraError
 from credits.ledger_sql import Statement
 
@@ -37,9 +39,18 @@ logger = logging.getLogger(__name__)
 _DJANGO_OPTIONS = frozenset({"pool", "server_side_binding", "isolation_level", "assume_role", "cursor_factory"})
 DEFAULT_CONNECT_TIMEOUT_SECONDS = 5
 
-# What a caller sees when the database can't be reached in time. The catalogue has no
-# "service unavailable" entry for our own database yet; this is the one place to change.
-UNAVAILABLE = errors.INTERNAL_ERROR
+# What a caller sees when the database can't be reached in time: 503 with Retry-After.
+UNAVAILABLE = errors.DATABASE_UNAVAILABLE
+
+
+class ConnectionLost(NiyraError):
+    """The pooled connection was dead: PostgreSQL restarted, failed over or dropped it. The
+    next connection the pool hands out may well work (`ledger.call_close` tries once more)."""
+
+    def __init__(self) -> None:
+        error = errors.database_unavailable_error()
+        super().__init__(error.spec, headers=error.headers)
+
 
 _POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncConnectionPool] = weakref.WeakKeyDictionary()
 
@@ -79,6 +90,7 @@ async def gateway_pool() -> AsyncConnectionPool:
             min_size=settings.GATEWAY_DB_POOL_MIN,
             max_size=settings.GATEWAY_DB_POOL_MAX,
             timeout=settings.GATEWAY_DB_POOL_TIMEOUT_SECONDS,
+            reconnect_timeout=settings.DB_POOL_RECONNECT_TIMEOUT_SECONDS,
             name="niyra-gateway",
             configure=_configure,
             open=False,
@@ -125,13 +137,15 @@ async def gateway_connection() -> AsyncIterator[psycopg.AsyncConnection[Any]]:
             yield conn
     except PoolTimeout:
         logger.error("gateway database pool: no connection within %ss", pool.timeout)
-        raise NiyraError(UNAVAILABLE) from None
-    except psycopg.OperationalError:
+        raise errors.database_unavailable_error() from None
+    except psycopg.OperationalError as exc:
         # This one is discarded as it goes back; a dead connection rarely dies alone, so the
         # idle ones are checked now, before the next call takes one.
         logger.exception("gateway database connection failed")
         await pool.check()
-        raise NiyraError(UNAVAILABLE) from None
+        if database_unreachable(exc):
+            raise ConnectionLost from None
+        raise NiyraError(errors.INTERNAL_ERROR) from None  # the statement's own failure
 
 
 async def fetch_one(statement: Statement) -> tuple[Any, ...] | None:

@@ -296,13 +296,34 @@ def _last_use_due(user_id: int, provider: str) -> bool:
 
 async def call_close(close: CallClose) -> CallReceipt:
     """Settle (or void) the hold, or record BYOK usage at zero cost, and write the routed call:
-    both statements in one pipeline — one round trip, one transaction. Logs one line per call."""
+    both statements in one pipeline — one round trip, one transaction. Logs one line per call.
+
+    A close whose connection turns out dead (PostgreSQL restarted or failed over while the call
+    was at the provider) is tried once more, on a connection the pool opens anew — waiting for
+    the server up to the pool's timeout — so the call is billed and answered rather than its
+    hold left to the sweeper. Repeating it is safe: if the first try did commit, the second
+    moves nothing (the settle or void finds its hold resolved, the usage record's key is taken,
+    the routed-call row is written once). Only the fallback cap's true-up would repeat: the
+    second try leaves it out (the take stays counted, as for any close that could not be
+    written: never over the cap).
+    If the second try fails too, the hold stays open and the sweeper releases it (nothing is
+    charged), and the caller is told `503 database_unavailable`."""
     now = timezone.now()
+    try:
+        return await _close(close, now)
+    except db.ConnectionLost:
+        logger.warning("routed call %s: its close met a dead connection; trying once more", close.call_id)
+        return await _close(close, now, true_up=False)
+
+
+async def _close(close: CallClose, now: datetime, *, true_up: bool = True) -> CallReceipt:
     money = _money(close, now)
     log = routed_call_insert(close, would_cost=money.would_cost, now=now)
     hold_id = close.hold.pk if close.hold is not None else None
-    true_up = (
-        fallback_true_up(user_id=close.user_id, cap_hold=close.cap_hold, hold_id=hold_id) if close.cap_hold else None
+    cap_true_up = (
+        fallback_true_up(user_id=close.user_id, cap_hold=close.cap_hold, hold_id=hold_id)
+        if close.cap_hold and true_up
+        else None
     )
     # A call on the user's key stamps its last use, at most once a minute (the statement's own
     # guard), and this process sends the statement at most once a minute per key, so a key in
@@ -316,7 +337,7 @@ async def call_close(close: CallClose) -> CallReceipt:
         async with conn.pipeline():
             moved = await conn.execute(money.statement.sql, money.statement.params) if money.statement else None
             logged = await conn.execute(log.sql, log.params)
-            for extra in (true_up, used):
+            for extra in (cap_true_up, used):
                 if extra is not None:
                     await conn.execute(extra.sql, extra.params)
         money_row = await moved.fetchone() if moved is not None else None

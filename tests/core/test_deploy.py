@@ -53,12 +53,32 @@ def test_fly_process_commands_name_real_modules(process: str) -> None:
         assert isinstance(module.celery_app, Celery)
 
 
-def test_gunicorn_worker_class_is_importable() -> None:
+def gunicorn_config() -> dict[str, object]:
     namespace: dict[str, object] = {}
     exec((ROOT / "gunicorn.conf.py").read_text(), namespace)  # noqa: S102 - our own config file
-    module, _, cls = str(namespace["worker_class"]).rpartition(".")
+    return namespace
 
-    assert hasattr(importlib.import_module(module), cls)
+
+def test_gunicorn_worker_class_is_a_uvicorn_worker() -> None:
+    from uvicorn_worker import UvicornWorker
+
+    worker_class = gunicorn_config()["worker_class"]
+
+    assert isinstance(worker_class, type) and issubclass(worker_class, UvicornWorker)
+
+
+def test_fly_stops_a_web_machine_gracefully_within_its_kill_timeout() -> None:
+    """Fly's kill signal is gunicorn's graceful stop (SIGINT is its quick one), and its SIGKILL
+    comes only after uvicorn's grace (which cuts and settles what is left) and gunicorn's own
+    graceful_timeout (which SIGKILLs workers) have both run out."""
+    config = gunicorn_config()
+    grace = config["WEB_GRACE_SECONDS"]
+    uvicorn_options = config["worker_class"].CONFIG_KWARGS  # type: ignore[attr-defined]
+
+    assert FLY["kill_signal"] == "SIGTERM"
+    assert uvicorn_options["timeout_graceful_shutdown"] == grace
+    assert isinstance(grace, int) and grace < config["graceful_timeout"]  # type: ignore[operator]
+    assert int(str(FLY["kill_timeout"]).removesuffix("s")) > config["graceful_timeout"]  # type: ignore[operator]
 
 
 def test_fly_env_holds_no_secrets() -> None:
@@ -111,3 +131,15 @@ def test_each_entry_point_names_its_settings_module() -> None:
         if "niyra" in line:
             assert line.split(":", 1)[1].split()[0] == "DJANGO_SETTINGS_MODULE=niyra.settings.development"
     assert "export DJANGO_SETTINGS_MODULE = niyra.settings.development" in (ROOT / "Makefile").read_text()
+
+
+def test_fly_restarts_the_worker_and_beat_whenever_they_exit_and_shows_the_worker_liveness() -> None:
+    """Fly restarts a machine when its process exits, never for a failing check: the worker's
+    watchdog (core.liveness) and beat (Redis gone) exit to be restarted, under `always` (the
+    default on-failure gives up after ten tries). The check probes the watchdog's own port."""
+    policies = {process: entry["policy"] for entry in FLY["restart"] for process in entry["processes"]}
+    check = FLY["checks"]["worker_livez"]
+
+    assert policies == {"worker": "always", "beat": "always"}
+    assert check["processes"] == ["worker"] and check["path"] == "/livez"
+    assert FLY["env"]["WORKER_LIVENESS_LISTEN"].rpartition(":")[2] == str(check["port"])

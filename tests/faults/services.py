@@ -234,12 +234,23 @@ app.worker_main(sys.argv[1:])
 
 
 class Worker:
-    """A real `celery worker` subprocess (solo pool: the task runs in the process we kill)."""
+    """A real `celery worker` subprocess (solo pool by default: the task runs in the process we
+    kill; `pool="prefork"` for production's shape, the tasks in child processes)."""
 
-    def __init__(self, name: str, env: Mapping[str, str], logdir: Path, transport_options: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        name: str,
+        env: Mapping[str, str],
+        logdir: Path,
+        transport_options: Mapping[str, Any],
+        *,
+        pool: str = "solo",
+        concurrency: int = 1,
+    ) -> None:
         self.name = name
         self.log_path = logdir / f"worker-{name}.log"
-        argv = [sys.executable, "-c", _WORKER_MAIN, "worker", "--pool=solo", "--loglevel=INFO", f"--hostname={name}@%h"]
+        argv = [sys.executable, "-c", _WORKER_MAIN, "worker", f"--pool={pool}", f"--concurrency={concurrency}"]
+        argv += ["--loglevel=INFO", f"--hostname={name}@%h"]
         argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         self.process = subprocess.Popen(
             argv,
@@ -260,6 +271,11 @@ class Worker:
 
         wait_for(ready, timeout=START_TIMEOUT_SECONDS, what=f"worker {self.name} to be ready", interval=0.1)
         return self
+
+    def signal(self, signum: int) -> None:
+        """Send `signum` to the worker's main process only, as Fly sends its kill signal (the pool's
+        children are the worker's to stop)."""
+        self.process.send_signal(signum)
 
     def kill(self) -> None:
         """kill -9: no warm shutdown, no ack, no chance to tidy up."""
@@ -282,8 +298,16 @@ def start_workers(tmp_path: Path) -> Iterator[Callable[..., list[Worker]]]:
     start-up is the slow part), returned once all are ready, stopped in teardown."""
     started: list[Worker] = []
 
-    def start(env: Mapping[str, str], *names: str, transport_options: Mapping[str, Any] | None = None) -> list[Worker]:
-        workers = [Worker(name, env, tmp_path, transport_options or {}) for name in names]
+    def start(
+        env: Mapping[str, str],
+        *names: str,
+        transport_options: Mapping[str, Any] | None = None,
+        pool: str = "solo",
+        concurrency: int = 1,
+    ) -> list[Worker]:
+        workers = [
+            Worker(name, env, tmp_path, transport_options or {}, pool=pool, concurrency=concurrency) for name in names
+        ]
         started.extend(workers)
         return [worker.wait_ready() for worker in workers]
 
@@ -292,6 +316,17 @@ def start_workers(tmp_path: Path) -> Iterator[Callable[..., list[Worker]]]:
     finally:
         for worker in started:
             worker.stop()
+
+
+def refused_connection(exc: BaseException) -> bool:
+    """Whether a client's connection error was a refusal: the only failure that is safe to send
+    to another server, since the request never reached one."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 # --- The production web command ---------------------------------------------------------------
@@ -387,3 +422,78 @@ def start_web(tmp_path: Path) -> Iterator[Callable[..., WebServer]]:
     finally:
         for server in started:
             server.stop()
+
+
+# --- The production beat command --------------------------------------------------------------
+
+
+class Beat:
+    """The production beat command (`celery -A niyra beat`, as fly.toml runs it) as a subprocess,
+    on a machine of its own: the schedule file Celery's default scheduler keeps is a fresh one in
+    the test's folder, as a deploy gives the new machine an empty disk. Signals go to the beat
+    process only, as Fly sends its kill signal to the machine's main process."""
+
+    def __init__(self, name: str, env: Mapping[str, str], logdir: Path) -> None:
+        self.name = name
+        self.log_path = logdir / f"beat-{name}.log"
+        argv = [sys.executable, "-m", "celery", "-A", "niyra", "beat", "--loglevel", "INFO"]
+        argv += ["--schedule", str(logdir / f"beat-{name}-schedule")]
+        self.process = subprocess.Popen(
+            argv,
+            env=dict(env),
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            cwd=BASE_DIR,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_started(self) -> float:
+        """Wait until beat says it is starting (its scheduler is set up right after); returns when
+        that was seen (time.monotonic())."""
+
+        def started() -> bool:
+            assert self.process.poll() is None, f"beat {self.name} exited:\n{self.log()[-3000:]}"
+            return "beat: Starting..." in self.log()
+
+        wait_for(started, timeout=START_TIMEOUT_SECONDS, what=f"beat {self.name} to start", interval=0.05)
+        return time.monotonic()
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait_exit(self, timeout: float) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def start_beat(tmp_path: Path) -> Iterator[Callable[..., Beat]]:
+    """`start_beat(env, "a")`: a beat process (not waited for: see `Beat.wait_started`), stopped
+    in teardown."""
+    started: list[Beat] = []
+
+    def start(env: Mapping[str, str], name: str) -> Beat:
+        beat = Beat(name, env, tmp_path)
+        started.append(beat)
+        return beat
+
+    try:
+        yield start
+    finally:
+        for beat in started:
+            beat.stop()

@@ -214,7 +214,9 @@ def test_connections_dropped_mid_burst(
     after = [call(live_asgi, headers[0], number) for number in range(4)]
     assert idle > 1
     for outcome in after[:2]:
-        assert outcome.problem == "" and (outcome.complete or (outcome.error or {}).get("code") == "internal_error")
+        assert outcome.problem == "" and (
+            outcome.complete or (outcome.error or {}).get("code") == "database_unavailable"
+        )
     assert after[2].complete and after[3].complete, after
     renew_own_connection()
 
@@ -268,11 +270,11 @@ def test_calls_in_flight_when_the_database_is_unreachable_leave_holds_for_the_sw
         with connections_refused(control):
             terminate_app_backends(control)
             outcomes = [future.result() for future in futures]
-    # Then each call ends cleanly with the catalogue's error: JSON, or in the stream it started
+    # Then each call ends cleanly with the catalogue's 503: JSON, or in the stream it started
     assert [o.problem for o in outcomes if o.problem] == [], summary(outcomes)
     assert {(o.status, o.error and o.error["code"]) for o in outcomes} == {
-        (500, "internal_error"),
-        (200, "internal_error"),
+        (503, "database_unavailable"),
+        (200, "database_unavailable"),
     }
 
     # And their holds, which no call could resolve, are released by the sweeper: nothing charged

@@ -189,8 +189,11 @@ def test_refreshes_lost_while_redis_was_down_are_caught_up_by_the_next_tick(
         if "Unrecoverable error" in worker.log():
             # Known, not ours: the worker holding a reserved message (A's follow-up, an ETA task)
             # when the broker connection dropped failed to restore it (kombu 5.7.0: "'NoneType'
-            # object has no attribute 'hostname'") and now neither consumes nor exits. A liveness
-            # check on the worker heartbeat must replace it; here the other worker carries on.
+            # object has no attribute 'hostname'") and ends: `celery worker` exits 1 and its
+            # machine is restarted (this harness's `app.worker_main` loses the status). Were it
+            # left up consuming nothing, its liveness watchdog would end it (core.liveness,
+            # tests/faults/test_worker_liveness.py). The other worker carries on; kill() only
+            # makes sure this one is gone.
             worker.kill()
 
     def caught_up() -> bool:
