@@ -11,6 +11,9 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "300"))
 keepalive = 5
 accesslog = None  # request logs come from Fly's proxy; ours must never print headers
 errorlog = "-"
+# gunicorn's control socket (`gunicornc`: reload, resize, stop) is nothing we use: no socket, so
+# nothing to reach and no two servers on one host sharing its default path.
+control_socket_disable = True
 
 # A deploy stops a machine with SIGTERM (fly.toml's kill_signal: with SIGINT, Fly's default,
 # gunicorn's "quick shutdown", the worker keeps serving until gunicorn SIGKILLs it). The master
