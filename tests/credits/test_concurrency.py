@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from credits.services.ledger import credit_charge, credit_grant
 
 THREADS = 50
 OPS_PER_THREAD = 24
+START_BOUND_SECONDS = 60  # every thread has its session by then, or the barrier breaks (a hang bound)
 START_BALANCE = 60_000  # small enough that "not enough credits" happens often
 
 
@@ -91,17 +93,23 @@ def test_fifty_threads_on_one_account(make_user: Any, connections_for: Callable[
     credit_grant(user=user, amount=START_BALANCE, reason="concurrency test", idempotency_key="seed")
     shared_holds: list[int] = []
     lock = threading.Lock()
-    start = threading.Barrier(THREADS)
+    # A thread that can't open its session (the server out of connections) breaks the barrier
+    # for all, and the test fails saying so, rather than waiting forever.
+    start = threading.Barrier(THREADS, timeout=START_BOUND_SECONDS)
     outcomes: list[Outcome] = [Outcome() for _ in range(THREADS)]
 
     def run(i: int) -> None:
-        outcomes[i] = _worker(i, user, shared_holds, lock, start)
+        try:
+            outcomes[i] = _worker(i, user, shared_holds, lock, start)
+        except Exception as exc:
+            outcomes[i].unexpected.append(f"thread {i} never ran: {exc!r}")
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(THREADS)]
     for thread in threads:
         thread.start()
+    deadline = time.monotonic() + 120
     for thread in threads:
-        thread.join(timeout=120)
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
     assert not any(thread.is_alive() for thread in threads)
 
     unexpected = [problem for outcome in outcomes for problem in outcome.unexpected]
@@ -144,7 +152,7 @@ def test_twins_with_one_key_charge_once(make_user: Any, connections_for: Callabl
     credit_grant(user=user, amount=START_BALANCE, reason="twins", idempotency_key="seed")
     twins = 20
     connections_for(twins)
-    start = threading.Barrier(twins)
+    start = threading.Barrier(twins, timeout=START_BOUND_SECONDS)
     results: list[tuple[int, int] | str] = [""] * twins
 
     def run(i: int) -> None:
