@@ -18,19 +18,33 @@ is the lowest concurrency whose throughput is within 10% of the best step's (the
 after two steps without a 10% gain, or at the first 5xx or transport error); then `--duration`
 seconds (default 60) at the knee. `--concurrency N` skips the ramp.
 
+Soak (issue 16): `--soak-minutes [N]` (15 without N) runs the main phase for N minutes as an
+open loop, new requests arriving at a fixed rate whatever the server's speed: half the
+throughput the ramp measured at the knee (or `--rate R`, which skips the ramp). The Procfile's
+Celery worker and beat run beside the web server on the run's Redis db, with work to do: OAuth
+connections on the sandbox whose tokens live 120 s, refreshed by 30 s ticks, and a health probe
+of every saved key each 5 minutes (`soak_env`).
+
+Throughout the main phase `benchmarks/soak.py` samples, every few seconds, each process's RSS
+and open fds, the run's database connections by process group, the Celery queue, and the
+latency and throughput of the interval; it fits a slope to each series after a warm-up and
+judges which should be flat (its docstring says how).
+
 Checks (exit status 1 if any fails): `reconcile_ledger` clean; no 5xx, no transport error, and
-every answer as expected (the key source asked for, a complete stream, the key reported valid);
-and the database agrees with what the client saw: one `ok` routed-call row per answered call
-by key source, one settled charge per credits call, no open hold, one audit row per key test.
+every answer as expected (the key source asked for, a complete stream, the key reported valid,
+no 4xx); the database agrees with what the client saw: one `ok` routed-call row per answered
+call by key source, one settled charge per credits call, no open hold, one audit row per key
+test; the flatness rules hold (soak runs: more of them); no Celery task raised.
 
 Key tests keep the production throttle (`byok_test`, 30 per user per hour): they are spread
-over the BYOK users, each tested at most 30 times per run, and the run's Redis db is cleared
-of earlier throttle history first (a fresh database hands out the same user ids again).
+over the BYOK users, none tested more than 30 times in an hour, and the run's Redis db is
+cleared of earlier throttle history first (a fresh database hands out the same user ids again).
 
 The last line printed is `LOAD_RESULT <json>`, read by `tests/faults/test_load.py`.
 
     .venv/bin/python benchmarks/load.py                                  # ramp, then 60 s at the knee
     .venv/bin/python benchmarks/load.py --duration 20 --concurrency 16   # no ramp
+    .venv/bin/python benchmarks/load.py --soak-minutes                   # ramp, then a 15-minute soak
 """
 
 from __future__ import annotations
@@ -40,8 +54,10 @@ import asyncio
 import base64
 import contextlib
 import ctypes
+import functools
 import itertools
 import json
+import math
 import os
 import random
 import re
@@ -51,7 +67,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +82,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import soak  # noqa: E402
 from benchmarks.routing import free_port, peak_rss_mb, reconcile, wait_http  # noqa: E402
 
 MIX = {
@@ -86,7 +103,12 @@ ROUTED = {  # kind -> (key source the answer must name, stream)
 ENDPOINTS = (("/v1/chat/completions", "gpt-4.1-mini"), ("/api/llm/messages", "claude-haiku-4-5"))
 PROMPT = [{"role": "user", "content": "Say hello to the load test"}]
 KEY_TESTS_PER_USER = 30  # the production `byok_test` rate is 30/hour per user
+KEY_TEST_WINDOW = 3600 + 120  # its hour, and a margin: the server's window starts when it counts
 REQUEST_TIMEOUT = 30.0
+MAX_IN_FLIGHT = 1000  # open loop: past this the server is not keeping up; stop adding to it
+SOAK_CLIENT_ID = "load-soak-ttl120"  # sandbox words: access tokens live 120 s
+SOAK_TICK_SECONDS = 30  # OAuth refresh and key-health ticks during a soak (production: 300)
+SOAK_KEY_HEALTH_SECONDS = 300  # each saved key probed every 5 minutes (production: a day)
 DB_NAME_RULE = re.compile(r"niyra_load_[a-z0-9_]{1,40}")  # the run drops this database: never another one
 
 
@@ -127,6 +149,27 @@ def stack_env(args: argparse.Namespace, *, sandbox_url: str, web_port: int) -> d
         "LOG_LEVEL": "WARNING",
         "PORT": str(web_port),
         "WEB_CONCURRENCY": str(args.workers),
+        **(soak_env(args, sandbox_url) if args.soak_minutes else {}),
+    }
+
+
+def soak_env(args: argparse.Namespace, sandbox_url: str) -> dict[str, str]:
+    """Work for the worker and beat while the soak runs: an OAuth integration on the sandbox whose
+    access tokens live 120 s, refresh ticks every 30 s (each connection refreshed about once a
+    minute), and a health probe of every saved key each 5 minutes, spread evenly."""
+    keys_per_provider_per_tick = math.ceil(args.byok_users * SOAK_TICK_SECONDS / SOAK_KEY_HEALTH_SECONDS) + 1
+    return {
+        "OAUTH_INTEGRATION_NAMES": "soak",
+        "OAUTH_SOAK_CLIENT_ID": SOAK_CLIENT_ID,
+        "OAUTH_SOAK_CLIENT_SECRET": f"secret-{SOAK_CLIENT_ID}",  # the sandbox's rule
+        "OAUTH_SOAK_AUTHORIZE_URL": f"{sandbox_url}/oauth/authorize",
+        "OAUTH_SOAK_TOKEN_URL": f"{sandbox_url}/oauth/token",
+        "OAUTH_SOAK_REVOKE_URL": f"{sandbox_url}/oauth/revoke",
+        "OAUTH_REFRESH_INTERVAL_SECONDS": str(SOAK_TICK_SECONDS),
+        "OAUTH_REFRESH_MARGIN_SECONDS": "60",
+        "BYOK_HEALTH_TICK_SECONDS": str(SOAK_TICK_SECONDS),
+        "BYOK_HEALTH_INTERVAL_SECONDS": str(SOAK_KEY_HEALTH_SECONDS),
+        "BYOK_HEALTH_MAX_PER_PROVIDER_PER_TICK": str(keys_per_provider_per_tick),
     }
 
 
@@ -138,9 +181,10 @@ def create_database(args: argparse.Namespace) -> None:
 
 def setup_database(args: argparse.Namespace, env: dict[str, str], sandbox_url: str) -> dict[str, list[str]]:
     """Migrate; then credits users (free plan) and BYOK users (pro plan, an OpenAI and an
-    Anthropic key each, validated by the sandbox), all through the services. One process, and
-    the sandbox boots meanwhile: on a busy 2-CPU machine each Django start-up costs seconds.
-    Returns the users' API tokens by path."""
+    Anthropic key each, validated by the sandbox), and for a soak the first credits users' OAuth
+    connections (`--connections`), all through the services. One process, and the sandbox boots
+    meanwhile: on a busy 2-CPU machine each Django start-up costs seconds. Returns the users' API
+    tokens by path."""
     script = f"""
 import secrets, time, urllib.request
 from django.core.management import call_command
@@ -165,24 +209,48 @@ for path, count in (("credits", {args.credits_users}), ("byok", {args.byok_users
             provider_key_save(user=user, provider="anthropic", key="sk-ant-api03-load-" + secrets.token_hex(8))
         print(path, api_token_create(user=user, name="load").plaintext)
 """
+    if args.connections:  # soak: OAuth connections for the worker to refresh, through the services
+        script += f"""
+import urllib.error
+from urllib.parse import parse_qs, urlsplit
+from accounts.models import User
+from connections.services import connection_connect_complete, connection_connect_start
+
+class Stay(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # the sandbox approves at once; its redirect carries the code
+
+for n in range({args.connections}):
+    user = User.objects.get(email=f"credits-{{n}}@load.local")
+    url = connection_connect_start(user=user, integration="soak", redirect_uri="http://127.0.0.1/oauth/callback/soak")
+    try:
+        urllib.request.build_opener(Stay).open(url, timeout=10)
+    except urllib.error.HTTPError as redirect:
+        query = parse_qs(urlsplit(redirect.headers["Location"]).query)
+    connection_connect_complete(user=user, integration="soak", state=query["state"][0], code=query["code"][0])
+    print("connection", n)
+"""
     result = subprocess.run(
         [sys.executable, "manage.py", "shell", "-v0", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
     )
     tokens: dict[str, list[str]] = {"credits": [], "byok": []}
+    connected = sum(line.startswith("connection ") for line in result.stdout.splitlines())
     for line in result.stdout.splitlines():
         path, _, token = line.partition(" ")
         if path in tokens and token.startswith("niy_"):
             tokens[path].append(token)
-    if result.returncode or len(tokens["credits"]) != args.credits_users or len(tokens["byok"]) != args.byok_users:
+    counts = (len(tokens["credits"]), len(tokens["byok"]), connected)
+    if result.returncode or counts != (args.credits_users, args.byok_users, args.connections):
         raise RuntimeError(f"setup failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
     return tokens
 
 
 def clear_throttle_history(redis_url: str) -> int:
-    """Forget key-test throttle counts (before a run: user ids repeat in a fresh database)."""
+    """Forget key-check throttle counts (`byok.throttle`'s keys): user ids repeat in a fresh
+    database, so a run must not inherit the last one's saves and tests."""
     client = redis.Redis.from_url(redis_url)
     try:
-        keys = list(client.scan_iter(match="*throttle_byok_*", count=1000))
+        keys = list(client.scan_iter(match="*byok-probes:*", count=1000))
         return int(client.delete(*keys)) if keys else 0
     finally:
         client.close()
@@ -296,33 +364,62 @@ class Traffic:
         self.credits = itertools.cycle(tokens["credits"])
         self.byok = itertools.cycle(tokens["byok"])
         self.any_user = itertools.cycle(tokens["credits"] + tokens["byok"])
-        self.key_tests = [token for token in tokens["byok"] for _ in range(KEY_TESTS_PER_USER)]
-        self.rng.shuffle(self.key_tests)
+        self.key_testers = deque(self.rng.sample(tokens["byok"], len(tokens["byok"])))
+        self.key_tests_sent: dict[str, deque[float]] = {token: deque() for token in tokens["byok"]}
         self.key_tests_skipped = 0
+        self.window, self.in_flight = soak.Window(), 0  # read by the sampler
         self.routed_turn, self.key_test_turn = itertools.count(), itertools.count()
         self.endpoints: Counter[str] = Counter()  # routed requests sent, by path, whole run
         self.senders: dict[str, Callable[[str], Any]] = {
             **dict.fromkeys(ROUTED, self.routed),
-            "key_test": self.key_test,
             "ledger": self.ledger,
             "balance": self.balance,
         }
 
-    async def one(self, tally: Tally) -> None:
+    def take_window(self) -> soak.Window:
+        window, self.window = self.window, soak.Window()
+        return window
+
+    def _key_tester(self) -> str | None:
+        """The next BYOK user with a key test left in the throttle's hour (by this client's clock,
+        with a margin for the server's), or None."""
+        now = time.monotonic()
+        for _ in range(len(self.key_testers)):
+            token = self.key_testers[0]
+            self.key_testers.rotate(-1)
+            sent = self.key_tests_sent[token]
+            while sent and now - sent[0] > KEY_TEST_WINDOW:
+                sent.popleft()
+            if len(sent) < KEY_TESTS_PER_USER:
+                sent.append(now)
+                return token
+        return None
+
+    async def one(self, tally: Tally, *, scheduled: float | None = None) -> None:
+        """One request. Its latency runs from `scheduled` when given (an open loop's arrival
+        time: a request the client sent late still counts its wait)."""
         kind = self.rng.choices(self.kinds, self.weights)[0]
-        if kind == "key_test" and not self.key_tests:
+        tester = self._key_tester() if kind == "key_test" else None
+        if kind == "key_test" and tester is None:
             kind, self.key_tests_skipped = "balance", self.key_tests_skipped + 1
-        started = time.perf_counter()
+        send = functools.partial(self.key_test, token=tester) if tester else self.senders[kind]
+        started = time.perf_counter() if scheduled is None else scheduled
+        self.in_flight += 1
         try:
-            status, outcome = await self.senders[kind](kind)
+            status, outcome = await send(kind)
         except (aiohttp.ClientError, TimeoutError) as exc:
             status, outcome = None, f"transport:{type(exc).__name__}"
         except (ValueError, KeyError, TypeError, IndexError) as exc:  # an answer of the wrong shape
             status, outcome = 200, f"check:malformed:{type(exc).__name__}"
+        finally:
+            self.in_flight -= 1
         if outcome == "ok":
-            tally.latencies[kind].append(time.perf_counter() - started)
+            latency = time.perf_counter() - started
+            tally.latencies[kind].append(latency)
+            self.window.latencies.append(latency)
         else:
             tally.failures[(kind, f"{status if status is not None else '-'}:{outcome}")] += 1
+            self.window.failed += 1
 
     def _auth(self, token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}
@@ -343,8 +440,7 @@ class Traffic:
                 return 200, check_stream(path, text, source, response.headers.get("X-Niyra-Key-Source"))
             return 200, check_json(path, text, source, response.headers.get("X-Niyra-Key-Source"))
 
-    async def key_test(self, kind: str) -> tuple[int, str]:
-        token = self.key_tests.pop()
+    async def key_test(self, kind: str, *, token: str) -> tuple[int, str]:
         provider = ("openai", "anthropic")[next(self.key_test_turn) % 2]
         async with self.session.post(f"{self.base}/api/keys/{provider}/test", headers=self._auth(token)) as response:
             text = await response.text()
@@ -384,6 +480,31 @@ async def run_phase(traffic: Traffic, *, concurrency: int, seconds: float) -> Ta
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
+    tally.wall = time.perf_counter() - started
+    return tally
+
+
+async def run_open_loop(traffic: Traffic, *, rate: float, seconds: float) -> Tally:
+    """An open loop: a request every 1/`rate` seconds, whether or not the earlier ones were
+    answered (so a slower server shows as latency and requests in flight, not as a lower rate),
+    then the ones still in flight are awaited (each is bounded by its timeout). Past
+    `MAX_IN_FLIGHT` requests waiting, an arrival is counted as failed instead of sent."""
+    tally = Tally()
+    pending: set[asyncio.Task[None]] = set()
+    started = time.perf_counter()
+    for n in itertools.count():
+        due = started + n / rate
+        if due - started >= seconds:
+            break
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        if traffic.in_flight >= MAX_IN_FLIGHT:
+            tally.failures[("-", "-:client:too_many_in_flight")] += 1
+            traffic.window.failed += 1
+            continue
+        task = asyncio.create_task(traffic.one(tally, scheduled=due))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    await asyncio.gather(*pending)
     tally.wall = time.perf_counter() - started
     return tally
 
@@ -432,23 +553,63 @@ async def ramp(traffic: Traffic, args: argparse.Namespace, everything: Tally) ->
     return knee, steps
 
 
-async def drive(args: argparse.Namespace, base: str, tokens: dict[str, list[str]], web_pid: int) -> dict[str, Any]:
+def backend_ports(args: argparse.Namespace) -> dict[str, int]:
+    """The TCP ports of PostgreSQL (unless reached through a Unix socket) and Redis, so the
+    sampler can tell a process's sockets to them from the rest."""
+    postgres, cache = urlsplit(args.postgres), urlsplit(args.redis_url)
+    ports = {"redis": cache.port or 6379}
+    if postgres.hostname:
+        ports["postgres"] = postgres.port or 5432
+    return ports
+
+
+async def drive(
+    args: argparse.Namespace, base: str, tokens: dict[str, list[str]], processes: dict[str, int]
+) -> dict[str, Any]:
+    """Warm-up, the ramp (unless a concurrency or a rate is given), then the main phase with the
+    sampler running beside it: closed loop at the knee, or (soak) open loop at half the knee's
+    throughput."""
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         traffic = Traffic(session, base, tokens, args.seed)
         everything = Tally()
         everything.absorb(await run_phase(traffic, concurrency=4, seconds=args.warmup))
-        knee, steps = (args.concurrency, []) if args.concurrency else await ramp(traffic, args, everything)
+        knee, steps = (args.concurrency, []) if args.concurrency or args.rate else await ramp(traffic, args, everything)
+        knee_rate = next((t.answered() / t.wall for c, t in steps if c == knee), None)
+        rate = args.rate or (knee_rate / 2 if args.soak_minutes and knee_rate else None)
+        if rate:
+            print(f"open loop at {rate:.1f} req/s" + (f" (half of {knee_rate:.1f})" if not args.rate else ""))
 
-        cpu_before, client_before = cpu_seconds(web_pid), time.process_time()
-        main = await run_phase(traffic, concurrency=knee, seconds=args.duration)
-        web_cpu, client_cpu = cpu_seconds(web_pid) - cpu_before, time.process_time() - client_before
+        sampler = soak.Sampler(
+            processes=processes,
+            dsn=database_url(args.postgres, args.database),
+            database=args.database,
+            backends=backend_ports(args),
+            redis_url=args.redis_url if "worker" in processes else None,
+            take_window=traffic.take_window,
+            in_flight=lambda: traffic.in_flight,
+            interval=args.sample_seconds,
+        )
+        traffic.take_window()  # the first interval starts with the sampler
+        sampling = asyncio.create_task(sampler.run())
+        cpu_before, client_before = cpu_seconds(processes["web"]), time.process_time()
+        if rate:
+            main = await run_open_loop(traffic, rate=rate, seconds=args.main_seconds)
+        else:
+            main = await run_phase(traffic, concurrency=knee, seconds=args.main_seconds)
+        web_cpu, client_cpu = cpu_seconds(processes["web"]) - cpu_before, time.process_time() - client_before
+        sampler.stop()
+        samples = await sampling
         everything.absorb(main)
     return {
         "main": main,
         "everything": everything,
         "knee": knee,
+        "knee_rate": knee_rate,
+        "rate": rate,
+        "samples": samples,
+        "processes": processes,
         "steps": steps,
         "web_cpu": web_cpu,
         "client_cpu": client_cpu,
@@ -496,7 +657,13 @@ def database_check(args: argparse.Namespace, everything: Tally) -> tuple[bool, d
 
 def report(args: argparse.Namespace, run: dict[str, Any], *, peak_mb: float, workers: int) -> dict[str, Any]:
     main: Tally = run["main"]
-    print(f"\n## Main phase: {args.duration:.0f} s at concurrency {run['knee']} (closed loop)")
+    if run["rate"]:
+        half = (
+            f", half the knee's {run['knee_rate']:.1f} req/s at concurrency {run['knee']}" if run["knee_rate"] else ""
+        )
+        print(f"\n## Main phase: {args.main_seconds / 60:.1f} min, open loop at {run['rate']:.1f} req/s{half}")
+    else:
+        print(f"\n## Main phase: {args.main_seconds:.0f} s at concurrency {run['knee']} (closed loop)")
     print("| kind | requests | req/s | errors | p50 ms | p95 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|")
     kinds: dict[str, dict[str, Any]] = {}
@@ -526,6 +693,8 @@ def report(args: argparse.Namespace, run: dict[str, Any], *, peak_mb: float, wor
     return {
         "duration_s": round(main.wall, 2),
         "concurrency": run["knee"],
+        "knee_rate": None if run["knee_rate"] is None else round(run["knee_rate"], 2),
+        "arrival_rate": None if run["rate"] is None else round(run["rate"], 2),
         "ramp": [
             {"concurrency": c, "requests": t.requests(), "rate": round(t.requests() / t.wall, 1), "severe": severe(t)}
             for c, t in run["steps"]
@@ -543,6 +712,68 @@ def report(args: argparse.Namespace, run: dict[str, Any], *, peak_mb: float, wor
         "web_peak_rss_mb": round(peak_mb, 1),
         "web_cpu_s": round(run["web_cpu"], 2),
         "workers": workers,
+        "resources": report_resources(args, run),
+    }
+
+
+def _table(rows: list[list[Any]]) -> None:
+    print("\n".join("| " + " | ".join("" if cell is None else str(cell) for cell in row) + " |" for row in rows))
+
+
+def report_resources(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
+    """The sampled series: a table by window, each series' trend after the warm-up, and the
+    flatness rules' verdicts."""
+    samples = run["samples"]
+    windows = soak.report_windows(samples)
+    print(f"\n## Resources and latency by window ({len(samples)} samples, every {args.sample_seconds:g} s)")
+    columns = [
+        ("ok req/s", "ok_per_s"),
+        ("failed", "failed"),
+        ("p50 ms", "p50_ms"),
+        ("p95 ms", "p95_ms"),
+        ("p99 ms", "p99_ms"),
+        ("web RSS MB", "web_rss_mb"),
+        ("web fds min", "web_fds_min"),
+        ("web fds max", "web_fds_max"),
+        ("DB conns max", "db_connections_max"),
+        (f"web DB idle > {soak.STALE_SECONDS} s max", "db_stale_web_max"),
+        ("in flight max", "in_flight_max"),
+        ("load avg", "load1"),
+    ]
+    if run["processes"].get("worker"):
+        columns[-1:-1] = [
+            ("worker RSS MB", "worker_rss_mb"),
+            ("queue max", "queue_depth_max"),
+            ("unacked max", "unacked_max"),
+        ]
+    _table([["min", *(name for name, _ in columns)], ["---"] * (len(columns) + 1)])
+    for window in windows:
+        minutes = f"{window['from_s'] / 60:.1f}-{window['to_s'] / 60:.1f}"
+        _table([[minutes, *(window[key] for _, key in columns)]])
+
+    series = soak.trends(samples, args.main_seconds)
+    verdicts = soak.flatness(series, soak=bool(args.soak_minutes), rate=run["rate"])
+    warmup = soak.WARMUP_FRACTION * args.main_seconds
+    print(f"\n## Trends after the warm-up (first {warmup:.0f} s left out; first/last window: a fifth of the rest each)")
+    fields = ["first", "last", "first_min", "last_min", "first_max", "last_max", "slope_per_min", "min", "max"]
+    _table([["series (first/last: window mean)", *(f.replace("_", " ") for f in fields)], ["---"] * (len(fields) + 1)])
+    web_master = run["processes"]["web"]
+    for name, trend in series.items():
+        if name.endswith(".processes") or (".pid" in name and name.endswith(".fds")):
+            continue
+        label = name.replace(f"web.pid{web_master}.", "web master.").replace("web.pid", "web worker ")
+        _table([[label, *(trend.get(f) for f in fields)]])
+    print("\n## Flat?")
+    for name, verdict in verdicts.items():
+        print(f"- {'PASS' if verdict['ok'] else 'FAIL'} {name}")
+    return {
+        "sample_seconds": args.sample_seconds,
+        "samples": len(samples),
+        "warmup_s": round(warmup, 1),
+        "windows": windows,
+        "trends": series,
+        "flat": {name: {"ok": verdict["ok"], "metric": verdict["metric"]} for name, verdict in verdicts.items()},
+        "flat_ok": all(verdict["ok"] for verdict in verdicts.values()),
     }
 
 
@@ -555,12 +786,33 @@ def parse_args() -> argparse.Namespace:
         help="main phase, seconds (default: $NIYRA_LOAD_SECONDS or 60)",
     )
     parser.add_argument("--concurrency", type=int, default=0, help="skip the ramp and run the main phase at this")
+    parser.add_argument(
+        "--soak-minutes",
+        type=float,
+        nargs="?",
+        const=15.0,
+        default=None,
+        help="soak: after the ramp, this many minutes (15 if no number is given) of open-loop arrivals at half the "
+        "knee's throughput, with a Celery worker and beat running",
+    )
+    parser.add_argument("--rate", type=float, default=0.0, help="skip the ramp; open loop at this many requests/s")
+    parser.add_argument(
+        "--sample-seconds", type=float, default=0.0, help="resource sampling interval (default: 2 to 5 s, by length)"
+    )
+    parser.add_argument(
+        "--connections", type=int, default=None, help="soak: OAuth connections the worker refreshes (default 10)"
+    )
     parser.add_argument("--ramp", default="2,4,8,16,32,64", help="concurrency steps of the ramp")
     parser.add_argument("--step-seconds", type=float, default=5.0, help="length of each ramp step")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds at concurrency 4 before the ramp")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (WEB_CONCURRENCY; production: 2)")
     parser.add_argument("--credits-users", type=int, default=20)
-    parser.add_argument("--byok-users", type=int, default=30, help="also the key testers: 30 tests each at most")
+    parser.add_argument(
+        "--byok-users",
+        type=int,
+        default=None,
+        help="also the key testers: 30 tests an hour each (default 30; soak: 100)",
+    )
     parser.add_argument("--database", default="niyra_load_bench", help="dropped and recreated: niyra_load_*")
     parser.add_argument(
         "--postgres",
@@ -574,8 +826,26 @@ def parse_args() -> argparse.Namespace:
     args.ramp = [int(step) for step in args.ramp.split(",")]
     if not DB_NAME_RULE.fullmatch(args.database):
         parser.error("--database must look like niyra_load_<lower-case letters, digits, _>: the run drops it")
-    if not 1 <= args.duration <= 600:
-        parser.error("--duration: 1 to 600 seconds")
+    if args.soak_minutes is None:
+        if not 1 <= args.duration <= 600:
+            parser.error("--duration: 1 to 600 seconds")
+        if args.connections:
+            parser.error("--connections: soak only (the worker refreshes them)")
+        args.main_seconds, args.connections = args.duration, 0
+    else:
+        if not 1 <= args.soak_minutes <= 24 * 60:
+            parser.error("--soak-minutes: 1 to 1440")
+        if args.concurrency:
+            parser.error("--soak-minutes runs an open loop: give --rate, not --concurrency")
+        args.main_seconds = args.soak_minutes * 60
+        args.connections = 10 if args.connections is None else args.connections
+    if args.byok_users is None:
+        args.byok_users = 30 if args.soak_minutes is None else 100
+    if args.connections > args.credits_users:
+        parser.error("--connections: at most --credits-users (each connection is a credits user's)")
+    args.sample_seconds = args.sample_seconds or max(2.0, min(5.0, args.main_seconds / 30))
+    if not 1 <= args.sample_seconds <= 60 or args.rate < 0:
+        parser.error("--sample-seconds: 1 to 60; --rate: positive")
     return args
 
 
@@ -594,6 +864,61 @@ def running(command: list[str], *, env: dict[str, str], **popen: Any) -> Iterato
             process.wait()
 
 
+def start_celery(stack: contextlib.ExitStack, env: dict[str, str], scratch: Path, redis_url: str) -> dict[str, int]:
+    """The Procfile's worker and beat on the run's Redis db (emptied of earlier messages first),
+    beat's schedule file in `scratch`; stopped when `stack` closes. Returns their pids."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.delete(soak.CELERY_QUEUE, "unacked", "unacked_index")
+    finally:
+        client.close()
+    celery = str(Path(sys.executable).parent / "celery")
+    log = stack.enter_context((scratch / "worker.log").open("wb"))
+    worker = stack.enter_context(
+        running(
+            [
+                celery,
+                "-A",
+                "niyra",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "4",
+                "-n",
+                f"load-{os.getpid()}@%h",
+            ],
+            env=env | {"PGAPPNAME": "niyra-load-worker", "LOG_LEVEL": "INFO"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    )
+    beat = stack.enter_context(
+        running(
+            [celery, "-A", "niyra", "beat", "--loglevel", "INFO", "--schedule", str(scratch / "celerybeat-schedule")],
+            env=env | {"PGAPPNAME": "niyra-load-beat"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
+    return {"worker": worker.pid, "beat": beat.pid}
+
+
+TASK_LINE = re.compile(r"Task ([\w.]+)\[[0-9a-f-]+\] (succeeded|raised|retry)(?: unexpected: (.{0,160}))?")
+
+
+def task_outcomes(log: str) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """Outcomes by task name, as the worker's log lines say them, and the errors of the tasks that
+    raised (the start of each message, by task)."""
+    outcomes: dict[str, Counter[str]] = defaultdict(Counter)
+    errors: Counter[str] = Counter()
+    for name, outcome, error in TASK_LINE.findall(log):
+        outcomes[name][outcome] += 1
+        if outcome == "raised":
+            errors[f"{name}: {error}"] += 1
+    return {name: dict(counts) for name, counts in sorted(outcomes.items())}, dict(errors)
+
+
 def measure(args: argparse.Namespace, web_log: IO[bytes]) -> dict[str, Any]:
     sandbox_port, web_port = free_port(), free_port()
     sandbox_url, niyra_url = f"http://127.0.0.1:{sandbox_port}", f"http://127.0.0.1:{web_port}"
@@ -609,24 +934,40 @@ def measure(args: argparse.Namespace, web_log: IO[bytes]) -> dict[str, Any]:
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
     web_command = [gunicorn, "niyra.asgi:application", "--config", "gunicorn.conf.py"]
     # The web server boots while the set-up runs: it touches no table until the first request.
+    # Each group of processes connects to PostgreSQL under its own name, so the sampler can count them.
     with (
         running(sandbox_command, env=env, stdout=subprocess.DEVNULL),
-        running([*web_command, "--bind", f"127.0.0.1:{web_port}"], env=env, stderr=web_log) as web,
+        running(
+            [*web_command, "--bind", f"127.0.0.1:{web_port}"], env=env | {"PGAPPNAME": "niyra-load-web"}, stderr=web_log
+        ) as web,
+        tempfile.TemporaryDirectory(prefix="niyra-load-") as scratch,
+        contextlib.ExitStack() as celery,
     ):
-        tokens = setup_database(args, env, sandbox_url)
         cleared = clear_throttle_history(args.redis_url)
+        tokens = setup_database(args, env, sandbox_url)
+        processes = {"web": web.pid}
+        if args.soak_minutes:
+            processes |= start_celery(celery, env, Path(scratch), args.redis_url)
         wait_http(f"{sandbox_url}/_sandbox/log")
         wait_http(f"{niyra_url}/healthz", timeout=120)
         lap("setup")
         print(
             f"# Load (mixed traffic) — {time.strftime('%Y-%m-%d %H:%M')} — {os.cpu_count()} CPUs, "
             f"load average {os.getloadavg()[0]:.1f} at start, gunicorn workers={args.workers}, PostgreSQL, "
-            f"sandbox on loopback; {args.credits_users} credits users, {args.byok_users} BYOK users; "
+            f"sandbox on loopback; {args.credits_users} credits users, {args.byok_users} BYOK users"
+            f"{f', {args.connections} OAuth connections, a Celery worker and beat' if args.soak_minutes else ''}; "
             f"set-up {seconds['setup']:.0f} s ({cleared} stale throttle keys cleared)"
         )
-        run = asyncio.run(drive(args, niyra_url, tokens, web.pid))
+        run = asyncio.run(drive(args, niyra_url, tokens, processes))
         lap("traffic")
         result = report(args, run, peak_mb=peak_rss_mb(web.pid), workers=args.workers)
+        celery.close()  # the worker finishes what it holds, then its log is complete
+        if args.soak_minutes:
+            worker_log = (Path(scratch) / "worker.log").read_text(errors="replace")
+            result["tasks"], result["task_errors"] = task_outcomes(worker_log)
+            print(f"\nCelery tasks the worker logged (idle ticks log nothing): {result['tasks']}")
+            if result["task_errors"]:
+                print(f"errors of the tasks that raised: {result['task_errors']}")
     lap("stop")
     clear_throttle_history(args.redis_url)  # nothing that later shares this Redis db should inherit them
     ledger = reconcile(env)
@@ -642,9 +983,12 @@ def measure(args: argparse.Namespace, web_log: IO[bytes]) -> dict[str, Any]:
     result["ok"] = (
         result["reconcile_clean"]
         and db_ok
+        and result["resources"]["flat_ok"]
+        and not any(outcomes.get("raised") for outcomes in result.get("tasks", {}).values())
         and not result["status_5xx"]
         and not result["transport_errors"]
         and not result["check_failures"]
+        and not result["errors"]
         and all(kind["ok"] for kind in result["kinds"].values())
     )
     return result

@@ -11,7 +11,10 @@ It proves that under sustained mixed load: no request gets a 5xx or loses its co
 every answer is the one asked for (the key source of the path, a complete stream, a valid key);
 the ledger reconciles; the database recorded exactly what the clients were answered (one
 routed-call row per call, one settled charge per credits call, no hold left open, one audit
-row per key test); and every kind of request actually ran.
+row per key test); every kind of request actually ran; and (issue 16, "Soak") nothing the web
+processes hold grew over the main phase once warm: their open fds (besides their database and
+Redis sockets), their database connections left idle, and, loosely, their memory. The sampling
+and the rules are `benchmarks/soak.py`'s; none depends on the machine's speed.
 """
 
 from __future__ import annotations
@@ -109,5 +112,15 @@ def test_mixed_load_on_the_production_server_is_clean() -> None:
     }
     assert set(result["endpoints"]) == {"/v1/chat/completions", "/api/llm/messages"}
     assert all(count > 0 for count in result["endpoints"].values())
+
+    # and, after the main phase's warm-up, the web processes ended holding no more than they began
+    # with: open fds (besides their database and Redis sockets), database connections that sat
+    # idle (taken from a pool and never given back, or opened outside one), and RSS (loosely)
+    resources = result["resources"]
+    figures = {
+        name: resources["trends"].get(name) for name in ("web.fds_besides_db_redis", "db.stale.web", "web.rss_mb")
+    }
+    verdicts = {verdict["metric"]: verdict["ok"] for verdict in resources["flat"].values()}
+    assert verdicts == dict.fromkeys(figures, True), f"{resources['flat']}\n{figures}"
 
     assert result["ok"] and returncode == 0, output[-3000:]
