@@ -233,7 +233,49 @@ app.worker_main(sys.argv[1:])
 """
 
 
-class Worker:
+class ProcessGroup:
+    """What the subprocesses of these tests share: each runs in a process group of its own (so
+    it can be killed, children and all, without touching anyone else), logs to `log_path`, and
+    takes signals on its main process, as Fly sends its kill signal to the machine's main one."""
+
+    name: str
+    log_path: Path
+    process: subprocess.Popen[bytes] | None
+    STOP_SECONDS = 10.0  # how long `stop` waits after SIGTERM before it kills
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, signum: int) -> None:
+        """Send `signum` to the main process only."""
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """kill -9 of the whole group: no graceful stop, no ack, no chance to tidy up."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def terminate(self) -> None:
+        """How teardown asks it to stop."""
+        self.signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.terminate()
+        try:
+            self.process.wait(timeout=self.STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+class Worker(ProcessGroup):
     """A real `celery worker` subprocess (solo pool by default: the task runs in the process we
     kill; `pool="prefork"` for production's shape, the tasks in child processes)."""
 
@@ -261,9 +303,6 @@ class Worker:
             start_new_session=True,  # its own process group: kill it without touching anyone else
         )
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
     def wait_ready(self) -> Worker:
         def ready() -> bool:
             assert self.process.poll() is None, f"worker {self.name} exited:\n{self.log()[-3000:]}"
@@ -272,24 +311,11 @@ class Worker:
         wait_for(ready, timeout=START_TIMEOUT_SECONDS, what=f"worker {self.name} to be ready", interval=0.1)
         return self
 
-    def signal(self, signum: int) -> None:
-        """Send `signum` to the worker's main process only, as Fly sends its kill signal (the pool's
-        children are the worker's to stop)."""
-        self.process.send_signal(signum)
-
-    def kill(self) -> None:
-        """kill -9: no warm shutdown, no ack, no chance to tidy up."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    def terminate(self) -> None:
+        """Teardown stops the pool's children too (`signal` reaches the main process only, as
+        Fly's kill signal does: the children are the worker's to stop)."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGTERM)
 
 
 @pytest.fixture
@@ -332,11 +358,13 @@ def refused_connection(exc: BaseException) -> bool:
 # --- The production web command ---------------------------------------------------------------
 
 
-class WebServer:
+class WebServer(ProcessGroup):
     """The production web command (gunicorn with uvicorn workers, `gunicorn.conf.py`, as fly.toml
     runs it) as a subprocess on a fixed loopback port, so it can be stopped and started again
     there, as a deploy replaces a machine. Signals go to the gunicorn master only, as Fly sends
     its kill signal to the machine's main process."""
+
+    STOP_SECONDS = 60.0  # a graceful stop lets calls in flight finish
 
     def __init__(self, name: str, env: Mapping[str, str], logdir: Path, *, workers: int = 1) -> None:
         self.name = name
@@ -349,9 +377,6 @@ class WebServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def start(self) -> WebServer:
         assert self.process is None or self.process.poll() is not None, "already running"
@@ -382,30 +407,6 @@ class WebServer:
         wait_for(self.ready, timeout=START_TIMEOUT_SECONDS * 2, what=what, interval=0.1)
         return self
 
-    def signal(self, signum: int) -> None:
-        """Send `signum` to the gunicorn master (the machine's main process)."""
-        assert self.process is not None
-        self.process.send_signal(signum)
-
-    def wait_exit(self, timeout: float) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        """kill -9 of the master and its workers (the whole process group)."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
 
 @pytest.fixture
 def start_web(tmp_path: Path) -> Iterator[Callable[..., WebServer]]:
@@ -427,7 +428,7 @@ def start_web(tmp_path: Path) -> Iterator[Callable[..., WebServer]]:
 # --- The production beat command --------------------------------------------------------------
 
 
-class Beat:
+class Beat(ProcessGroup):
     """The production beat command (`celery -A niyra beat`, as fly.toml runs it) as a subprocess,
     on a machine of its own: the schedule file Celery's default scheduler keeps is a fresh one in
     the test's folder, as a deploy gives the new machine an empty disk. Signals go to the beat
@@ -447,9 +448,6 @@ class Beat:
             start_new_session=True,
         )
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
     def wait_started(self) -> float:
         """Wait until beat says it is starting (its scheduler is set up right after); returns when
         that was seen (time.monotonic())."""
@@ -460,25 +458,6 @@ class Beat:
 
         wait_for(started, timeout=START_TIMEOUT_SECONDS, what=f"beat {self.name} to start", interval=0.05)
         return time.monotonic()
-
-    def signal(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    def wait_exit(self, timeout: float) -> int:
-        return self.process.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 @pytest.fixture
