@@ -1,8 +1,20 @@
 """gunicorn settings for the `web` process: ASGI through uvicorn workers."""
 
 import os
+import shutil
+import tempfile
+from typing import Any
 
 from uvicorn_worker import UvicornWorker as _UvicornWorker
+
+# Metrics (core.metrics): the workers write their figures to files in PROMETHEUS_MULTIPROC_DIR
+# (set before any of them imports prometheus-client: they inherit this environment), and this
+# master process serves their sum on METRICS_LISTEN, a private port (fly.toml's [[metrics]]).
+# Without a directory from the environment, each server gets a fresh one of its own.
+_OWN_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if _OWN_METRICS_DIR:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="niyra-metrics-")
+METRICS_LISTEN = os.environ.get("METRICS_LISTEN", "")
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -35,3 +47,31 @@ class UvicornWorker(_UvicornWorker):
 
 
 worker_class = UvicornWorker
+
+
+# The hooks import the project when they run: this file is read before gunicorn puts the
+# project's directory (--chdir) on the import path.
+
+
+def on_starting(server: Any) -> None:
+    from core.metrics import multiprocess_dir_reset  # noqa: PLC0415
+
+    multiprocess_dir_reset()  # a restarted machine's figures start from zero, like its processes
+
+
+def when_ready(server: Any) -> None:
+    if METRICS_LISTEN:
+        from core.metrics import exporter_start  # noqa: PLC0415
+
+        exporter_start(METRICS_LISTEN)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from core.metrics import process_dead  # noqa: PLC0415
+
+    process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    if _OWN_METRICS_DIR:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -28,6 +28,7 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from redis.exceptions import RedisError
 
+from accounts.metrics import SIGNIN, throttle_refusal_record
 from core import errors
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class _ThrottledSignIn(AuthenticationForm):
             return super().clean()  # nothing to check a password against: no attempt
         attempts = SignInAttempts(self.request, email=email)
         if not attempts.start():
+            throttle_refusal_record(scope=SIGNIN)
             self.retry_after = attempts.retry_after
             raise ValidationError(errors.LOGIN_THROTTLED.message, code=errors.LOGIN_THROTTLED.code)
         cleaned = super().clean()  # a wrong password raises: the attempt stays counted

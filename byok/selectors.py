@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from django.views.decorators.debug import sensitive_variables
 
 from accounts.models import User
@@ -41,6 +41,12 @@ def provider_key_ids_due(*, now: datetime, per_provider: int) -> dict[str, list[
     for provider, key_id, _due_at in sorted(rows, key=lambda row: (row[2], row[1])):
         ids.setdefault(provider, []).append(key_id)
     return ids
+
+
+def provider_key_counts() -> dict[tuple[str, str], int]:
+    """How many saved keys there are per (provider, status): one GROUP BY (the health tick's gauge)."""
+    rows = ProviderKey.objects.order_by().values_list("provider", "status").annotate(keys=Count("pk"))
+    return {(provider, status): keys for provider, status, keys in rows}
 
 
 def provider_key_effective_status(provider_key: ProviderKey) -> str:

@@ -31,6 +31,7 @@ from byok.health import (
     routed_observation_is_news,
 )
 from byok.keytext import check_key_format, key_fingerprint, key_hint, normalise_key
+from byok.metrics import key_status_change_record, key_validation_record
 from byok.models import CheckSource, KeyCheck, KeyStatus, Provider, ProviderKey, provider_key_purpose
 from byok.selectors import provider_key_get, provider_key_plaintext
 from byok.throttle import SAVE, TEST, key_probe_budget_spend
@@ -87,7 +88,9 @@ def _probe(*, user: User, scope: str, provider: str, key: str) -> ProbeResult:
 def _provider_probe(*, provider: str, key: str) -> ProbeResult:
     """The one-token validation request, as the scheduled check makes it too (which spends no
     user budget: the user did not ask for it). Must never run inside a DB transaction."""
-    return async_to_sync(get_adapter(provider).probe)(key)
+    result = async_to_sync(get_adapter(provider).probe)(key)
+    key_validation_record(provider=provider, code=result.code)
+    return result
 
 
 def _audit(*, actor: User | None, user: User, event: str, provider: str, outcome: str, details: dict[str, Any]) -> None:
@@ -327,6 +330,7 @@ def _status_observe(
         provider_key.rate_limited_until = until if changed or limited_until is None else max(until, limited_until)
     if changed:
         provider_key.status_changes += 1  # under the row lock: the number names this change
+        key_status_change_record(provider=provider_key.provider, status=status)
     if probed:
         provider_key.last_checked_at = now
         if source == CheckSource.SAVE:

@@ -15,8 +15,10 @@ from django.db import transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
-from byok.selectors import provider_key_ids_due
+from byok.metrics import provider_keys_set
+from byok.selectors import provider_key_counts, provider_key_ids_due
 from byok.services import provider_key_check
+from core import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +35,8 @@ def spread_countdowns(count: int, *, window: float) -> list[float]:
 def key_health_tick() -> int:
     """Every BYOK_HEALTH_TICK_SECONDS (niyra/celery.py): queue the check of the due keys, at most
     BYOK_HEALTH_MAX_PER_PROVIDER_PER_TICK per provider, spread evenly across the tick. Keys left
-    over stay due for the next tick. One indexed query; ids only."""
+    over stay due for the next tick. One indexed query; ids only (and, when metrics are recorded,
+    one GROUP BY for the keys per provider and status)."""
     window = float(settings.BYOK_HEALTH_TICK_SECONDS)
     due = provider_key_ids_due(now=timezone.now(), per_provider=settings.BYOK_HEALTH_MAX_PER_PROVIDER_PER_TICK)
     planned = [
@@ -58,6 +61,8 @@ def key_health_tick() -> int:
     transaction.on_commit(fan_out)  # outside a transaction (as under beat): runs right away
     if planned:  # idle, the tick stays quiet (LOGGING's quiet_idle_ticks)
         logger.info("key_health_tick queued=%s", {provider: len(ids) for provider, ids in due.items()})
+    if metrics.enabled():
+        provider_keys_set(provider_key_counts())
     return len(planned)
 
 

@@ -22,6 +22,7 @@ from django.conf import settings
 from django.core.cache import cache
 from redis.exceptions import RedisError
 
+from accounts.metrics import throttle_refusal_record
 from core.errors import THROTTLED, NiyraError
 
 logger = logging.getLogger(__name__)
@@ -85,4 +86,5 @@ def key_probe_budget_spend(*, user_id: int, scope: str) -> None:
         logger.warning("byok throttle %s skipped: the cache is unavailable (%s)", scope, type(exc).__name__)
         return
     if count > limit:
+        throttle_refusal_record(scope=scope)
         raise throttled_error(max(1, math.ceil(start + period - now)))

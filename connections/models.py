@@ -59,6 +59,12 @@ class OAuthConnection(models.Model):
     token_issued_at = models.DateTimeField(help_text="When the current access token was obtained.")
     connected_at = models.DateTimeField()
     last_refreshed_at = models.DateTimeField(null=True, blank=True)
+    last_refresh_margin_seconds = models.IntegerField(
+        null=True,
+        blank=True,
+        help_text="How long before the old token's expiry the last refresh happened (negative: after it "
+        "lapsed). NULL: not refreshed since connecting, or the old token did not expire.",
+    )
     consecutive_failures = models.PositiveIntegerField(default=0)
     last_error_code = models.CharField(max_length=48, blank=True, help_text="Error catalogue code of the last failure.")
     last_error_reason = models.CharField(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from django.db.models import QuerySet
+from django.db.models import Min, Q, QuerySet
 
 from accounts.models import User
 from connections import oauth
@@ -33,6 +33,25 @@ def connections_due(*, at: datetime | None = None) -> QuerySet[OAuthConnection]:
 
 def connection_ids_due(*, at: datetime | None = None) -> list[int]:
     return list(connections_due(at=at).values_list("pk", flat=True))
+
+
+def connection_worst_refresh_margin(*, at: datetime | None = None) -> float | None:
+    """The "no token ever lapses" promise as a number, in seconds: the smallest margin of the
+    latest refresh over active connections, where an active connection whose token has already
+    expired counts with `expires_at - at` (negative). None when there is nothing to measure.
+
+    One aggregate query over the active rows (the refresh tick's gauge).
+    """
+    at = at or oauth.now()
+    expired = Q(expires_at__lt=at)
+    found = OAuthConnection.objects.filter(status=ConnectionStatus.ACTIVE).aggregate(
+        lapsed_since=Min("expires_at", filter=expired),
+        margin=Min("last_refresh_margin_seconds", filter=~expired),
+    )
+    margins = [float(found["margin"])] if found["margin"] is not None else []
+    if found["lapsed_since"] is not None:
+        margins.append((found["lapsed_since"] - at).total_seconds())
+    return min(margins, default=None)
 
 
 def _when(moment: datetime) -> str:

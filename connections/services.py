@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -38,6 +39,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from accounts.models import User
 from accounts.services import audit_event_record
 from connections import oauth
+from connections.metrics import oauth_refresh_record
 from connections.models import (
     ConnectionStatus,
     OAuthAuthorizationRequest,
@@ -82,10 +84,13 @@ class TokenRejected(Exception):
 @dataclass(frozen=True, slots=True)
 class RefreshResult:
     """What `connection_refresh` did. `retry_in`: seconds until a retry is worth it (transient
-    failure while the token is still valid); the task turns it into a Celery retry."""
+    failure while the token is still valid); the task turns it into a Celery retry.
+    `margin_seconds` (a refresh): how long before the old token's expiry it happened, negative
+    after it had lapsed; None when it did not expire."""
 
     outcome: str  # refreshed | fresh | gone | locked | inactive | needs_reauth | failed | error
     retry_in: float | None = None
+    margin_seconds: float | None = None
 
 
 class _LockTimeout(Exception):
@@ -346,6 +351,7 @@ def connection_refresh(
     `expires_at` says if the stored access token is still that one; if it is not, someone
     refreshed meanwhile: "fresh", without a token-endpoint call.
     """
+    integration: str | None = None  # for the metrics: unknown when the row is gone
     try:
         with transaction.atomic():
             _bound_transaction()
@@ -358,79 +364,103 @@ def connection_refresh(
                     raise
                 raise _LockTimeout from None
             if connection is None:
-                if not wait and OAuthConnection.objects.filter(pk=connection_id).exists():
-                    return RefreshResult("locked")
-                return RefreshResult("gone")
-            at = oauth.now()
-            if connection.status == ConnectionStatus.NEEDS_REAUTH or (
-                connection.status == ConnectionStatus.ERROR and not force
-            ):
-                return RefreshResult("inactive")
-            if rejected_token is not None:
-                if not _holds_access_token(connection, rejected_token):
-                    return RefreshResult("fresh")  # the daemon or another caller got here first
-            elif not force and not _refresh_is_due(connection, at=at, expiring_within=expiring_within):
-                return RefreshResult("fresh")
-            if not connection.refresh_token_ciphertext:
-                if connection.expires_at is None and rejected_token is None:
-                    return RefreshResult("fresh")  # non-expiring token: nothing to renew
-                if rejected_token is not None:
-                    # The provider refused a token nothing can renew: only a reconnect helps.
-                    _mark_needs_reauth(connection, spec=OAUTH_NEEDS_REAUTH, reason="token_rejected", at=at)
-                    return RefreshResult("needs_reauth")
-                # An expiring token without a refresh token cannot be kept alive: ask for a
-                # reconnect now, before it lapses, rather than let tool calls fail later.
-                _mark_needs_reauth(connection, spec=OAUTH_NO_REFRESH_TOKEN, reason="no_refresh_token", at=at)
-                return RefreshResult("needs_reauth")
-            integration = oauth.find_integration(connection.integration)
-            if integration is None:
-                return _record_failure(
-                    connection, oauth.TokenEndpointError("rejected", "integration_not_configured"), at=at
+                if not wait:  # skipped: a row someone else holds is still there
+                    integration = (
+                        OAuthConnection.objects.filter(pk=connection_id).values_list("integration", flat=True).first()
+                    )
+                result = RefreshResult("locked" if integration is not None else "gone")
+            else:
+                integration = connection.integration
+                result = _refresh_locked(
+                    connection, force=force, expiring_within=expiring_within, rejected_token=rejected_token
                 )
-            try:
-                refresh_token = get_keyring().decrypt(
-                    connection.refresh_token_ciphertext, purpose=connection.refresh_token_purpose
-                )
-            except DecryptionError:
-                _mark_needs_reauth(connection, spec=OAUTH_TOKEN_UNREADABLE, reason="token_unreadable", at=at)
-                return RefreshResult("needs_reauth")
-
-            try:
-                tokens = oauth.refresh_grant(integration, refresh_token=refresh_token)  # lock held: see above
-            except oauth.TokenEndpointError as exc:
-                if rejected_token is not None and (connection.expires_at is None or connection.expires_at > at):
-                    # The provider refused the stored token: it is dead whatever expires_at says,
-                    # so the next tick and every caller refresh it rather than hand it out.
-                    OAuthConnection.objects.filter(pk=connection.pk).update(expires_at=at)
-                    connection.expires_at = at
-                return _record_failure(connection, exc, at=at)
-
-            values = _sealed_tokens(connection, tokens=tokens, previous_refresh_token=refresh_token, requested_at=at)
-            del refresh_token, tokens
-            values["last_refreshed_at"] = at
-            values["updated_at"] = timezone.now()
-            recovers = connection.status == ConnectionStatus.ERROR
-            if recovers:
-                values["status_changes"] = connection.status_changes + 1
-                values["status_changed_at"] = at
-            if not OAuthConnection.objects.filter(pk=connection.pk).update(**values):
-                return RefreshResult("gone")  # the user was deleted while the token endpoint answered
-            if recovers:
-                _audit_connection(
-                    actor=None,
-                    user=connection.user,
-                    event="oauth_connection.recovered",
-                    integration=connection.integration,
-                )
-                _notify_recovered(
-                    connection, seq=values["status_changes"], how="Niyra refreshed its access successfully."
-                )
-            follow_up = oauth.follow_up_seconds(issued_at=at, expires_at=values["expires_at"])
-            if follow_up is not None:
-                _schedule_refresh(connection.pk, countdown=follow_up)
-            return RefreshResult("refreshed")
     except _LockTimeout:
-        return RefreshResult("locked")
+        result = RefreshResult("locked")
+    oauth_refresh_record(
+        integration=integration or "",
+        outcome=result.outcome,
+        retrying=result.retry_in is not None,
+        margin_seconds=result.margin_seconds,
+    )
+    return result
+
+
+@sensitive_variables()
+def _refresh_locked(
+    connection: OAuthConnection,
+    *,
+    force: bool,
+    expiring_within: timedelta | None,
+    rejected_token: str | None,
+) -> RefreshResult:
+    """`connection_refresh`'s rules, for a connection whose row lock the caller holds."""
+    at = oauth.now()
+    if connection.status == ConnectionStatus.NEEDS_REAUTH or (
+        connection.status == ConnectionStatus.ERROR and not force
+    ):
+        return RefreshResult("inactive")
+    if rejected_token is not None:
+        if not _holds_access_token(connection, rejected_token):
+            return RefreshResult("fresh")  # the daemon or another caller got here first
+    elif not force and not _refresh_is_due(connection, at=at, expiring_within=expiring_within):
+        return RefreshResult("fresh")
+    if not connection.refresh_token_ciphertext:
+        if connection.expires_at is None and rejected_token is None:
+            return RefreshResult("fresh")  # non-expiring token: nothing to renew
+        if rejected_token is not None:
+            # The provider refused a token nothing can renew: only a reconnect helps.
+            _mark_needs_reauth(connection, spec=OAUTH_NEEDS_REAUTH, reason="token_rejected", at=at)
+            return RefreshResult("needs_reauth")
+        # An expiring token without a refresh token cannot be kept alive: ask for a
+        # reconnect now, before it lapses, rather than let tool calls fail later.
+        _mark_needs_reauth(connection, spec=OAUTH_NO_REFRESH_TOKEN, reason="no_refresh_token", at=at)
+        return RefreshResult("needs_reauth")
+    integration = oauth.find_integration(connection.integration)
+    if integration is None:
+        return _record_failure(connection, oauth.TokenEndpointError("rejected", "integration_not_configured"), at=at)
+    try:
+        refresh_token = get_keyring().decrypt(
+            connection.refresh_token_ciphertext, purpose=connection.refresh_token_purpose
+        )
+    except DecryptionError:
+        _mark_needs_reauth(connection, spec=OAUTH_TOKEN_UNREADABLE, reason="token_unreadable", at=at)
+        return RefreshResult("needs_reauth")
+
+    try:
+        tokens = oauth.refresh_grant(integration, refresh_token=refresh_token)  # lock held: see above
+    except oauth.TokenEndpointError as exc:
+        if rejected_token is not None and (connection.expires_at is None or connection.expires_at > at):
+            # The provider refused the stored token: it is dead whatever expires_at says,
+            # so the next tick and every caller refresh it rather than hand it out.
+            OAuthConnection.objects.filter(pk=connection.pk).update(expires_at=at)
+            connection.expires_at = at
+        return _record_failure(connection, exc, at=at)
+
+    values = _sealed_tokens(connection, tokens=tokens, previous_refresh_token=refresh_token, requested_at=at)
+    del refresh_token, tokens
+    values["last_refreshed_at"] = at
+    # How early it came (the worst over active connections is the refresh tick's gauge).
+    margin_seconds = (connection.expires_at - at).total_seconds() if connection.expires_at is not None else None
+    values["last_refresh_margin_seconds"] = math.floor(margin_seconds) if margin_seconds is not None else None
+    values["updated_at"] = timezone.now()
+    recovers = connection.status == ConnectionStatus.ERROR
+    if recovers:
+        values["status_changes"] = connection.status_changes + 1
+        values["status_changed_at"] = at
+    if not OAuthConnection.objects.filter(pk=connection.pk).update(**values):
+        return RefreshResult("gone")  # the user was deleted while the token endpoint answered
+    if recovers:
+        _audit_connection(
+            actor=None,
+            user=connection.user,
+            event="oauth_connection.recovered",
+            integration=connection.integration,
+        )
+        _notify_recovered(connection, seq=values["status_changes"], how="Niyra refreshed its access successfully.")
+    follow_up = oauth.follow_up_seconds(issued_at=at, expires_at=values["expires_at"])
+    if follow_up is not None:
+        _schedule_refresh(connection.pk, countdown=follow_up)
+    return RefreshResult("refreshed", margin_seconds=margin_seconds)
 
 
 def connection_mark_needs_reauth(*, connection_id: int, spec: ErrorSpec, reason: str) -> None:
@@ -560,6 +590,7 @@ def connection_connect_complete(
         del tokens
         values["connected_at"] = requested_at
         values["last_refreshed_at"] = None
+        values["last_refresh_margin_seconds"] = None
         recovers = existing is not None and existing.status != ConnectionStatus.ACTIVE
         if existing is not None and recovers:
             values["status_changes"] = existing.status_changes + 1

@@ -14,8 +14,10 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 from kombu.exceptions import OperationalError
 
-from connections.selectors import connection_ids_due
+from connections.metrics import oauth_refresh_tick_record, oauth_refresh_tick_timed
+from connections.selectors import connection_ids_due, connection_worst_refresh_margin
 from connections.services import REFRESH_TASK, connection_refresh, oauth_authorization_requests_purge
+from core import metrics
 from core.dbpool import database_unreachable
 
 logger = logging.getLogger(__name__)
@@ -24,9 +26,11 @@ DATABASE_RETRY_MAX_SECONDS = 60  # the backoff's ceiling while the database can'
 
 
 @shared_task(name="connections.tasks.oauth_refresh_tick", ignore_result=True)
+@oauth_refresh_tick_timed()
 def oauth_refresh_tick() -> int:
     """Every `OAUTH_REFRESH_INTERVAL_SECONDS` (niyra/celery.py): queue a refresh for every active
-    connection expiring before the next tick plus the margin. One indexed query; ids only."""
+    connection expiring before the next tick plus the margin. One indexed query; ids only (and,
+    when metrics are recorded, one aggregate query for the worst refresh margin)."""
     ids = connection_ids_due()
     oauth_authorization_requests_purge()
     expires = settings.OAUTH_REFRESH_INTERVAL_SECONDS  # the next tick queues a fresh one anyway
@@ -46,6 +50,8 @@ def oauth_refresh_tick() -> int:
 
     transaction.on_commit(fan_out)  # outside a transaction (as under beat): runs right away
     logger.info("oauth_refresh_tick due=%s", len(ids))
+    if metrics.enabled():
+        oauth_refresh_tick_record(due=len(ids), worst_margin_seconds=connection_worst_refresh_margin())
     return len(ids)
 
 

@@ -19,6 +19,8 @@ from typing import Any
 import psycopg
 from django.db import connections
 
+from core.metrics import db_pool_observe
+
 # Sessions ended by a shutdown (fast or immediate: a restart, a failover), and a server that is
 # starting up or shutting down ("the database system is starting up").
 _SHUTDOWN_STATES = frozenset({"57P01", "57P02", "57P03"})
@@ -42,11 +44,23 @@ def database_unreachable(exc: BaseException) -> bool:
 
 def pools_check() -> None:
     """Check every initialised pool's idle connections (dropping the dead ones). The pool is
-    shared by the alias's connections in every thread, so this may run in any of them."""
+    shared by the alias's connections in every thread, so this may run in any of them. A pool
+    not opened yet has nothing to check (and would fail to)."""
+    for alias in connections:
+        pool = getattr(connections[alias], "pool", None)
+        if pool is not None and not pool.closed:
+            pool.check()
+
+
+def pools_observe() -> None:
+    """Record each pool's figures (core.metrics), from any thread. A pool that is not open holds
+    no connection, whatever its figures say (min_size "in use"): Django makes its pool unopened
+    and opens it at the first connection, and Celery closes a prefork child's after each task."""
     for alias in connections:
         pool = getattr(connections[alias], "pool", None)
         if pool is not None:
-            pool.check()
+            stats = pool.get_stats() if not pool.closed else {"pool_max": pool.max_size}
+            db_pool_observe("django" if alias == "default" else f"django_{alias}", stats)
 
 
 def check_pools_after_request_exception(sender: Any, request: Any = None, **kwargs: Any) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
-from django.db.models import BigIntegerField, Count, F, OuterRef, Q, QuerySet, Subquery, Sum, Value
+from django.db.models import BigIntegerField, Count, F, Min, OuterRef, Q, QuerySet, Subquery, Sum, Value
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, TruncDate
 
@@ -182,6 +182,19 @@ def ledger_mismatches() -> list[LedgerMismatch]:
         .order_by("pk")
     )
     return [LedgerMismatch(*row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenHolds:
+    count: int
+    oldest_created_at: datetime | None
+
+
+def open_holds_summary() -> OpenHolds:
+    """How many holds are open and when the oldest was placed (the sweeper's gauges). It reads
+    only the open holds, through the partial index on them (``credit_hold_open_expiry``)."""
+    found = CreditHold.objects.filter(status=HoldStatus.OPEN).aggregate(count=Count("id"), oldest=Min("created_at"))
+    return OpenHolds(count=found["count"], oldest_created_at=found["oldest"])
 
 
 # --- Spend over time: per day and category, per model, and the burn rate ---------------------------

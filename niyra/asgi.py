@@ -16,9 +16,9 @@ try:
 
     django_application = get_asgi_application()
 
-    from routing.gateway.asgi import GatewayApplication
+    from routing.gateway.asgi import asgi_application
 
-    application = GatewayApplication(django_application)
+    application = asgi_application(django_application)
 
     from django.db import connection
 

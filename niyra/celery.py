@@ -13,6 +13,7 @@ from celery import Celery
 from django.conf import settings
 
 from core.liveness import worker_liveness_install
+from core.task_observability import task_observability_install
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "niyra.settings.production")
 
@@ -53,6 +54,13 @@ app.conf.beat_schedule = {
         "schedule": float(settings.BYOK_HEALTH_TICK_SECONDS),
         "options": {"expires": max(1, settings.BYOK_HEALTH_TICK_SECONDS * 9 // 10)},
     },
+    # Check every account against its ledger (credits.tasks.ledger_reconcile: a gauge, and an
+    # ERROR line per account that disagrees).
+    "credits-ledger-reconcile": {
+        "task": "credits.tasks.ledger_reconcile",
+        "schedule": float(settings.LEDGER_RECONCILE_INTERVAL_SECONDS),
+        "options": {"expires": max(1, settings.LEDGER_RECONCILE_INTERVAL_SECONDS * 9 // 10)},
+    },
     # Re-queue notification emails left pending by a lost message or a broker outage.
     "notifications-email-sweep": {
         "task": "notifications.tasks.notification_email_sweep",
@@ -63,3 +71,6 @@ app.conf.beat_schedule = {
 
 # A worker that stops consuming ends its process, to be restarted (core.liveness).
 worker_liveness_install(app)
+# A log line and metrics per task run, the queuing request's id carried along; the worker serves
+# its metrics on METRICS_LISTEN (core.task_observability).
+task_observability_install(app)

@@ -27,6 +27,7 @@ IDLE_TICKS = (
     "byok.tasks.key_health_tick",
     "credits.tasks.balance_alerts_dispatch",
     "notifications.tasks.notification_email_sweep",
+    "credits.tasks.ledger_reconcile",
 )
 REFRESH = "connections.tasks.oauth_connection_refresh"
 
@@ -41,8 +42,9 @@ def received(name: str) -> None:
 
 
 def succeeded(name: str, return_value: str) -> None:
-    context = {"id": "t1", "name": name, "return_value": return_value, "runtime": 0.01, "args": "()", "kwargs": "{}"}
-    celery_line("celery.app.trace", logging.INFO, LOG_SUCCESS, context)
+    """A run's line: core.task_observability's, in the words and with the arguments of Celery's."""
+    context = {"id": "t1", "name": name, "return_value": return_value, "runtime": 0.01}
+    celery_line("niyra.tasks", logging.INFO, LOG_SUCCESS, context)
 
 
 def sent_by_beat(entry: str, task: str) -> None:

@@ -26,6 +26,7 @@ from django.utils import timezone
 from accounts.models import User
 from core import errors
 from credits import ledger_sql
+from credits.metrics import entry_charged_on_commit
 from credits.models import USAGE_CATEGORIES, Category, CreditHold, HoldStatus, KeySource, LedgerEntry
 from credits.pricing import Usage, model_price, price_usage, usage_check
 from credits.services.common import (
@@ -314,7 +315,9 @@ def credit_settle(
     )
     settled = statement_fetch(statement)
     if settled is not None:
-        return ledger_sql.entry_from_row(settled)
+        posted = ledger_sql.entry_from_row(settled)
+        entry_charged_on_commit(posted)
+        return posted
     # Refused: the hold was settled or voided already. A replay returns the first entry.
     current = _hold_read(hold_id)
     if (

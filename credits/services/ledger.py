@@ -15,6 +15,7 @@ from accounts.models import User
 from accounts.services import audit_event_record
 from core import errors
 from credits import ledger_sql
+from credits.metrics import entry_charged_on_commit
 from credits.models import Category, KeySource, LedgerEntry
 from credits.pricing import Usage, model_price, price_units, price_usage, unit_price
 from credits.services.accounts import billing_account_ensure
@@ -104,7 +105,10 @@ def credit_charge(
         details=context,
         pricing={"rate": price.as_rate()},
     )
-    return _post(user, entry)[0]
+    posted, created = _post(user, entry)
+    if created:  # a replay was counted when it was first posted
+        entry_charged_on_commit(posted)
+    return posted
 
 
 def credit_usage_record(

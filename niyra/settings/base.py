@@ -14,6 +14,7 @@ from typing import Any
 import csp.constants as csp
 import environ
 from django.core.exceptions import ImproperlyConfigured
+from pythonjsonlogger.core import RESERVED_ATTRS
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 VAR_DIR = BASE_DIR / "var"  # ignored by git: embedded PostgreSQL data, Celery filesystem queue, beat state
@@ -206,6 +207,9 @@ CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=90)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# The worker and beat log through LOGGING below (JSON, redaction, the request id of the task's
+# LogContext) instead of Celery replacing the root logger's handlers with its own.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # --- Deploys: a worker stopped by SIGTERM, SIGKILLed after fly.toml's kill_timeout ---------------
 # With REMAP_SIGTERM=SIGQUIT in the worker's environment (fly.toml [env]; Celery reads it before
@@ -393,6 +397,23 @@ DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Niyra <notifications
 # Links in emails point here (the dashboard's own address, no trailing slash needed).
 NIYRA_PUBLIC_URL = env.str("NIYRA_PUBLIC_URL", default="http://127.0.0.1:8000")
 
+# --- Observability (docs/observability.md) ----------------------------------------------------
+# Prometheus metrics: METRICS_LISTEN ("0.0.0.0:9091" on Fly, a private port fly.toml's [metrics]
+# declares) is served by the root of each process tree: gunicorn's master for the web workers,
+# the Celery worker's main process for its pool, or a single-process server for itself. Processes
+# share their figures through PROMETHEUS_MULTIPROC_DIR (prometheus-client's multi-process mode).
+# METRICS_ENABLED=False stops the recording (the routing benchmark compares the two).
+METRICS_LISTEN = env.str("METRICS_LISTEN", default="")
+METRICS_ENABLED = env.bool("METRICS_ENABLED", default=True)
+# How often the scheduled `reconcile_ledger` runs in the worker (its mismatch count is a gauge).
+LEDGER_RECONCILE_INTERVAL_SECONDS = env.int("LEDGER_RECONCILE_INTERVAL_SECONDS", default=3600)
+# Error reports: Sentry when SENTRY_DSN is set (core.sentry), scrubbed of keys, tokens and bodies.
+SENTRY_DSN = env.str("SENTRY_DSN", default="")
+SENTRY_ENVIRONMENT = env.str("SENTRY_ENVIRONMENT", default="production")
+SENTRY_TRACES_SAMPLE_RATE = env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0)
+# Log lines: "json" (one JSON object per line, production) or "text" (development).
+LOG_FORMAT = env.str("LOG_FORMAT", default="json")
+
 # --- Logging: provider keys and bearer tokens are redacted from every record ------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
@@ -400,6 +421,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {
         "redact_secrets": {"()": "core.logging.RedactSecretsFilter"},
+        "log_context": {"()": "core.logging.LogContextFilter"},
         # Beat's periodic ticks (niyra/celery.py) log nothing at INFO while they have nothing to do.
         "quiet_idle_ticks": {
             "()": "core.logging.QuietIdleTicksFilter",
@@ -409,17 +431,31 @@ LOGGING = {
                 "connections.tasks.oauth_refresh_tick",
                 "byok.tasks.key_health_tick",
                 "credits.tasks.balance_alerts_dispatch",
+                "credits.tasks.ledger_reconcile",
                 "notifications.tasks.notification_email_sweep",
                 "core.liveness.ping",
             ],
         },
     },
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        # One JSON object per line: time, level, logger, message, the request id / call id / task
+        # of the context (core.logging.LogContextFilter) and any `extra` fields.
+        "json": {
+            "()": "core.logging.JsonFormatter",  # python-json-logger's, the traceback redacted
+            "fmt": "%(levelname)s %(name)s %(message)s",
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": "time",  # ISO 8601, UTC
+            # Celery's own lines pass their arguments again in `data` (the traceback twice).
+            "reserved_attrs": [*RESERVED_ATTRS, "data"],
+        },
+    },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
-            "formatter": "plain",
-            "filters": ["redact_secrets"],
+            "formatter": LOG_FORMAT,
+            # The context first, so the redaction filter sees every field the line will carry.
+            "filters": ["log_context", "redact_secrets"],
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
@@ -429,9 +465,15 @@ LOGGING = {
         "httpcore2": {"level": "WARNING"},
         "anthropic": {"level": "WARNING"},
         "openai": {"level": "WARNING"},
-        # Filters on the loggers, not a handler: the Celery worker replaces the root handlers.
+        # Beat's ticks: filters on the loggers whose lines they quiet (a handler would see all).
         "celery.beat": {"filters": ["quiet_idle_ticks"]},
         "celery.worker.strategy": {"filters": ["quiet_idle_ticks"]},
-        "celery.app.trace": {"filters": ["quiet_idle_ticks"]},
+        # One line per task run, by the process that ran it (core.task_observability): outcome,
+        # duration, retries, the queuing request's id. Celery's own INFO lines for a run
+        # ("succeeded in", "retry") say less and would double it, so its tracer logs only from
+        # WARNING: a failure's ERROR line, with the traceback, stays. The worker's "received"
+        # lines stay: a message reserved is not a run (an ETA task waits; a redelivery shows).
+        "niyra.tasks": {"filters": ["quiet_idle_ticks"]},
+        "celery.app.trace": {"level": "WARNING"},
     },
 }

@@ -15,6 +15,9 @@ from urllib.parse import quote
 
 import environ
 
+# Log lines for a person at a terminal (production writes JSON: settings.base, LOG_FORMAT).
+os.environ.setdefault("LOG_FORMAT", "text")
+
 _DOTENV = Path(__file__).resolve().parents[2] / ".env"
 # Before the shared settings read the environment, so .env feeds every setting.
 if os.environ.get("NIYRA_READ_DOTENV", "1") != "0" and _DOTENV.is_file():

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from django.core.exceptions import ImproperlyConfigured
 
+from core.sentry import sentry_init
 from niyra.settings.base import *  # noqa: F403
-from niyra.settings.base import database, env
+from niyra.settings.base import SENTRY_DSN, SENTRY_ENVIRONMENT, SENTRY_TRACES_SAMPLE_RATE, database, env
 
 if env.bool("DEBUG", default=False):
     raise ImproperlyConfigured("DEBUG is on, but production settings never run with DEBUG: unset it")
@@ -42,3 +43,15 @@ SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]  # Fly's checks speak plain
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=60 * 60 * 24 * 365)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True
+
+# Error reports (core.sentry; off without SENTRY_DSN). Started here, as Sentry's Django guide does,
+# because every deployed process loads these settings once, before Django is set up: each gunicorn
+# worker (no preload: it imports the app after the fork), the Celery worker (its pool's children
+# inherit the client, whose sending thread restarts in each) and beat, and `manage.py` (the
+# release's migrate). Development and the tests never report. The release is the deployed image.
+sentry_init(
+    dsn=SENTRY_DSN,
+    environment=SENTRY_ENVIRONMENT,
+    release=env.str("FLY_IMAGE_REF", default="") or None,
+    traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE,
+)

@@ -40,6 +40,7 @@ os.environ.setdefault("OPENAI_API_KEY", "sk-proj-platform-test-key")
 os.environ.setdefault("SECURE_SSL_REDIRECT", "False")
 os.environ.setdefault("EMAIL_URL", "memorymail://")
 os.environ.setdefault("NIYRA_PUBLIC_URL", "http://testserver")
+os.environ["SENTRY_DSN"] = ""  # a test run never reports (tests/core/test_sentry.py captures its own)
 
 from niyra.settings.production import *  # noqa: E402,F403
 from niyra.settings.production import REDIS_URL, STORAGES  # noqa: E402

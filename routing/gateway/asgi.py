@@ -9,14 +9,18 @@ database pool of this process on shutdown.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
 from django.conf import settings
 
-from core import errors
-from core.dbpool import database_unreachable
+from core import errors, metrics
+from core.dbpool import database_unreachable, pools_observe
 from core.errors import NiyraError
+from core.request_observer import RequestObserver
+from core.sentry import sentry_loop_instrument
 from routing.gateway import db, upstream
 from routing.gateway.core import Exchange, Receive, Send, authenticate, routes_closed
 from routing.gateway.surfaces import endpoint_for, shape_for
@@ -24,6 +28,7 @@ from routing.gateway.surfaces import endpoint_for, shape_for
 logger = logging.getLogger("routing.gateway")
 
 PREFIXES = ("/v1/", "/anthropic/", "/openai/")
+POOL_SAMPLE_SECONDS = 5.0
 MAX_BODY_BYTES = 32 * 1024 * 1024  # the providers' own limit for a request (audio uploads, images)
 
 
@@ -85,12 +90,34 @@ async def handle(scope: dict[str, Any], receive: Receive, send: Send) -> None:
             await send({"type": "http.response.body", "body": b""})
 
 
+async def _pools_sample() -> None:
+    """Record this process's database pools (Django's and the gateway's) every few seconds."""
+    while True:
+        if metrics.enabled():
+            pools_observe()
+            stats = db.pool_stats()
+            if stats is not None:
+                metrics.db_pool_observe("gateway", stats)
+        await asyncio.sleep(POOL_SAMPLE_SECONDS)
+
+
 async def lifespan(receive: Receive, send: Send) -> None:
+    sampler: asyncio.Task[None] | None = None
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            if settings.METRICS_LISTEN and not metrics.multiprocess_mode():
+                # A single-process server serves its own figures (gunicorn's master serves its
+                # workers': gunicorn.conf.py).
+                metrics.exporter_start(settings.METRICS_LISTEN)
+            sentry_loop_instrument()  # its asyncio integration hooks the running loop only
+            sampler = asyncio.create_task(_pools_sample())
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            if sampler is not None:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
             # Calls the server cut at the end of its grace are writing their books: let them.
             await routes_closed(timeout=2 * settings.GATEWAY_DB_POOL_TIMEOUT_SECONDS)
             await upstream.session_close()
@@ -113,3 +140,20 @@ class GatewayApplication:
             await lifespan(receive, send)
         else:
             await self.django_app(scope, receive, send)
+
+
+# The parts of Niyra by path, for the request metrics and log lines (the first match wins).
+AREAS = (
+    ("gateway", PREFIXES),
+    ("api", ("/api/",)),
+    ("admin", ("/admin/",)),
+    ("static", ("/static/",)),
+    ("health", ("/healthz", "/readyz")),
+    ("dashboard", ("/",)),
+)
+
+
+def asgi_application(django_app: Any) -> RequestObserver:
+    """The process's ASGI application (niyra.asgi): every request observed (a request id, a log
+    line, its metrics), the gateway's paths served here and the rest by `django_app`."""
+    return RequestObserver(GatewayApplication(django_app), areas=AREAS)

@@ -35,13 +35,14 @@ from byok.selectors import provider_key_plaintext
 from byok.services import provider_key_mark_needs_reentry, provider_key_observe
 from core import errors
 from core.errors import NiyraError
+from core.logging import log_context
 from credits.models import CreditHold, KeySource
 from credits.pricing import Usage
 from providers import Provider
 from providers.errors import ProviderFailure, provider_failure, retry_after_seconds
 from routing.catalog import CatalogModel, Kind, resolve
 from routing.credentials import Credential, credential_decide
-from routing.gateway import ledger, metering, translate, upstream
+from routing.gateway import ledger, metering, metrics, translate, upstream
 from routing.gateway.auth import Caller, caller_authenticate
 from routing.gateway.errors import Shape, error_bytes, provider_error_message, with_niyra_message
 from routing.gateway.metering import Surface
@@ -77,6 +78,11 @@ class Exchange:
     receive: Receive
     started: bool = False
     route: Route | None = None  # the call served, once there is one (its receipt once closed)
+    # Times (time.monotonic()) for the metrics: the request's arrival, the seconds spent waiting
+    # on the provider (the rest is Niyra's added latency), and when the first byte went out.
+    arrived: float = field(default_factory=time.monotonic)
+    provider_wait: float = 0.0
+    first_byte: float | None = None
 
     async def respond(
         self,
@@ -91,10 +97,13 @@ class Exchange:
 
     async def start(self, status: int, *, content_type: bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
         self.started = True
+        self.first_byte = time.monotonic()
         base = [(b"content-type", content_type)] + [h for h in headers if h[0] != b"content-type"]
         await self.send({"type": "http.response.start", "status": status, "headers": base})
 
     async def error(self, exc: NiyraError, shape: Shape) -> None:
+        if self.route is None:
+            metrics.refused(exc.code)
         headers = [(name.lower().encode(), value.encode()) for name, value in exc.headers.items()]
         await self.respond(exc.status, error_bytes(exc, shape), headers=headers)
 
@@ -285,6 +294,14 @@ async def route_close(route: Route, *, usage: Usage, charge: bool, outcome: str)
     """Write the call's books (shielded: a call cancelled while they are written still writes
     them, and a shutting-down server waits for that)."""
     route.outcome = outcome
+    metrics.call_closed(
+        surface=route.surface,
+        provider=route.model.provider,
+        model=route.model.id,
+        key_source=route.key_source,
+        outcome=outcome,
+        usage=usage,
+    )
     route.receipt = await asyncio.shield(
         _books_write(
             route.call_id,
@@ -406,7 +423,7 @@ async def serve(exchange: Exchange, caller: Caller, plan: Plan) -> None:
     route, api_key = await route_open(
         caller, plan.model, plan.surface, plan.worst, platform_only=plan.platform_only, stream=plan.stream
     )
-    exchange.route = route
+    _route_started(exchange, route)
     byok_route = route if route.key_source == KeySource.BYOK else None
     observation: KeyObservation | None = None
     try:
@@ -433,7 +450,7 @@ async def serve(exchange: Exchange, caller: Caller, plan: Plan) -> None:
                     if fallback is not None:
                         await route_close(route, usage=Usage(), charge=False, outcome=answer.outcome)
                         route, api_key = fallback
-                        exchange.route = route
+                        _route_started(exchange, route)
                         continue
                 await _refuse(exchange, plan, route, answer)
                 return
@@ -453,8 +470,31 @@ async def serve(exchange: Exchange, caller: Caller, plan: Plan) -> None:
             await route_close(route, usage=Usage(), charge=False, outcome=outcome)
         raise
     finally:
+        _route_timed(exchange, route)
         if byok_route is not None and observation is not None:
             await asyncio.shield(key_observe(byok_route, observation))
+
+
+def _route_started(exchange: Exchange, route: Route) -> None:
+    exchange.route = route
+    context = log_context()
+    if context is not None:  # the request's log line, and every line logged for it, name the call
+        context.call_id = str(route.call_id)
+        context.user_id = route.caller.user_id
+
+
+def _route_timed(exchange: Exchange, route: Route) -> None:
+    """Record the call's times once its last byte went out (or it failed)."""
+    now = time.monotonic()
+    metrics.call_timed(
+        surface=route.surface,
+        provider=route.model.provider,
+        key_source=route.key_source,
+        stream=route.stream,
+        total=now - exchange.arrived,
+        provider_wait=exchange.provider_wait,
+        first_byte=None if exchange.first_byte is None else exchange.first_byte - exchange.arrived,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,15 +560,22 @@ async def _send_upstream(
         content_type=plan.content_type,
         byok=route.key_source == KeySource.BYOK,
     )
+    waited = time.monotonic()
     try:
         answer = await upstream.send(provider, plan.path, body=plan.body, headers=headers, stream=plan.stream)
     except (aiohttp.ClientError, TimeoutError) as exc:
+        exchange.provider_wait += time.monotonic() - waited
         logger.warning("provider %s unreachable for call %s (%s)", provider, route.call_id, type(exc).__name__)
         await route_close(route, usage=Usage(), charge=False, outcome=errors.PROVIDER_UNAVAILABLE.code)
         await exchange.error(NiyraError(errors.PROVIDER_UNAVAILABLE, detail={"provider": provider}), plan.shape)
         return None
+    exchange.provider_wait += time.monotonic() - waited
     if answer.status >= 400:
-        return await Refusal.read(answer, provider)
+        waited = time.monotonic()
+        try:
+            return await Refusal.read(answer, provider)
+        finally:
+            exchange.provider_wait += time.monotonic() - waited
     return answer
 
 
@@ -572,8 +619,10 @@ async def _refuse(exchange: Exchange, plan: Plan, route: Route, refusal: Refusal
 
 
 async def _relay_json(exchange: Exchange, plan: Plan, route: Route, answer: upstream.Upstream) -> None:
+    waited = time.monotonic()
     try:
         body = await answer.read()
+        exchange.provider_wait += time.monotonic() - waited
         payload = orjson.loads(body)
     except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
         logger.warning("provider %s answer unreadable for call %s (%s)", plan.model.provider, route.call_id, exc)
@@ -606,7 +655,13 @@ async def _relay_raw(exchange: Exchange, plan: Plan, route: Route, answer: upstr
         await exchange.start(
             200, content_type=_content_type(answer), headers=answer.relayed_headers() + route.receipt_headers()
         )
-        async for chunk in answer.response.content.iter_any():
+        content = answer.response.content
+        while True:
+            waited = time.monotonic()
+            chunk = await content.readany()
+            exchange.provider_wait += time.monotonic() - waited
+            if not chunk:
+                break
             await exchange.send({"type": "http.response.body", "body": chunk, "more_body": True})
     except (aiohttp.ClientError, TimeoutError):
         outcome = OUTCOME_CUT
@@ -620,18 +675,22 @@ def _content_type(answer: upstream.Upstream) -> bytes:
     return answer.response.headers.get("content-type", "application/octet-stream").encode("latin-1")
 
 
-async def _event_batches(answer: upstream.Upstream) -> AsyncIterator[list[metering.SseEvent]]:
-    """The stream's events, in the batches its chunks brought: relayed one write per batch."""
+async def _event_batches(exchange: Exchange, answer: upstream.Upstream) -> AsyncIterator[list[metering.SseEvent]]:
+    """The stream's events, in the batches its chunks brought: relayed one write per batch (the
+    time waiting on each read is the provider's, not Niyra's)."""
     splitter = metering.SseSplitter()
     content, limit = answer.response.content, float(settings.PROVIDER_TIMEOUT_SECONDS)
     while True:
         # A bound on each wait of its own: once a provider has dropped the connection mid-body,
         # aiohttp's read timeout may never fire (and it may say so with a RuntimeError).
+        waited = time.monotonic()
         try:
             async with asyncio.timeout(limit):
                 chunk = await content.readany()
         except RuntimeError as exc:
             raise aiohttp.ClientPayloadError(str(exc)) from None
+        finally:
+            exchange.provider_wait += time.monotonic() - waited
         if not chunk:
             break
         events = splitter.feed(chunk)
@@ -656,7 +715,7 @@ async def _relay_stream(exchange: Exchange, plan: Plan, route: Route, answer: up
     meter_surface = Surface.ANTHROPIC_MESSAGES if plan.translator is not None else plan.surface
     meter = metering.StreamMeter(meter_surface, plan.payload)
     translator = plan.translator() if plan.translator is not None else None
-    batches = _event_batches(answer)
+    batches = _event_batches(exchange, answer)
     outcome = OUTCOME_OK
     tail: list[bytes] = []  # from the event that completes the stream on
     watcher = _disconnect_watcher(exchange)

@@ -109,6 +109,12 @@ def pool_open() -> bool:
     return pool is not None and not pool.closed
 
 
+def pool_stats() -> dict[str, int] | None:
+    """This event loop's pool figures (psycopg_pool's `get_stats`), if it has an open pool."""
+    pool = _POOLS.get(asyncio.get_running_loop())
+    return None if pool is None or pool.closed else pool.get_stats()
+
+
 async def pool_close() -> None:
     """Close this loop's pool, and what lives beside it on the loop (the cache's listener)."""
     loop = asyncio.get_running_loop()

@@ -32,6 +32,7 @@ from core import errors
 from core.errors import NiyraError
 from credits import ledger_sql
 from credits.ledger_sql import Statement
+from credits.metrics import credits_charged
 from credits.models import CreditHold, KeySource
 from credits.pricing import Usage
 from credits.services.holds import Settlement, hold_draft, hold_place
@@ -50,6 +51,7 @@ CALLS = RoutedCall._meta.db_table
 SPEND = FallbackSpend._meta.db_table
 BALANCE_AFTER = ledger_sql.ENTRY_COLUMNS.index("balance_after")
 AMOUNT = ledger_sql.ENTRY_COLUMNS.index("amount")
+CATEGORY = ledger_sql.ENTRY_COLUMNS.index("category")
 
 
 def hold_ttl() -> timedelta:
@@ -348,6 +350,7 @@ async def _close(close: CallClose, now: datetime, *, true_up: bool = True) -> Ca
         logger.warning("routed call %s: its hold was resolved already, or its account is gone", close.call_id)
     if money.entry and money_row is not None:
         charged, balance_after = -money_row[AMOUNT], money_row[BALANCE_AFTER]
+        credits_charged(category=money_row[CATEGORY], amount=charged)  # the pipeline has committed it
     if log_row is None:
         logger.warning("routed call %s was closed twice; the first close stands", close.call_id)
 

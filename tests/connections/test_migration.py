@@ -29,7 +29,7 @@ from core.crypto import get_keyring
 BEFORE = [("byok", "0003_oauth_verbose_names"), ("connections", None)]
 AFTER = [("byok", "0004_oauth_models_to_connections"), ("connections", "0001_initial")]
 # The columns added since the move, so that today's model can read the moved row.
-SINCE = [("connections", "0002_connection_health_transitions")]
+SINCE = [("connections", "0003_connection_refresh_margin")]
 # The Support group's permissions as the data migration that created it wrote them.
 SUPPORT_PERMISSIONS_THEN = importlib.import_module("accounts.migrations.0002_support_group").SUPPORT_PERMISSIONS
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import os
 import shlex
+import shutil
 import tomllib
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -54,8 +57,13 @@ def test_fly_process_commands_name_real_modules(process: str) -> None:
 
 
 def gunicorn_config() -> dict[str, object]:
+    """The config file's settings, read as gunicorn reads it (it sets PROMETHEUS_MULTIPROC_DIR
+    for its workers: not for this process, whose later subprocesses inherit its environment)."""
     namespace: dict[str, object] = {}
-    exec((ROOT / "gunicorn.conf.py").read_text(), namespace)  # noqa: S102 - our own config file
+    with mock.patch.dict(os.environ):
+        exec((ROOT / "gunicorn.conf.py").read_text(), namespace)  # noqa: S102 - our own config file
+        if namespace["_OWN_METRICS_DIR"]:
+            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     return namespace
 
 
@@ -143,3 +151,16 @@ def test_fly_restarts_the_worker_and_beat_whenever_they_exit_and_shows_the_worke
     assert policies == {"worker": "always", "beat": "always"}
     assert check["processes"] == ["worker"] and check["path"] == "/livez"
     assert FLY["env"]["WORKER_LIVENESS_LISTEN"].rpartition(":")[2] == str(check["port"])
+
+
+def test_fly_scrapes_the_metrics_of_web_and_worker_on_a_private_port() -> None:
+    """The metrics are declared for Fly's Prometheus on the port the processes serve them on
+    (METRICS_LISTEN), which is not the public service's: Fly's proxy never routes to it."""
+    (declared,) = FLY["metrics"]
+    listen_host, _, listen_port = FLY["env"]["METRICS_LISTEN"].rpartition(":")
+
+    assert declared["path"] == "/metrics" and sorted(declared["processes"]) == ["web", "worker"]
+    assert str(declared["port"]) == listen_port and listen_host == "0.0.0.0"  # noqa: S104 (Fly scrapes it over the private network)
+    assert declared["port"] != FLY["http_service"]["internal_port"]
+    assert declared["port"] != FLY["checks"]["worker_livez"]["port"]
+    assert FLY["env"]["PROMETHEUS_MULTIPROC_DIR"].startswith("/")

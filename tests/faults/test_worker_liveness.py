@@ -17,6 +17,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -159,7 +160,8 @@ def start_worker(tmp_path: Path, sandbox: SandboxServer) -> Iterator[Callable[[R
 def assert_exited_by_the_watchdog(worker: CeleryWorker, pool: list[int]) -> None:
     assert worker.wait_exit() == 1, worker.log()[-3000:]
     assert worker.log().count(WATCHDOG_ERROR) == 1, worker.log()[-3000:]
-    assert "ERROR/MainProcess] " + WATCHDOG_ERROR in worker.log()
+    # one JSON line (settings.LOGGING: the worker logs through it), from the watchdog's logger
+    assert re.search(r'"level": "ERROR", "logger": "core.liveness", "message": "' + WATCHDOG_ERROR, worker.log())
     # the pool's processes did not outlive it (reparented, they would consume nothing, forever)
     wait_for(
         lambda: all(proc_state(pid) in (None, "Z") for pid in pool),

@@ -20,7 +20,7 @@ from core.crypto import get_keyring
 from credits.models import BillingAccount
 from credits.services.accounts import billing_account_ensure
 from credits.services.ledger import credit_grant
-from routing.gateway.asgi import GatewayApplication
+from routing.gateway.asgi import asgi_application
 from sandbox import SandboxServer
 
 STARTING_CREDITS_MC = 10_000_000
@@ -81,7 +81,7 @@ def client_for() -> Callable[[Any], APIClient]:
 def live_asgi(transactional_db: None) -> Iterator[str]:
     """The real ASGI app (the gateway in front of Django, as `niyra.asgi` builds it) under
     uvicorn on a free loopback port (data must be committed)."""
-    app = GatewayApplication(get_asgi_application())
+    app = asgi_application(get_asgi_application())
     config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

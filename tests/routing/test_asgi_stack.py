@@ -11,6 +11,7 @@ import httpx2
 import pytest
 from django.conf import settings
 
+from core.request_observer import RequestObserver
 from credits.models import LedgerEntry
 from routing.gateway.asgi import GatewayApplication
 from routing.models import RoutedCall
@@ -60,7 +61,8 @@ def test_gateway_paths_never_reach_django_and_the_rest_always_does(monkeypatch: 
 def test_the_asgi_entry_point_is_the_gateway_in_front_of_django() -> None:
     from niyra.asgi import application
 
-    assert isinstance(application, GatewayApplication)
+    assert isinstance(application, RequestObserver)
+    assert isinstance(application.app, GatewayApplication)
 
 
 def csrf_token(page: str) -> str:

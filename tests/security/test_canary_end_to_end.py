@@ -24,7 +24,10 @@ bodies in base64, pg_dump writes bytea as hex):
 * the whole Redis keyspace (cache and broker, every key of every type), with messages in flight
   (a retry waiting in the worker) and after the worker stopped;
 * a plain-SQL `pg_dump` of the test database;
-* ExceptionReporter's text, HTML and e-mail output for a forced 500.
+* ExceptionReporter's text, HTML and e-mail output for a forced 500;
+* what operators see (issue 17): the metrics this process and the worker serve, every JSON log
+  line this process wrote (the settings' console handler: its filters, then its formatter), and
+  every Sentry event of the run (Sentry on with a capturing transport, the forced 500 included).
 
 Positive controls show each search can see what it looks for: the key is found in what the
 client sent, a marker passed to a task is found (base64) in the broker, a notification email
@@ -34,6 +37,8 @@ from the worker in the captured logs.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import secrets
@@ -47,12 +52,14 @@ from typing import Any
 
 import httpx2
 import pytest
+import sentry_sdk
 from django.conf import settings
 from django.db import connection as db_connection
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.test import Client
 from django.utils import timezone
 from django.views.debug import ExceptionReporter
+from prometheus_client import generate_latest
 
 from accounts.models import AuditEvent
 from accounts.services import api_token_create
@@ -61,6 +68,9 @@ from byok import services
 from byok.models import ProviderKey
 from connections.models import OAuthConnection
 from connections.services import connection_access_token_obtain
+from core import errors
+from core.metrics import exporter_registry
+from core.sentry import sentry_init
 from niyra.celery import app as celery_app
 from notifications.models import EmailStatus, Kind, Notification
 from sandbox import SandboxServer, client_secret_for, oauth_client_id
@@ -69,7 +79,9 @@ from tests import conftest as root_conftest
 from tests.byok import test_never_leaked
 from tests.byok.test_never_leaked import LeakTrap, canary_key
 from tests.connections.test_oauth_helpers import authorize, sandbox_integration, set_expiry, tokens_of
-from tests.faults.services import current_database_url, in_process_broker, wait_for
+from tests.core.test_sentry import DSN as SENTRY_TEST_DSN
+from tests.core.test_sentry import CapturingTransport
+from tests.faults.services import current_database_url, free_port, in_process_broker, wait_for
 from tests.routing import conftest as routing_conftest
 from tests.security.canary_support import (
     CeleryWorker,
@@ -126,6 +138,7 @@ class Stack:
     sandbox: SandboxServer
     client_ids: dict[str, str]  # integration -> client id, as this process has it configured
     worker_client_ids: dict[str, str]  # ... and as the worker has it (slack is "down" there)
+    worker_metrics_url: str
     seen: Seen = field(default_factory=Seen)
 
     def client(self, *, token: str | None = None, session: str | None = None) -> httpx2.Client:
@@ -210,6 +223,7 @@ def stack(
         PrivateRedis(tmp_path) as redis,
         in_process_broker(redis.url()),
     ):
+        metrics_port = free_port()
         cache_backend = "django.core.cache.backends.redis.RedisCache"
         settings.CACHES = {"default": {"BACKEND": cache_backend, "LOCATION": redis.url()}}
         env = {name: value for name, value in os.environ.items() if name != "CELERY_BROKER_URL"}
@@ -221,6 +235,7 @@ def stack(
             "OPENAI_BASE_URL": sandbox.openai_base_url,
             "OAUTH_INTEGRATION_NAMES": ",".join(worker_client_ids),
             "EMAIL_URL": "consolemail://",  # the worker's outbox is its stdout, which is searched
+            "METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
         }
         for name, cid in worker_client_ids.items():
             prefix = f"OAUTH_{name.upper()}_"
@@ -232,11 +247,12 @@ def stack(
                 prefix + "REVOKE_URL": f"{sandbox.oauth_base_url}/revoke",
             }
         host, port = live_asgi.removeprefix("http://").split(":")
+        worker_metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         proxy = RecordingProxy((host, int(port)))
         worker = CeleryWorker(env=env, workdir=tmp_path, cwd=Path(settings.BASE_DIR))
         try:
             worker.start()  # it boots while the first flows run
-            yield Stack(redis, proxy, worker, sandbox, client_ids, worker_client_ids)
+            yield Stack(redis, proxy, worker, sandbox, client_ids, worker_client_ids, worker_metrics_url)
         finally:
             worker.stop()
             proxy.close()
@@ -340,12 +356,49 @@ def _pg_dump() -> bytes:
     return subprocess.run(command, check=True, capture_output=True, timeout=60, env=env).stdout
 
 
+@pytest.fixture
+def stack_json_lines() -> Iterator[Callable[[], io.StringIO]]:
+    """`stack_json_lines()`: from then on, every record any logger passes on, written as the
+    settings' console handler writes it (its filters, then its JSON formatter)."""
+    console = next(h for h in logging.getLogger().handlers if h.get_name() == "console")
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(console.formatter)
+    for log_filter in console.filters:
+        handler.addFilter(log_filter)
+    root = logging.getLogger()
+    try:
+        yield lambda: root.addHandler(handler) or buffer
+    finally:
+        root.removeHandler(handler)
+
+
+@pytest.fixture
+def stack_sentry() -> Iterator[Callable[[], CapturingTransport]]:
+    """`stack_sentry()`: Sentry on from then on, as a DSN turns it on, its events captured."""
+    transport = CapturingTransport()
+    started: list[bool] = []
+
+    def start() -> CapturingTransport:
+        started.append(sentry_init(dsn=SENTRY_TEST_DSN, environment="test", transport=transport))
+        return transport
+
+    try:
+        yield start
+    finally:
+        if started:
+            sentry_sdk.get_client().close()
+            sentry_sdk.get_global_scope().set_client(None)
+
+
 # --- the test -----------------------------------------------------------------------------------
 
 
 def test_no_secret_appears_anywhere_after_every_flow(
     stack: Stack,
     trap: LeakTrap,
+    stack_json_lines: Callable[[], io.StringIO],
+    stack_sentry: Callable[[], CapturingTransport],
     make_account: Callable[..., Any],
     make_user: Callable[..., Any],
     store_key: Any,
@@ -354,6 +407,8 @@ def test_no_secret_appears_anywhere_after_every_flow(
     canary = "canary" + secrets.token_hex(12)
     control = "control" + secrets.token_hex(12)  # put where it must be found: proves the search sees
     keep = stack.seen.keep
+    json_lines = stack_json_lines()
+    sentry_events = stack_sentry()
 
     # Keys: both providers, every path; routed calls that succeed, stream, and fail.
     owner = _key_flows(stack, canary, make_account)
@@ -440,6 +495,8 @@ def test_no_secret_appears_anywhere_after_every_flow(
     keep(api.delete("/api/oauth/connections/slack"))
     make_user(f"{control}@example.com")  # the marker in the database
 
+    worker_metrics = httpx2.get(stack.worker_metrics_url, timeout=10).text
+    own_metrics = generate_latest(exporter_registry()).decode()
     stack.worker.stop()
     after = list(stack.redis.keyspace())
     dump = _pg_dump()
@@ -462,6 +519,11 @@ def test_no_secret_appears_anywhere_after_every_flow(
     haystack.add("pg_dump of the test database", dump)
     for n, report in enumerate(reports):
         haystack.add(f"ExceptionReporter {('text', 'html', 'e-mail text', 'e-mail html')[n]} of the forced 500", report)
+    haystack.add("metrics served by this process (the gateway, the API)", own_metrics)
+    haystack.add("metrics served by the worker", worker_metrics)
+    haystack.add("JSON log lines of this process (as the console handler writes them)", json_lines.getvalue())
+    for number, envelope in enumerate(sentry_events.envelopes):
+        haystack.add(f"Sentry envelope {number} ({envelope.description})", envelope.serialize())
 
     # --- The searches can see: positive controls -------------------------------------------------
     sent = Haystack()  # what the client sent carries the key by design: searched only as a control
@@ -477,6 +539,10 @@ def test_no_secret_appears_anywhere_after_every_flow(
     assert "Subject: Niyra: " in stack.worker.output(), "no notification email in the worker's outbox"
     assert stack.worker.executed("connections.tasks.oauth_connection_refresh") >= 3
     assert any("_kombu.binding" in label for label, _ in in_flight), [label for label, _ in in_flight]
+    assert 'outcome="' + errors.KEY_REJECTED.code + '"' in own_metrics, "no refused call in the metrics"
+    assert "niyra_celery_tasks_total{" in worker_metrics, "no task in the worker's metrics"
+    assert '"logger": "niyra.requests"' in json_lines.getvalue(), "no request line among the JSON lines"
+    assert any("audit store down" in json.dumps(event) for event in sentry_events.events()), "no Sentry event"
 
     # --- The secrets, and the search -------------------------------------------------------------
     tokens = stack.issued_tokens()
