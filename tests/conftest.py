@@ -7,8 +7,9 @@ system server through DATABASE_URL, or the embedded one (tests/local_postgres.py
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -40,6 +41,20 @@ def _fresh_cache() -> None:
     from django.core.cache import cache
 
     cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_configured() -> Iterator[None]:
+    """Every test starts with the root logger at settings.LOGGING's level, and leaves its handlers
+    as it found them: an in-process Celery worker (celery.contrib.testing) sets the root's level
+    to its own (ERROR), which would hide the INFO lines later tests read (the request and task
+    lines, Sentry's breadcrumbs)."""
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    root.setLevel(settings.LOGGING["root"]["level"])
+    yield
+    root.setLevel(settings.LOGGING["root"]["level"])
+    root.handlers[:] = handlers
 
 
 @pytest.fixture

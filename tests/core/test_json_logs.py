@@ -13,17 +13,14 @@ import pytest
 from django.test import RequestFactory
 
 from core.logging import LogContext, log_context_set
+from tests.log_lines import console_handler_into
 
 
 @pytest.fixture
 def console_lines() -> Iterator[io.StringIO]:
     """What the settings' console handler would print, written to a buffer."""
-    console = next(h for h in logging.getLogger().handlers if h.get_name() == "console")
     buffer = io.StringIO()
-    handler = logging.StreamHandler(buffer)
-    handler.setFormatter(console.formatter)
-    for log_filter in console.filters:
-        handler.addFilter(log_filter)
+    handler = console_handler_into(buffer)
     logger = logging.getLogger("tests.json")
     logger.addHandler(handler)
     logger.propagate = False

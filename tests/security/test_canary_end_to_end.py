@@ -82,6 +82,7 @@ from tests.connections.test_oauth_helpers import authorize, sandbox_integration,
 from tests.core.test_sentry import DSN as SENTRY_TEST_DSN
 from tests.core.test_sentry import CapturingTransport
 from tests.faults.services import current_database_url, free_port, in_process_broker, wait_for
+from tests.log_lines import console_handler_into
 from tests.routing import conftest as routing_conftest
 from tests.security.canary_support import (
     CeleryWorker,
@@ -360,12 +361,8 @@ def _pg_dump() -> bytes:
 def stack_json_lines() -> Iterator[Callable[[], io.StringIO]]:
     """`stack_json_lines()`: from then on, every record any logger passes on, written as the
     settings' console handler writes it (its filters, then its JSON formatter)."""
-    console = next(h for h in logging.getLogger().handlers if h.get_name() == "console")
     buffer = io.StringIO()
-    handler = logging.StreamHandler(buffer)
-    handler.setFormatter(console.formatter)
-    for log_filter in console.filters:
-        handler.addFilter(log_filter)
+    handler = console_handler_into(buffer)
     root = logging.getLogger()
     try:
         yield lambda: root.addHandler(handler) or buffer

@@ -6,6 +6,7 @@ prometheus-client's registry before and after each call."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from core import errors
 from routing.models import RoutedCall
 from sandbox import anthropic_key, openai_key
 from tests.faults.services import wait_for
+from tests.log_lines import console_handler_into
 from tests.routing.gateway.conftest import Niyra
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -259,17 +261,8 @@ def test_the_request_id_comes_back_in_a_header_and_names_the_requests_log_line(
 def test_the_request_log_line_is_one_json_object_with_the_ids(niyra: Niyra, make_account: Any) -> None:
     """As production writes it: the settings' console handler (its filters and JSON formatter)."""
     user = make_account(plan="free")
-    console = next(h for h in logging.getLogger().handlers if h.get_name() == "console")
-    lines: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(self.format(record))
-
-    keep = Keep()
-    keep.setFormatter(console.formatter)
-    for log_filter in console.filters:
-        keep.addFilter(log_filter)
+    buffer = io.StringIO()
+    keep = console_handler_into(buffer)
     requests_logger = logging.getLogger("niyra.requests")
     requests_logger.addHandler(keep)
     try:
@@ -279,13 +272,13 @@ def test_the_request_log_line_is_one_json_object_with_the_ids(niyra: Niyra, make
             headers={"Authorization": f"Bearer {niyra.token(user)}", "anthropic-version": "2023-06-01"},
             timeout=30,
         )
+        request_id = answer.headers["x-niyra-request-id"]
+        # The line is written once the response has gone out: it may follow the client's read.
+        wait_for(lambda: request_id in buffer.getvalue(), timeout=5, what="the log line")
     finally:
         requests_logger.removeHandler(keep)
 
-    wait_for(
-        lambda: any(answer.headers["x-niyra-request-id"] in text for text in lines), timeout=5, what="the log line"
-    )
-    (line,) = [json.loads(text) for text in lines if answer.headers["x-niyra-request-id"] in text]
+    (line,) = [json.loads(text) for text in buffer.getvalue().splitlines() if request_id in text]
     assert line["request_id"] == answer.headers["x-niyra-request-id"]
     assert line["call_id"] == answer.headers["x-niyra-call-id"]
     assert (line["logger"], line["level"], line["status"], line["path"]) == (
