@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -100,6 +100,15 @@ class Exchange:
         self.first_byte = time.monotonic()
         base = [(b"content-type", content_type)] + [h for h in headers if h[0] != b"content-type"]
         await self.send({"type": "http.response.start", "status": status, "headers": base})
+
+    @contextlib.contextmanager
+    def provider_waited(self) -> Iterator[None]:
+        """The time spent in the block is the provider's (not Niyra's added latency)."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.provider_wait += time.monotonic() - started
 
     async def error(self, exc: NiyraError, shape: Shape) -> None:
         if self.route is None:
@@ -560,22 +569,17 @@ async def _send_upstream(
         content_type=plan.content_type,
         byok=route.key_source == KeySource.BYOK,
     )
-    waited = time.monotonic()
     try:
-        answer = await upstream.send(provider, plan.path, body=plan.body, headers=headers, stream=plan.stream)
+        with exchange.provider_waited():
+            answer = await upstream.send(provider, plan.path, body=plan.body, headers=headers, stream=plan.stream)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        exchange.provider_wait += time.monotonic() - waited
         logger.warning("provider %s unreachable for call %s (%s)", provider, route.call_id, type(exc).__name__)
         await route_close(route, usage=Usage(), charge=False, outcome=errors.PROVIDER_UNAVAILABLE.code)
         await exchange.error(NiyraError(errors.PROVIDER_UNAVAILABLE, detail={"provider": provider}), plan.shape)
         return None
-    exchange.provider_wait += time.monotonic() - waited
     if answer.status >= 400:
-        waited = time.monotonic()
-        try:
+        with exchange.provider_waited():
             return await Refusal.read(answer, provider)
-        finally:
-            exchange.provider_wait += time.monotonic() - waited
     return answer
 
 
@@ -619,10 +623,9 @@ async def _refuse(exchange: Exchange, plan: Plan, route: Route, refusal: Refusal
 
 
 async def _relay_json(exchange: Exchange, plan: Plan, route: Route, answer: upstream.Upstream) -> None:
-    waited = time.monotonic()
     try:
-        body = await answer.read()
-        exchange.provider_wait += time.monotonic() - waited
+        with exchange.provider_waited():
+            body = await answer.read()
         payload = orjson.loads(body)
     except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
         logger.warning("provider %s answer unreadable for call %s (%s)", plan.model.provider, route.call_id, exc)
@@ -657,9 +660,8 @@ async def _relay_raw(exchange: Exchange, plan: Plan, route: Route, answer: upstr
         )
         content = answer.response.content
         while True:
-            waited = time.monotonic()
-            chunk = await content.readany()
-            exchange.provider_wait += time.monotonic() - waited
+            with exchange.provider_waited():
+                chunk = await content.readany()
             if not chunk:
                 break
             await exchange.send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -683,14 +685,12 @@ async def _event_batches(exchange: Exchange, answer: upstream.Upstream) -> Async
     while True:
         # A bound on each wait of its own: once a provider has dropped the connection mid-body,
         # aiohttp's read timeout may never fire (and it may say so with a RuntimeError).
-        waited = time.monotonic()
         try:
-            async with asyncio.timeout(limit):
-                chunk = await content.readany()
+            with exchange.provider_waited():
+                async with asyncio.timeout(limit):
+                    chunk = await content.readany()
         except RuntimeError as exc:
             raise aiohttp.ClientPayloadError(str(exc)) from None
-        finally:
-            exchange.provider_wait += time.monotonic() - waited
         if not chunk:
             break
         events = splitter.feed(chunk)
