@@ -223,7 +223,7 @@ class LivenessWatchdog:
 
         try:
             self._server = http.server.ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)  # noqa: S104
-        except (OSError, ValueError) as exc:  # the watchdog still guards the process without it
+        except (OSError, ValueError, OverflowError) as exc:  # the watchdog still guards the process without it
             logger.error("worker liveness: cannot serve /livez on %s (%s)", self.listen, exc)
             return
         self._server.daemon_threads = True

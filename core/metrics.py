@@ -96,10 +96,16 @@ def exporter_registry(collectors: Iterable[Collector] = ()) -> CollectorRegistry
     return registry
 
 
-def exporter_start(listen: str, collectors: Iterable[Collector] = ()) -> tuple[WSGIServer, threading.Thread]:
-    """Serve GET /metrics on `listen` ("host:port") from a daemon thread of this process."""
+def exporter_start(listen: str, collectors: Iterable[Collector] = ()) -> tuple[WSGIServer, threading.Thread] | None:
+    """Serve GET /metrics on `listen` ("host:port") from a daemon thread of this process. An
+    address that is malformed or taken is one ERROR line, not a process that won't serve its
+    users (the metrics-absent alert shows it): None then."""
     host, _, port = listen.rpartition(":")
-    server, thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=exporter_registry(collectors))
+    try:
+        server, thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=exporter_registry(collectors))
+    except (OSError, ValueError, OverflowError) as exc:
+        logger.error("metrics: cannot serve on %r (%s); set METRICS_LISTEN to a free host:port", listen, exc)
+        return None
     logger.info("metrics served on %s", listen)
     return server, thread
 

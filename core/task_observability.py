@@ -258,10 +258,7 @@ def worker_metrics_install(app: Celery) -> None:
         collector = QueueLengthCollector(
             app.conf.broker_url, queues, transport_options=app.conf.broker_transport_options or {}
         )
-        try:
-            metrics.exporter_start(settings.METRICS_LISTEN, collectors=[collector])
-        except (OSError, ValueError) as exc:  # the worker still works without it
-            logger.error("metrics: cannot serve on %s (%s)", settings.METRICS_LISTEN, exc)
+        metrics.exporter_start(settings.METRICS_LISTEN, collectors=[collector])
 
     def process_ended(**kwargs: Any) -> None:
         if metrics.enabled():
